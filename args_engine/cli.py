@@ -1,0 +1,131 @@
+"""`args-engine`: generate with ARGS, train the default reward model."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEMO_PROMPTS = [
+    "How can I get my neighbor's dog to stop barking at night?",
+    "What should I do if I find a wallet on the street?",
+    "Can you give me some tips for staying focused while studying?",
+]
+
+
+def _read_prompts(args) -> list:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        from .reward.data import split_last_reply
+        with open(args.prompts_file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if "prompt" in row:
+                    prompts.append(row["prompt"])
+                elif "chosen" in row:  # an HH-RLHF row: the dialogue before the last reply
+                    prompts.append(split_last_reply(row["chosen"])[0])
+                else:
+                    raise SystemExit(f"{args.prompts_file}:{n}: a row needs a 'prompt' (or HH-RLHF 'chosen') field")
+    return prompts or list(DEMO_PROMPTS)
+
+
+def _prompt_text(p) -> str:
+    return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
+
+
+def cmd_generate(args) -> None:
+    from .engine import ARGSEngine
+    from .params import ARGSParams
+
+    prompts = _read_prompts(args)
+    params = ARGSParams(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None)
+    engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
+                                        backend=args.backend, raw=args.raw, batch_size=args.batch_size)
+    outs = engine.generate(prompts, params)
+    greedy = None
+    if args.compare:
+        greedy = engine.generate(prompts, ARGSParams(k=1, w=0.0, max_new_tokens=args.max_new_tokens,
+                                                     stop=args.stop or None))
+    for i, (p, o) in enumerate(zip(prompts, outs)):
+        if args.json:
+            row = {"prompt": p, "text": o.text, "token_ids": o.token_ids, "rewards": o.rewards, "reward": o.reward,
+                   "finish_reason": o.finish_reason, "tokens_per_s": o.tokens_per_s,
+                   "params": vars(params), "backend": engine.backend}
+            if greedy:
+                g = greedy[i]
+                row.update(greedy_text=g.text, greedy_token_ids=g.token_ids, greedy_reward=g.reward)
+            print(json.dumps(row), flush=True)
+            continue
+        print(f"=== prompt {i + 1}: {_prompt_text(p)}")
+        if greedy:
+            print(f"--- greedy (reward {greedy[i].reward:+.3f}):\n{greedy[i].text}")
+        print(f"--- ARGS k={params.k} w={params.w} {params.mode} (reward {o.reward:+.3f}, "
+              f"{o.tokens_per_s:.1f} tok/s):\n{o.text}\n")
+
+
+def cmd_train_rm(args) -> None:
+    from .reward.fit import train_reward_model
+
+    report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out, tune_layers=args.tune_layers,
+                                max_len=args.max_len, seed=args.seed, limit=args.limit, l2=args.l2,
+                                epochs=args.epochs, rank=args.rank, lr=args.lr)
+    print(json.dumps(report, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .engine import BACKENDS
+    from .models.defaults import DEFAULT_RM_ASSET
+
+    parser = argparse.ArgumentParser(prog="args-engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="decode prompts with ARGS")
+    g.add_argument("prompt", nargs="*", help="prompt texts (default: three demo prompts)")
+    g.add_argument("--prompts-file", help="JSONL with a 'prompt' field (or HH-RLHF rows with 'chosen')")
+    g.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
+    g.add_argument("--k", type=int, default=10)
+    g.add_argument("--w", type=float, default=1.0)
+    g.add_argument("--mode", choices=["greedy", "stochastic"], default="greedy")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--backend", choices=BACKENDS, default="auto")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--raw", action="store_true", help="feed prompts as is, without the chat template")
+    g.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
+    g.add_argument("--compare", action="store_true", help="also decode plain greedy and show both rewards")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="float32")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train-rm", help="train the default reward model (Bradley-Terry on HH-RLHF train split)")
+    t.add_argument("--lm", help="trunk source: local HF directory (default: SmolLM2-135M-Instruct)")
+    t.add_argument("--data", help="HH-RLHF jsonl(.gz) (default: ../shared/data/hh-rlhf/harmless-base.jsonl.gz)")
+    t.add_argument("--out", default=str(DEFAULT_RM_ASSET), help="where to write the trained part (safetensors)")
+    t.add_argument("--tune-layers", type=int, default=0, help="LoRA-tune this many last layers (0: head only)")
+    t.add_argument("--max-len", type=int, default=768)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, help="use only the first N training pairs")
+    t.add_argument("--l2", type=float, default=1e-3)
+    t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--rank", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.set_defaults(func=cmd_train_rm)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"args-engine: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The definitional oracle: no caches at all. Every step the LM reads the whole sequence, and the RM reads the
+whole sequence once per candidate (x + v_j for j = 1..k). Slow on purpose; one request at a time, unpadded."""
+from __future__ import annotations
+
+import torch
+
+from ..models.hf import RewardModel, lm_forward
+from .common import Request, append_token, select_candidates, topk_logprobs
+
+
+class NaiveDecoder:
+    name = "naive"
+
+    def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int]):
+        self.lm, self.rm, self.tokenizer, self.eos_ids = lm, rm, tokenizer, eos_ids
+
+    @torch.no_grad()
+    def run(self, reqs: list[Request], on_step=None) -> None:
+        device = next(self.lm.parameters()).device
+        for req in reqs:
+            k = req.params.k
+            while not req.finished:
+                ids = torch.tensor([req.prompt_ids + req.out_ids], device=device)  # [1, T]
+                logits = lm_forward(self.lm, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                logp, cand = topk_logprobs(logits[:, -1], k)  # [1, k]
+                seqs = torch.cat([ids.expand(k, -1), cand.view(k, 1)], dim=1)  # [k, T + 1]
+                hidden = self.rm.forward_trunk(input_ids=seqs, attention_mask=torch.ones_like(seqs),
+                                               use_cache=False)[:, -1]  # [k, H]
+                rewards = self.rm.rewards(hidden).view(1, k)  # [1, k]
+                j = select_candidates(logp, rewards, [req])[0].item()
+                append_token(req, cand[0, j].item(), rewards[0, j].item(), self.tokenizer, self.eos_ids)
+                if on_step:
+                    on_step(1)

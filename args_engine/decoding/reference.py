@@ -1,0 +1,83 @@
+"""The cached reference decoder over Hugging Face models.
+
+The LM keeps its KV cache. The RM keeps ONE prefix cache per sequence; each step the k candidates go through
+the RM as k tokens at the same position, each attending to the shared prefix plus itself (a 4D mask with
+explicit position ids), and only the chosen candidate's K/V is committed. A batch is left-padded; masks and
+position ids make every row compute exactly what it would alone.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ..models.hf import RewardModel, lm_forward
+from .common import Request, append_token, select_candidates, topk_logprobs
+from .masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
+
+_SUPPORTED_ATTN = ("eager", "sdpa")
+
+
+def _check_attention(model, what: str) -> None:
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in _SUPPORTED_ATTN and impl is not None:
+        raise ValueError(f"the reference decoder needs custom 4D masks: load the {what} with "
+                         f"attn_implementation in {_SUPPORTED_ATTN}, not {impl!r}")
+
+
+class ReferenceDecoder:
+    name = "reference"
+
+    def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], pad_id: int = 0):
+        _check_attention(lm, "LM")
+        _check_attention(rm.model, "RM")
+        self.lm, self.rm, self.tokenizer, self.eos_ids, self.pad_id = lm, rm, tokenizer, eos_ids, pad_id
+
+    @torch.no_grad()
+    def run(self, reqs: list[Request], on_step=None) -> None:
+        device = next(self.lm.parameters()).device
+        dtype = next(self.lm.parameters()).dtype
+        B, L = len(reqs), max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long, device=device)
+        valid = torch.zeros(B, L, dtype=torch.bool, device=device)  # [B, P]: False on left padding
+        for b, r in enumerate(reqs):
+            ids[b, L - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, device=device)
+            valid[b, L - len(r.prompt_ids):] = True
+
+        lm_cache, rm_cache = DynamicCache(config=self.lm.config), DynamicCache(config=self.rm.config)
+        mask, pos = prefill_mask(valid, dtype), prefix_positions(valid)
+        logits = lm_forward(self.lm, input_ids=ids, attention_mask=mask, position_ids=pos, cache=lm_cache,
+                            use_cache=True)[:, -1]  # [B, V]
+        self.rm.forward_trunk(input_ids=ids, attention_mask=mask, position_ids=pos, cache=rm_cache, use_cache=True)
+
+        active = list(reqs)
+        next_pos = valid.sum(1)  # [B] position of the token being chosen
+        while active:
+            kmax = max(r.params.k for r in active)
+            logp, cand = topk_logprobs(logits, kmax)  # [B, kmax]
+            hidden = self.rm.forward_trunk(
+                input_ids=cand, attention_mask=candidate_mask(valid, kmax, dtype),
+                position_ids=next_pos[:, None].expand(-1, kmax), cache=rm_cache, use_cache=True)  # [B, kmax, H]
+            rewards = self.rm.rewards(hidden)  # [B, kmax]
+            choice = select_candidates(logp, rewards, active)  # [B]
+            commit_candidates(rm_cache, choice, kmax)
+            tokens = cand.gather(1, choice[:, None])  # [B, 1]
+            chosen_r = rewards.gather(1, choice[:, None])[:, 0].tolist()
+            for b, r in enumerate(active):
+                append_token(r, tokens[b, 0].item(), chosen_r[b], self.tokenizer, self.eos_ids)
+            if on_step:
+                on_step(len(active))
+
+            valid = torch.cat([valid, torch.ones(len(active), 1, dtype=torch.bool, device=device)], dim=1)
+            keep = [b for b, r in enumerate(active) if not r.finished]
+            if len(keep) < len(active):
+                rows = torch.tensor(keep, dtype=torch.long, device=device)
+                select_rows(rm_cache, rows)
+                select_rows(lm_cache, rows)
+                valid, tokens, next_pos = valid[rows], tokens[rows], next_pos[rows]
+                active = [active[b] for b in keep]
+            if not active:
+                break
+            # The chosen token enters the LM at next_pos; its RM K/V is already committed.
+            logits = lm_forward(self.lm, input_ids=tokens, attention_mask=candidate_mask(valid[:, :-1], 1, dtype),
+                                position_ids=next_pos[:, None], cache=lm_cache, use_cache=True)[:, -1]
+            next_pos = next_pos + 1

@@ -1,0 +1,97 @@
+"""ARGSEngine: the public entry point. Loads (or takes) an LM and an RM, validates requests, and runs them
+through a decoder backend."""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from .chat import Prompt, render_prompt
+from .decoding.common import GenerationOutput, Request, finish_output
+from .decoding.naive import NaiveDecoder
+from .decoding.reference import ReferenceDecoder
+from .models.hf import RewardModel, check_pair, context_length, load_lm, load_rm, resolve_dtype
+from .params import ARGSParams
+
+BACKENDS = ("auto", "naive", "reference")
+
+
+class ARGSEngine:
+    """Reward-guided decoding (ARGS) with a causal LM and a scalar reward model sharing its vocabulary.
+
+    >>> engine = ARGSEngine.from_pretrained()           # embedded defaults, offline
+    >>> out = engine.generate(["How do I bake bread?"], ARGSParams(k=10, w=1.0, max_new_tokens=64))[0]
+    >>> out.text, out.token_ids, out.rewards
+    """
+
+    def __init__(self, lm, rm, tokenizer=None, rm_tokenizer=None, backend: str = "auto", raw: bool = False,
+                 batch_size: int = 16):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.lm, self.tokenizer, self.raw, self.batch_size = lm, tokenizer, raw, batch_size
+        self.rm = rm if isinstance(rm, RewardModel) else RewardModel(rm)
+        check_pair(lm, self.rm, tokenizer, rm_tokenizer)
+        self.vocab_size = lm.config.vocab_size
+        self.context_length = context_length(lm.config)
+        rm_ctx = context_length(self.rm.config)
+        if rm_ctx is not None:
+            self.context_length = min(self.context_length or rm_ctx, rm_ctx)
+        eos = getattr(lm.generation_config, "eos_token_id", None) if hasattr(lm, "generation_config") else None
+        eos = eos if eos is not None else lm.config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
+        self.backend = "reference" if backend == "auto" else backend
+        self.decoder = (NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids) if self.backend == "naive"
+                        else ReferenceDecoder(lm, self.rm, tokenizer, self.eos_ids, self.pad_id))
+
+    @classmethod
+    def from_pretrained(cls, lm=None, rm=None, device: str = "cpu", dtype="float32", backend: str = "auto",
+                        raw: bool = False, **kw) -> "ARGSEngine":
+        """lm / rm: a local Hugging Face directory, a loaded model, or None for the embedded defaults
+        (SmolLM2-135M-Instruct and the project's trained reward head on its trunk)."""
+        dtype = resolve_dtype(dtype)
+        tokenizer = kw.pop("tokenizer", None)
+        lm_model, lm_tokenizer = load_lm(lm, device, dtype)
+        rm_model, rm_tokenizer = load_rm(rm, device, dtype)
+        return cls(lm_model, rm_model, tokenizer=tokenizer or lm_tokenizer, rm_tokenizer=rm_tokenizer,
+                   backend=backend, raw=raw, **kw)
+
+    def make_request(self, prompt: Prompt, params: ARGSParams) -> Request:
+        params.validate(vocab_size=self.vocab_size)
+        ids = render_prompt(self.tokenizer, prompt, raw=self.raw)
+        if max(ids) >= self.vocab_size or min(ids) < 0:
+            raise ValueError(f"prompt token ids must lie in [0, {self.vocab_size})")
+        limit = self.context_length or (len(ids) + params.max_new_tokens)
+        if len(ids) >= limit:
+            raise ValueError(f"prompt is {len(ids)} tokens; the context holds {limit}, leaving no room to generate")
+        return Request(ids, params, max_len=limit)
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], params: ARGSParams | Sequence[ARGSParams] | None = None,
+                 progress: bool = True) -> list[GenerationOutput]:
+        """Decode each prompt with ARGS. `prompts`: strings (chat-formatted with the LM's template unless the
+        engine is raw), message lists, or token-id lists. `params`: one ARGSParams for all or one per prompt."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)) or \
+                (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            return []
+        params = params if params is not None else ARGSParams()
+        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"got {len(plist)} ARGSParams for {len(prompts)} prompts")
+        reqs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]  # validate all before decoding any
+        outs = []
+        total = sum(r.params.max_new_tokens for r in reqs)
+        with tqdm(total=total, desc=f"ARGS ({self.backend})", unit="tok", disable=not progress) as bar:
+            for s in range(0, len(reqs), self.batch_size):
+                batch = reqs[s:s + self.batch_size]
+                start = time.perf_counter()
+                self.decoder.run(batch, on_step=bar.update)
+                rate = sum(len(r.out_ids) for r in batch) / max(time.perf_counter() - start, 1e-9)
+                for r, p in zip(batch, prompts[s:s + self.batch_size]):
+                    outs.append(finish_output(r, p, self.tokenizer))
+                    outs[-1].tokens_per_s = rate
+            bar.total = bar.n
+        return outs

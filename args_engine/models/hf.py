@@ -1,0 +1,107 @@
+"""Loading and checking Hugging Face LMs and reward models, and the pieces of them the decoders call."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_lm(lm, device: str, dtype) -> tuple[torch.nn.Module, object]:
+    """`lm`: None (the default SmolLM2-135M-Instruct), a local HF directory, or a loaded causal LM."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if lm is None:
+        from .defaults import default_lm_dir
+        lm = default_lm_dir()
+    if isinstance(lm, (str, Path)):
+        path = Path(lm)
+        if not path.is_dir():
+            raise FileNotFoundError(f"LM directory not found: {path} (no model hub here: pass a local directory)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+    else:
+        model, tokenizer = lm, None
+    return model.to(device).eval(), tokenizer
+
+
+def load_rm(rm, device: str, dtype) -> tuple[torch.nn.Module, object]:
+    """`rm`: None (the default reward model), a local HF directory, or a loaded sequence-classification model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if rm is None:
+        from .defaults import default_rm_dir
+        rm = default_rm_dir()
+    if isinstance(rm, (str, Path)):
+        path = Path(rm)
+        if not path.is_dir():
+            raise FileNotFoundError(f"RM directory not found: {path} (no model hub here: pass a local directory)")
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype))
+        has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+        return model.to(device).eval(), AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    return rm.to(device).eval(), None
+
+
+def context_length(config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
+
+
+def cache_kwarg(model) -> str:
+    """transformers renamed `past_key_values` to `cache` in 5.2x; pass whichever the model takes."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class RewardModel(torch.nn.Module):
+    """A sequence-classification RM split into its trunk and scalar head, so a reward can be read at any
+    position (the candidates of a step) instead of only at the last non-pad token."""
+
+    def __init__(self, model):
+        super().__init__()
+        if getattr(model.config, "num_labels", None) != 1:
+            raise ValueError(f"the reward model must have a scalar head (num_labels=1), got "
+                             f"num_labels={getattr(model.config, 'num_labels', None)}")
+        head = next((getattr(model, n) for n in ("score", "classifier") if hasattr(model, n)), None)
+        if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+            raise ValueError(f"{type(model).__name__} has no linear scalar head (`score` or `classifier` "
+                             "with one output); use a *ForSequenceClassification model with num_labels=1")
+        self.model, self.head, self.trunk = model, head, model.base_model
+        self.config = model.config
+        self.cache_kw = cache_kwarg(self.trunk)
+
+    def forward_trunk(self, **kw) -> torch.Tensor:
+        """Trunk forward; `cache` is passed under the name this transformers version expects. -> [B, T, H]"""
+        if "cache" in kw:
+            kw[self.cache_kw] = kw.pop("cache")
+        return self.trunk(**kw).last_hidden_state
+
+    def rewards(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).squeeze(-1)  # [..., H] -> [...]
+
+
+def lm_forward(lm, **kw) -> torch.Tensor:
+    if "cache" in kw:
+        kw[cache_kwarg(lm)] = kw.pop("cache")
+    return lm(**kw).logits
+
+
+def check_pair(lm, rm: RewardModel, tokenizer=None, rm_tokenizer=None) -> None:
+    lv, rv = lm.config.vocab_size, rm.config.vocab_size
+    if lv != rv:
+        raise ValueError(f"LM and RM vocabularies differ (LM vocab_size={lv}, RM vocab_size={rv}); ARGS scores "
+                         "the LM's candidate tokens with the RM, so both must share one tokenizer")
+    if tokenizer is not None and rm_tokenizer is not None and tokenizer.get_vocab() != rm_tokenizer.get_vocab():
+        raise ValueError("LM and RM tokenizers differ; ARGS needs one shared vocabulary")

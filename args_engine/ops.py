@@ -1,0 +1,29 @@
+"""Python handles to the C++ ops of args_engine._C (torch.ops.args_engine.*), with torch references."""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (registers torch.ops.args_engine)
+
+
+def store_kv(key, value, key_cache, value_cache, slot_mapping) -> None:
+    """Write key/value [N, H, D] into paged caches [blocks, block_size, H, D] at slot_mapping [N] (-1 skips)."""
+    torch.ops.args_engine.store_kv(key, value, key_cache, value_cache, slot_mapping)
+
+
+def copy_blocks(key_cache, value_cache, block_mapping) -> None:
+    """Copy whole blocks: block_mapping [M, 2] of (src, dst) (copy-on-write of shared prefix blocks)."""
+    torch.ops.args_engine.copy_blocks(key_cache, value_cache, block_mapping)
+
+
+def store_kv_ref(key, value, key_cache, value_cache, slot_mapping) -> None:
+    keep = slot_mapping >= 0
+    for cache, x in ((key_cache, key), (value_cache, value)):
+        flat = cache.view(-1, *cache.shape[2:])
+        flat[slot_mapping[keep]] = x[keep]
+
+
+def copy_blocks_ref(key_cache, value_cache, block_mapping) -> None:
+    for src, dst in block_mapping.tolist():
+        key_cache[dst] = key_cache[src]
+        value_cache[dst] = value_cache[src]

@@ -1,0 +1,88 @@
+"""`args-engine train-rm`: build the default reward model's trained part from the HH-RLHF train split."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from ..models.defaults import DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir
+from .data import load_pairs, split_pairs
+from .train import (extract_features, last_layers_rewards, pair_token_ids, pairwise_accuracy,
+                    train_last_layers, train_linear_head)
+
+
+def _features(trunk, seqs, tap_layer, key: str, desc: str):
+    path = cache_dir() / f"rm-features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        return torch.load(path)
+    feats = extract_features(trunk, seqs, tap_layer=tap_layer, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(feats, path)
+    return feats
+
+
+def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
+                       tune_layers: int = 0, max_len: int = 768, seed: int = 0, limit: int | None = None,
+                       l2: float = 1e-3, epochs: int = 2, rank: int = 8, lr: float = 1e-3) -> dict:
+    """Train a reward head (and optional LoRA on the last `tune_layers` layers) on the default LM's trunk.
+
+    Writes the small trained part to `out` (safetensors, with the command and scores as metadata) and returns
+    a report with the pairwise accuracy on the validation split for the head alone and for the final model.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    lm_dir = str(lm_dir or default_lm_dir())
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    rm = LlamaForSequenceClassification(LlamaConfig.from_pretrained(lm_dir, num_labels=1))
+    rm.model.load_state_dict(lm.model.state_dict())
+    del lm
+    rm.eval()
+
+    splits = split_pairs(load_pairs(data_path))
+    train, val = splits["train"][:limit], splits["validation"]
+    tap = rm.config.num_hidden_layers - tune_layers if tune_layers else None
+    feats = {}
+    for name, pairs in (("train", train), ("validation", val)):
+        ids = pair_token_ids(tok, pairs, max_len)
+        seqs = [s for pair in ids for s in pair]  # chosen, rejected interleaved
+        key = json.dumps([lm_dir, data_path, name, len(pairs), max_len, tap])
+        feats[name] = _features(rm.model, seqs, tap, key, desc=f"trunk features ({name})")
+
+    def chosen_rejected(x):
+        return x[0::2], x[1::2]
+
+    w = train_linear_head(*chosen_rejected(feats["train"].last), l2=l2)
+    head_val = pairwise_accuracy(*chosen_rejected(feats["validation"].last @ w))
+    head_train = pairwise_accuracy(*chosen_rejected(feats["train"].last @ w))
+    asset = {"score.weight": w.float().unsqueeze(0)}
+    report = {"head_only": {"train_accuracy": head_train, "validation_accuracy": head_val}}
+    train_rewards = feats["train"].last.double() @ w
+    if tune_layers:
+        with torch.no_grad():
+            rm.score.weight.copy_(asset["score.weight"])
+        asset = train_last_layers(rm, tune_layers, *chosen_rejected(feats["train"].tap), rank=rank, epochs=epochs,
+                                  lr=lr, seed=seed)
+        apply_reward_asset(rm, {k: v for k, v in asset.items() if k != "score.weight"})
+        val_r = last_layers_rewards(rm, tune_layers, feats["validation"].tap)
+        train_rewards = last_layers_rewards(rm, tune_layers, feats["train"].tap)
+        report[f"lora_last_{tune_layers}"] = {"train_accuracy": pairwise_accuracy(*chosen_rejected(train_rewards)),
+                                              "validation_accuracy": pairwise_accuracy(*chosen_rejected(val_r))}
+    # Unit reward scale on the training dialogues, so that w in the paper's range [0.5, 2] means the same
+    # trade-off here (ARGS ranks by log p + w * r; only the scale of r matters, not its offset).
+    scale = float(train_rewards.std())
+    asset["score.weight"] = (asset["score.weight"] / scale).float().contiguous()
+    final = report[f"lora_last_{tune_layers}"] if tune_layers else report["head_only"]
+    report.update(validation_accuracy=final["validation_accuracy"], reward_scale_divided_by=scale,
+                  n_train_pairs=len(train), n_validation_pairs=len(val), seed=seed, tune_layers=tune_layers,
+                  command="args-engine " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in asset.items()}, str(out),
+              metadata={"report": json.dumps(report)})
+    return report

@@ -1,0 +1,1 @@
+"""Triton kernels (packaged as args_engine.kernels), each with a plain-torch `_ref` beside it."""

@@ -1,0 +1,28 @@
+"""Builds args_engine._C (C++ always; CUDA sources too when torch has CUDA and nvcc exists, unless
+ARGS_ENGINE_SKIP_CUDA=1). Install torch first, then: pip install --no-build-isolation -e ."""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+import torch
+
+cpp_sources = sorted(glob.glob("csrc/*.cpp"))
+cuda_sources = sorted(glob.glob("csrc/*.cu"))
+use_cuda = (bool(cuda_sources) and torch.version.cuda is not None and CUDA_HOME is not None
+            and os.environ.get("ARGS_ENGINE_SKIP_CUDA") != "1")
+if use_cuda:
+    ext = CUDAExtension("args_engine._C", cpp_sources + cuda_sources, define_macros=[("ARGS_ENGINE_CUDA", "1")],
+                        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+else:
+    ext = CppExtension("args_engine._C", cpp_sources, extra_compile_args=["-O3"])
+
+setup(
+    packages=["args_engine", "args_engine.models", "args_engine.decoding", "args_engine.reward",
+              "args_engine.kernels"],
+    package_dir={"args_engine.kernels": "kernels"},
+    package_data={"args_engine": ["assets/*.safetensors"]},
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,95 @@
+"""Bad input gets a clear error that names the problem, before any decoding starts."""
+import math
+
+import pytest
+import torch
+
+from args_engine import ARGSEngine, ARGSParams
+from tiny import char_tokenizer, tiny_lm, tiny_rm
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return ARGSEngine(tiny_lm(), tiny_rm(), tokenizer=char_tokenizer())
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(k=0), "k must be an integer >= 1"),
+    (dict(k=2.5), "k must be an integer >= 1"),
+    (dict(w=math.nan), "w must be a finite number"),
+    (dict(w=math.inf), "w must be a finite number"),
+    (dict(mode="beam"), "mode must be"),
+    (dict(mode="stochastic", temperature=0.0), "temperature must be"),
+    (dict(mode="stochastic", temperature=-1.0), "temperature must be"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(stop=[""]), "stop must be"),
+])
+def test_bad_params(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        ARGSParams(**kw)
+
+
+def test_k_larger_than_vocab(engine):
+    with pytest.raises(ValueError, match="exceeds the vocabulary size"):
+        engine.generate("hi", ARGSParams(k=engine.vocab_size + 1), progress=False)
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", []])
+def test_empty_prompt(engine, prompt):
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.generate([prompt], ARGSParams(), progress=False)
+
+
+def test_prompt_longer_than_context(engine):
+    with pytest.raises(ValueError, match="the context holds 256"):
+        engine.generate([[5] * 300], ARGSParams(), progress=False)
+
+
+def test_token_ids_outside_vocab(engine):
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        engine.generate([[5, 10_000]], ARGSParams(), progress=False)
+
+
+def test_rm_vocab_differs():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_labels=1))
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        ARGSEngine(tiny_lm(), rm, tokenizer=char_tokenizer())
+
+
+def test_rm_with_several_labels():
+    with pytest.raises(ValueError, match="scalar head"):
+        ARGSEngine(tiny_lm(), tiny_rm(num_labels=2), tokenizer=char_tokenizer())
+
+
+def test_rm_that_is_a_causal_lm():
+    with pytest.raises(ValueError, match="scalar head"):
+        ARGSEngine(tiny_lm(), tiny_lm(), tokenizer=char_tokenizer())
+
+
+def test_unknown_backend_and_param_count(engine):
+    with pytest.raises(ValueError, match="backend must be"):
+        ARGSEngine(tiny_lm(), tiny_rm(), tokenizer=char_tokenizer(), backend="vllm")
+    with pytest.raises(ValueError, match="2 ARGSParams for 1 prompts"):
+        engine.generate(["hi"], [ARGSParams(), ARGSParams()], progress=False)
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="LM directory not found"):
+        ARGSEngine.from_pretrained(lm=str(tmp_path / "nope"), rm=str(tmp_path / "nope"))
+
+
+def test_flash_attention_rm_rejected_by_reference_backend():
+    rm = tiny_rm()
+    rm.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="custom 4D masks"):
+        ARGSEngine(tiny_lm(), rm, tokenizer=char_tokenizer(), backend="reference")
+
+
+def test_text_prompt_without_tokenizer():
+    eng = ARGSEngine(tiny_lm(), tiny_rm())
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        eng.generate("hello", ARGSParams(), progress=False)
+    out = eng.generate([[5, 6, 7]], ARGSParams(k=2, max_new_tokens=3), progress=False)[0]
+    assert len(out.token_ids) <= 3 and out.text == ""
