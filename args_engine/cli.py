@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-len", type=int, default=768)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="use only the first N training pairs")
-    t.add_argument("--l2", type=float, default=1e-3)
+    t.add_argument("--l2", type=float, help="head L2 strength (default: 5-fold CV on the train split)")
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)

@@ -17,6 +17,14 @@ from .params import ARGSParams
 BACKENDS = ("auto", "naive", "reference")
 
 
+def _eos_ids(lm, tokenizer) -> set[int]:
+    ids = set()
+    for eos in (getattr(getattr(lm, "generation_config", None), "eos_token_id", None), lm.config.eos_token_id,
+                getattr(tokenizer, "eos_token_id", None)):
+        ids.update(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    return ids
+
+
 class ARGSEngine:
     """Reward-guided decoding (ARGS) with a causal LM and a scalar reward model sharing its vocabulary.
 
@@ -33,15 +41,11 @@ class ARGSEngine:
         self.rm = rm if isinstance(rm, RewardModel) else RewardModel(rm)
         check_pair(lm, self.rm, tokenizer, rm_tokenizer)
         self.vocab_size = lm.config.vocab_size
-        self.context_length = context_length(lm.config)
-        rm_ctx = context_length(self.rm.config)
-        if rm_ctx is not None:
-            self.context_length = min(self.context_length or rm_ctx, rm_ctx)
-        eos = getattr(lm.generation_config, "eos_token_id", None) if hasattr(lm, "generation_config") else None
-        eos = eos if eos is not None else lm.config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-        self.pad_id = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
+        limits = [c for c in (context_length(lm.config), context_length(self.rm.config)) if c is not None]
+        self.context_length = min(limits) if limits else None
+        self.eos_ids = _eos_ids(lm, tokenizer)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)  # pad slots are masked anyway
         self.backend = "reference" if backend == "auto" else backend
         self.decoder = (NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids) if self.backend == "naive"
                         else ReferenceDecoder(lm, self.rm, tokenizer, self.eos_ids, self.pad_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.hf import RewardModel, lm_forward
+from ..models.hf import RewardModel, next_token_logits
 from .common import Request, append_token, select_candidates, topk_logprobs
 
 
@@ -21,8 +21,8 @@ class NaiveDecoder:
             k = req.params.k
             while not req.finished:
                 ids = torch.tensor([req.prompt_ids + req.out_ids], device=device)  # [1, T]
-                logits = lm_forward(self.lm, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-                logp, cand = topk_logprobs(logits[:, -1], k)  # [1, k]
+                logits = next_token_logits(self.lm, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                logp, cand = topk_logprobs(logits, k)  # [1, k]
                 seqs = torch.cat([ids.expand(k, -1), cand.view(k, 1)], dim=1)  # [k, T + 1]
                 hidden = self.rm.forward_trunk(input_ids=seqs, attention_mask=torch.ones_like(seqs),
                                                use_cache=False)[:, -1]  # [k, H]

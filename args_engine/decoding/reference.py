@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ..models.hf import RewardModel, lm_forward
+from ..models.hf import RewardModel, next_token_logits
 from .common import Request, append_token, select_candidates, topk_logprobs
 from .masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
 
@@ -45,8 +45,8 @@ class ReferenceDecoder:
 
         lm_cache, rm_cache = DynamicCache(config=self.lm.config), DynamicCache(config=self.rm.config)
         mask, pos = prefill_mask(valid, dtype), prefix_positions(valid)
-        logits = lm_forward(self.lm, input_ids=ids, attention_mask=mask, position_ids=pos, cache=lm_cache,
-                            use_cache=True)[:, -1]  # [B, V]
+        logits = next_token_logits(self.lm, input_ids=ids, attention_mask=mask, position_ids=pos, cache=lm_cache,
+                                   use_cache=True)  # [B, V]
         self.rm.forward_trunk(input_ids=ids, attention_mask=mask, position_ids=pos, cache=rm_cache, use_cache=True)
 
         active = list(reqs)
@@ -78,6 +78,7 @@ class ReferenceDecoder:
             if not active:
                 break
             # The chosen token enters the LM at next_pos; its RM K/V is already committed.
-            logits = lm_forward(self.lm, input_ids=tokens, attention_mask=candidate_mask(valid[:, :-1], 1, dtype),
-                                position_ids=next_pos[:, None], cache=lm_cache, use_cache=True)[:, -1]
+            step_mask = candidate_mask(valid[:, :-1], 1, dtype)  # [B, 1, 1, P + 1]
+            logits = next_token_logits(self.lm, input_ids=tokens, attention_mask=step_mask,
+                                       position_ids=next_pos[:, None], cache=lm_cache, use_cache=True)  # [B, V]
             next_pos = next_pos + 1

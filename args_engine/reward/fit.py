@@ -11,23 +11,30 @@ import torch
 
 from ..models.defaults import DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir
 from .data import load_pairs, split_pairs
-from .train import (extract_features, last_layers_rewards, pair_token_ids, pairwise_accuracy,
-                    train_last_layers, train_linear_head)
+from .train import (TrunkFeatures, choose_l2_by_cv, extract_features, last_layers_rewards, pair_token_ids,
+                    pairwise_accuracy, train_last_layers, train_linear_head)
 
 
-def _features(trunk, seqs, tap_layer, key: str, desc: str):
-    path = cache_dir() / f"rm-features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-    if path.exists():
-        return torch.load(path)
+def _cached(key: str) -> Path:
+    return cache_dir() / f"rm-features-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _features(trunk, seqs, tap_layer, key: str, desc: str) -> TrunkFeatures:
+    """Trunk features, cached on disk: last-token features alone, tap states (large) in a file of their own."""
+    last_path, tap_path = _cached(key), _cached(f"{key}|tap={tap_layer}")
+    if last_path.exists() and (tap_layer is None or tap_path.exists()):
+        return TrunkFeatures(torch.load(last_path), torch.load(tap_path) if tap_layer is not None else None)
     feats = extract_features(trunk, seqs, tap_layer=tap_layer, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(feats, path)
+    last_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(feats.last, last_path)
+    if tap_layer is not None:
+        torch.save(feats.tap, tap_path)
     return feats
 
 
 def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
                        tune_layers: int = 0, max_len: int = 768, seed: int = 0, limit: int | None = None,
-                       l2: float = 1e-3, epochs: int = 2, rank: int = 8, lr: float = 1e-3) -> dict:
+                       l2: float | None = None, epochs: int = 2, rank: int = 8, lr: float = 1e-3) -> dict:
     """Train a reward head (and optional LoRA on the last `tune_layers` layers) on the default LM's trunk.
 
     Writes the small trained part to `out` (safetensors, with the command and scores as metadata) and returns
@@ -51,17 +58,21 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     for name, pairs in (("train", train), ("validation", val)):
         ids = pair_token_ids(tok, pairs, max_len)
         seqs = [s for pair in ids for s in pair]  # chosen, rejected interleaved
-        key = json.dumps([lm_dir, data_path, name, len(pairs), max_len, tap])
+        key = json.dumps([lm_dir, data_path, name, len(pairs), max_len])
         feats[name] = _features(rm.model, seqs, tap, key, desc=f"trunk features ({name})")
 
     def chosen_rejected(x):
         return x[0::2], x[1::2]
 
+    cv = None
+    if l2 is None:  # chosen on the training pairs alone; validation stays untouched until the report
+        l2, cv = choose_l2_by_cv(*chosen_rejected(feats["train"].last), seed=seed)
     w = train_linear_head(*chosen_rejected(feats["train"].last), l2=l2)
     head_val = pairwise_accuracy(*chosen_rejected(feats["validation"].last @ w))
     head_train = pairwise_accuracy(*chosen_rejected(feats["train"].last @ w))
     asset = {"score.weight": w.float().unsqueeze(0)}
-    report = {"head_only": {"train_accuracy": head_train, "validation_accuracy": head_val}}
+    report = {"head_only": {"train_accuracy": head_train, "validation_accuracy": head_val, "l2": l2,
+                            "cv_accuracy_by_l2": cv}}
     train_rewards = feats["train"].last.double() @ w
     if tune_layers:
         with torch.no_grad():

@@ -67,8 +67,12 @@ def extract_features(trunk, sequences: list[list[int]], tap_layer: int | None = 
 
 def train_linear_head(f_chosen: torch.Tensor, f_rejected: torch.Tensor, l2: float = 1e-3,
                       steps: int = 200) -> torch.Tensor:
-    """Weight w [H] minimising the BT loss of r = f @ w plus l2 * |w|^2 (full-batch L-BFGS)."""
-    diff = (f_chosen - f_rejected).double()  # [N, H]
+    """Weight w [H] minimising the BT loss of r = f @ w plus l2 * |w_std|^2 (full-batch L-BFGS).
+
+    Features are standardised per dimension for the fit (a few hidden dimensions of LMs are huge outliers that
+    an isotropic penalty would otherwise treat unfairly); the returned w applies to the raw features."""
+    sd = torch.cat([f_chosen, f_rejected]).double().std(0).clamp_min(1e-6)  # [H]
+    diff = (f_chosen - f_rejected).double() / sd  # [N, H]
     w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -79,7 +83,25 @@ def train_linear_head(f_chosen: torch.Tensor, f_rejected: torch.Tensor, l2: floa
         return loss
 
     opt.step(closure)
-    return w.detach()
+    return w.detach() / sd
+
+
+def choose_l2_by_cv(f_chosen: torch.Tensor, f_rejected: torch.Tensor, grid=(1e-4, 1e-3, 1e-2, 3e-2, 1e-1),
+                    folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick the L2 strength by k-fold cross-validated pairwise accuracy on the training pairs only."""
+    n = len(f_chosen)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    scores = {}
+    for l2 in grid:
+        acc = []
+        for f in range(folds):
+            held = order[f * n // folds:(f + 1) * n // folds]
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[held] = False
+            w = train_linear_head(f_chosen[keep], f_rejected[keep], l2=l2)
+            acc.append(pairwise_accuracy(f_chosen[held].double() @ w, f_rejected[held].double() @ w))
+        scores[l2] = sum(acc) / folds
+    return max(scores, key=scores.get), scores
 
 
 class LoRALinear(torch.nn.Module):
