@@ -55,3 +55,12 @@ def test_float32_batched_matches_alone():
     for p, b in zip(PROMPTS, batched):
         a = eng["reference"].generate(p, params, progress=False)[0]
         torch.testing.assert_close(torch.tensor(b.rewards[:1]), torch.tensor(a.rewards[:1]), rtol=1e-4, atol=1e-4)
+
+
+def test_lm_and_rm_in_different_dtypes():
+    lm, tok = tiny_lm(dtype=torch.float64), char_tokenizer()
+    params = ARGSParams(k=4, w=1.0, max_new_tokens=6)
+    ref64 = ARGSEngine(lm, tiny_rm(dtype=torch.float64), tokenizer=tok).generate(PROMPTS[:2], params, progress=False)
+    mixed = ARGSEngine(lm, tiny_rm(dtype=torch.float32), tokenizer=tok).generate(PROMPTS[:2], params, progress=False)
+    for a, b in zip(ref64, mixed):
+        torch.testing.assert_close(torch.tensor(b.rewards[:1]), torch.tensor(a.rewards[:1]), rtol=1e-4, atol=1e-4)

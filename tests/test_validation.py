@@ -93,3 +93,17 @@ def test_text_prompt_without_tokenizer():
         eng.generate("hello", ARGSParams(), progress=False)
     out = eng.generate([[5, 6, 7]], ARGSParams(k=2, max_new_tokens=3), progress=False)[0]
     assert len(out.token_ids) <= 3 and out.text == ""
+
+
+def test_encoder_rm_rejected():
+    from transformers import BertConfig, BertForSequenceClassification
+    rm = BertForSequenceClassification(BertConfig(vocab_size=tiny_lm().config.vocab_size, hidden_size=32,
+                                                  num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                                  num_labels=1))
+    with pytest.raises(ValueError, match="no scalar `score` head"):
+        ARGSEngine(tiny_lm(), rm, tokenizer=char_tokenizer())
+
+
+def test_classifier_as_lm_rejected():
+    with pytest.raises(ValueError, match="decoder-only causal LM"):
+        ARGSEngine(tiny_rm(), tiny_rm(), tokenizer=char_tokenizer())

@@ -35,7 +35,7 @@ class ReferenceDecoder:
     @torch.no_grad()
     def run(self, reqs: list[Request], on_step=None) -> None:
         device = next(self.lm.parameters()).device
-        dtype = next(self.lm.parameters()).dtype
+        dtype, rm_dtype = next(self.lm.parameters()).dtype, next(self.rm.parameters()).dtype  # masks match each
         B, L = len(reqs), max(len(r.prompt_ids) for r in reqs)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long, device=device)
         valid = torch.zeros(B, L, dtype=torch.bool, device=device)  # [B, P]: False on left padding
@@ -44,10 +44,11 @@ class ReferenceDecoder:
             valid[b, L - len(r.prompt_ids):] = True
 
         lm_cache, rm_cache = DynamicCache(config=self.lm.config), DynamicCache(config=self.rm.config)
-        mask, pos = prefill_mask(valid, dtype), prefix_positions(valid)
-        logits = next_token_logits(self.lm, input_ids=ids, attention_mask=mask, position_ids=pos, cache=lm_cache,
-                                   use_cache=True)  # [B, V]
-        self.rm.forward_trunk(input_ids=ids, attention_mask=mask, position_ids=pos, cache=rm_cache, use_cache=True)
+        pos = prefix_positions(valid)
+        logits = next_token_logits(self.lm, input_ids=ids, attention_mask=prefill_mask(valid, dtype), position_ids=pos,
+                                   cache=lm_cache, use_cache=True)  # [B, V]
+        self.rm.forward_trunk(input_ids=ids, attention_mask=prefill_mask(valid, rm_dtype), position_ids=pos,
+                              cache=rm_cache, use_cache=True)
 
         active = list(reqs)
         next_pos = valid.sum(1)  # [B] position of the token being chosen
@@ -55,7 +56,7 @@ class ReferenceDecoder:
             kmax = max(r.params.k for r in active)
             logp, cand = topk_logprobs(logits, kmax)  # [B, kmax]
             hidden = self.rm.forward_trunk(
-                input_ids=cand, attention_mask=candidate_mask(valid, kmax, dtype),
+                input_ids=cand, attention_mask=candidate_mask(valid, kmax, rm_dtype),
                 position_ids=next_pos[:, None].expand(-1, kmax), cache=rm_cache, use_cache=True)  # [B, kmax, H]
             rewards = self.rm.rewards(hidden)  # [B, kmax]
             choice = select_candidates(logp, rewards, active)  # [B]

@@ -75,10 +75,12 @@ class RewardModel(torch.nn.Module):
         if getattr(model.config, "num_labels", None) != 1:
             raise ValueError(f"the reward model must have a scalar head (num_labels=1), got "
                              f"num_labels={getattr(model.config, 'num_labels', None)}")
-        head = next((getattr(model, n) for n in ("score", "classifier") if hasattr(model, n)), None)
+        # Decoder-only classifiers (Llama, GPT-2, OPT, Mistral, Qwen2, ...) put a `score` head on the last token;
+        # encoder classifiers (BERT-style `classifier` on a pooled first token) cannot score a growing prefix.
+        head = getattr(model, "score", None)
         if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
-            raise ValueError(f"{type(model).__name__} has no linear scalar head (`score` or `classifier` "
-                             "with one output); use a *ForSequenceClassification model with num_labels=1")
+            raise ValueError(f"{type(model).__name__} has no scalar `score` head on the last token; use a "
+                             "decoder-only *ForSequenceClassification model with num_labels=1")
         self.model, self.head, self.trunk = model, head, model.base_model
         self.config = model.config
         self.cache_kw = cache_kwarg(self.trunk)
@@ -103,6 +105,10 @@ def next_token_logits(lm, **kw) -> torch.Tensor:
 
 
 def check_pair(lm, rm: RewardModel, tokenizer=None, rm_tokenizer=None) -> None:
+    if getattr(lm.config, "is_encoder_decoder", False) or not hasattr(lm, "get_output_embeddings") \
+            or lm.get_output_embeddings() is None:
+        raise ValueError(f"the LM must be a decoder-only causal LM with a language-model head, got "
+                         f"{type(lm).__name__}")
     lv, rv = lm.config.vocab_size, rm.config.vocab_size
     if lv != rv:
         raise ValueError(f"LM and RM vocabularies differ (LM vocab_size={lv}, RM vocab_size={rv}); ARGS scores "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +29,18 @@ def _features(trunk, seqs, tap_layer, key: str, desc: str) -> TrunkFeatures:
     if tap_layer is not None:
         torch.save(feats.tap, tap_path)
     return feats
+
+
+def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, epochs, rank, lr, lm_dir, data_path) -> str:
+    cmd = ["args-engine", "train-rm", "--tune-layers", tune_layers, "--max-len", max_len, "--seed", seed]
+    if tune_layers:
+        cmd += ["--epochs", epochs, "--rank", rank, "--lr", lr]
+    for flag, value in (("--limit", limit), ("--data", data_path), ("--out", out)):
+        if value is not None and not (flag == "--out" and Path(value) == DEFAULT_RM_ASSET):
+            cmd += [flag, value]
+    if lm_dir != str(default_lm_dir()):
+        cmd += ["--lm", lm_dir]
+    return " ".join(shlex.quote(str(c)) for c in cmd) + f"  # head L2 {l2:g} (5-fold CV on train)"
 
 
 def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
@@ -68,8 +79,8 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     if l2 is None:  # chosen on the training pairs alone; validation stays untouched until the report
         l2, cv = choose_l2_by_cv(*chosen_rejected(feats["train"].last), seed=seed)
     w = train_linear_head(*chosen_rejected(feats["train"].last), l2=l2)
-    head_val = pairwise_accuracy(*chosen_rejected(feats["validation"].last @ w))
-    head_train = pairwise_accuracy(*chosen_rejected(feats["train"].last @ w))
+    head_val = pairwise_accuracy(*chosen_rejected(feats["validation"].last.double() @ w))
+    head_train = pairwise_accuracy(*chosen_rejected(feats["train"].last.double() @ w))
     asset = {"score.weight": w.float().unsqueeze(0)}
     report = {"head_only": {"train_accuracy": head_train, "validation_accuracy": head_val, "l2": l2,
                             "cv_accuracy_by_l2": cv}}
@@ -91,7 +102,8 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     final = report[f"lora_last_{tune_layers}"] if tune_layers else report["head_only"]
     report.update(validation_accuracy=final["validation_accuracy"], reward_scale_divided_by=scale,
                   n_train_pairs=len(train), n_validation_pairs=len(val), seed=seed, tune_layers=tune_layers,
-                  command="args-engine " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                  command=_rebuild_command(out, tune_layers, max_len, seed, limit, l2, epochs, rank, lr, lm_dir,
+                                           data_path))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in asset.items()}, str(out),

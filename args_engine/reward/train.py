@@ -86,7 +86,7 @@ def train_linear_head(f_chosen: torch.Tensor, f_rejected: torch.Tensor, l2: floa
     return w.detach() / sd
 
 
-def choose_l2_by_cv(f_chosen: torch.Tensor, f_rejected: torch.Tensor, grid=(1e-4, 1e-3, 1e-2, 3e-2, 1e-1),
+def choose_l2_by_cv(f_chosen: torch.Tensor, f_rejected: torch.Tensor, grid=(1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0),
                     folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
     """Pick the L2 strength by k-fold cross-validated pairwise accuracy on the training pairs only."""
     n = len(f_chosen)
