@@ -4,7 +4,7 @@
 # Does nothing when this checkout is already installed and its C++ extension is newer than its sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if python - 2>/dev/null <<'PY'
+if python -I - 2>/dev/null <<'PY'
 import glob, os, torch, args_engine, args_engine._C as C
 assert os.path.dirname(os.path.dirname(os.path.abspath(args_engine.__file__))) == os.getcwd()
 sources = glob.glob("csrc/*") + ["setup.py", "pyproject.toml"]

@@ -41,3 +41,33 @@ def test_last_layer_lora_lowers_loss_and_merges_exactly():
     r_after = torch.stack([rm(torch.tensor([s])).logits[0, 0] for s in seqs]).detach()
     torch.testing.assert_close(last_layers_rewards(rm, 1, feats.tap), r_after, rtol=1e-4, atol=1e-4)
     assert bradley_terry_loss(r_after[0::2], r_after[1::2]) < loss_before - 0.1
+
+
+def test_train_rm_command_end_to_end(tmp_path, monkeypatch, capsys):
+    """`args-engine train-rm` on a tiny trunk and a few real HH pairs: writes a loadable asset and a report."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from args_engine.cli import main
+    from tiny import char_tokenizer, tiny_lm
+
+    monkeypatch.setenv("ARGS_ENGINE_CACHE", str(tmp_path / "cache"))
+    tiny_lm(dtype=torch.float32).save_pretrained(tmp_path / "lm")
+    char_tokenizer().save_pretrained(tmp_path / "lm")
+    out = tmp_path / "head.safetensors"
+    main(["train-rm", "--lm", str(tmp_path / "lm"), "--out", str(out), "--limit", "12", "--max-len", "120",
+          "--tune-layers", "1", "--epochs", "1", "--rank", "2"])
+    assert json.loads(capsys.readouterr().out)["n_train_pairs"] == 12
+    with safe_open(str(out), "pt") as f:
+        report = json.loads(f.metadata()["report"])
+    assert report["n_train_pairs"] == 12 and report["n_validation_pairs"] == 300
+    assert 0.0 <= report["validation_accuracy"] <= 1.0 and "lora_last_1" in report
+    assert "--tune-layers 1" in report["command"] and "--limit 12" in report["command"]
+    asset = load_file(str(out))
+    assert asset["score.weight"].shape == (1, 64)
+    assert any(k.endswith(".lora_A") for k in asset)
+    rm = tiny_rm(dtype=torch.float32)
+    apply_reward_asset(rm, asset)
+    assert torch.equal(rm.score.weight, asset["score.weight"])

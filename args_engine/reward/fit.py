@@ -46,7 +46,8 @@ def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, epochs, rank, l
 def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
                        tune_layers: int = 0, max_len: int = 768, seed: int = 0, limit: int | None = None,
                        l2: float | None = None, epochs: int = 2, rank: int = 8, lr: float = 1e-3) -> dict:
-    """Train a reward head (and optional LoRA on the last `tune_layers` layers) on the default LM's trunk.
+    """Train a reward head (and optional LoRA on the last `tune_layers` layers) on a Llama-family trunk
+    (default: the default LM's).
 
     Writes the small trained part to `out` (safetensors, with the command and scores as metadata) and returns
     a report with the pairwise accuracy on the validation split for the head alone and for the final model.
@@ -55,6 +56,8 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     lm_dir = str(lm_dir or default_lm_dir())
+    if lm_dir != str(default_lm_dir()) and Path(out) == DEFAULT_RM_ASSET:
+        raise ValueError("a head trained on another trunk cannot replace the default RM's asset: pass --out")
     tok = AutoTokenizer.from_pretrained(lm_dir)
     lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
     rm = LlamaForSequenceClassification(LlamaConfig.from_pretrained(lm_dir, num_labels=1))
