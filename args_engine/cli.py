@@ -30,6 +30,10 @@ def _read_prompts(args) -> list:
     return prompts or list(DEMO_PROMPTS)
 
 
+def _seed(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
 def _prompt_text(p) -> str:
     return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
 
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=["greedy", "stochastic"], default="greedy")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_seed, default=0, help="sampling seed, or 'none' for a fresh one per run")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--backend", choices=BACKENDS, default="auto")
     g.add_argument("--batch-size", type=int, default=16)

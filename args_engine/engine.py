@@ -37,6 +37,8 @@ class ARGSEngine:
                  batch_size: int = 16):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.lm, self.tokenizer, self.raw, self.batch_size = lm, tokenizer, raw, batch_size
         self.rm = rm if isinstance(rm, RewardModel) else RewardModel(rm)
         check_pair(lm, self.rm, tokenizer, rm_tokenizer)
@@ -64,6 +66,8 @@ class ARGSEngine:
 
     def make_request(self, prompt: Prompt, params: ARGSParams) -> Request:
         params.validate(vocab_size=self.vocab_size)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer to decode the response")
         ids = render_prompt(self.tokenizer, prompt, raw=self.raw)
         if max(ids) >= self.vocab_size or min(ids) < 0:
             raise ValueError(f"prompt token ids must lie in [0, {self.vocab_size})")

@@ -24,11 +24,11 @@ class ARGSParams:
     ignore_eos: bool = False
 
     def __post_init__(self):
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
         self.validate()
 
     def validate(self, vocab_size: int | None = None) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
             raise ValueError(f"k must be an integer >= 1, got {self.k!r}")
         if vocab_size is not None and self.k > vocab_size:
@@ -42,5 +42,9 @@ class ARGSParams:
             raise ValueError(f"temperature must be a finite number > 0 in stochastic mode, got {self.temperature!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if self.stop is not None and not all(isinstance(s, str) and s for s in self.stop):
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < 2 ** 63):
+            raise ValueError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}")
+        if self.stop is not None and not (isinstance(self.stop, (list, tuple))
+                                          and all(isinstance(s, str) and s for s in self.stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")

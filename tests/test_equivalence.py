@@ -54,7 +54,8 @@ def test_float32_batched_matches_alone():
     batched = eng["reference"].generate(PROMPTS, params, progress=False)
     for p, b in zip(PROMPTS, batched):
         a = eng["reference"].generate(p, params, progress=False)[0]
-        torch.testing.assert_close(torch.tensor(b.rewards[:1]), torch.tensor(a.rewards[:1]), rtol=1e-4, atol=1e-4)
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=1e-4, atol=1e-4)
 
 
 def test_lm_and_rm_in_different_dtypes():
@@ -63,4 +64,19 @@ def test_lm_and_rm_in_different_dtypes():
     ref64 = ARGSEngine(lm, tiny_rm(dtype=torch.float64), tokenizer=tok).generate(PROMPTS[:2], params, progress=False)
     mixed = ARGSEngine(lm, tiny_rm(dtype=torch.float32), tokenizer=tok).generate(PROMPTS[:2], params, progress=False)
     for a, b in zip(ref64, mixed):
-        torch.testing.assert_close(torch.tensor(b.rewards[:1]), torch.tensor(a.rewards[:1]), rtol=1e-4, atol=1e-4)
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=1e-4, atol=1e-4)
+
+
+def test_sliding_window_models_capped_at_the_window():
+    from transformers import MistralConfig, MistralForCausalLM, MistralForSequenceClassification
+    cfg = dict(vocab_size=99, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256, sliding_window=16, pad_token_id=0)
+    torch.manual_seed(0)
+    lm = MistralForCausalLM(MistralConfig(**cfg)).double().eval()
+    rm = MistralForSequenceClassification(MistralConfig(num_labels=1, **cfg)).double().eval()
+    params = ARGSParams(k=6, w=1.0, max_new_tokens=20, ignore_eos=True)
+    outs = {b: ARGSEngine(lm, rm, backend=b).generate([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6]], params, progress=False)
+            for b in ("naive", "reference")}
+    assert [o.token_ids for o in outs["naive"]] == [o.token_ids for o in outs["reference"]]
+    assert [len(o.token_ids) for o in outs["reference"]] == [8, 14]  # prompt + response stop at the window

@@ -22,6 +22,8 @@ def test_extension_built_and_public_api():
     assert {"ARGSEngine", "ARGSParams", "GenerationOutput"} <= set(args_engine.__all__)
 
 
-def test_cli_entry_point_installed():
-    out = subprocess.run([sys.executable, "-m", "args_engine.cli", "--help"], capture_output=True, text=True)
+def test_cli_entry_point_installed(tmp_path):
+    # cwd outside the repo: `python -m` puts cwd on sys.path, where kernels/ would shadow HF `kernels`
+    out = subprocess.run([sys.executable, "-m", "args_engine.cli", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.returncode == 0 and "generate" in out.stdout and "train-rm" in out.stdout

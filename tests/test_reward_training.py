@@ -1,4 +1,5 @@
 """Bradley-Terry training: the loss falls, a learnable preference is learned, LoRA merges exactly."""
+import pytest
 import torch
 
 from args_engine.models.defaults import apply_reward_asset
@@ -25,21 +26,23 @@ def test_linear_head_learns_synthetic_preference():
     assert pairwise_accuracy(chosen[300:] @ w, rejected[300:] @ w) > 0.9
 
 
-def test_last_layer_lora_lowers_loss_and_merges_exactly():
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_last_layers_lora_lowers_loss_and_merges_exactly(attn):
     rm = tiny_rm(dtype=torch.float32)
+    rm.set_attn_implementation(attn)
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(4, 99, (int(n),), generator=g).tolist() for n in torch.randint(5, 20, (32,), generator=g)]
-    feats = extract_features(rm.model, seqs, tap_layer=1, batch_size=4)
+    feats = extract_features(rm.model, seqs, tap_layer=0, batch_size=4)  # tune both layers
     chosen, rejected = feats.tap[0::2], feats.tap[1::2]
-    # the features at the tap match a plain forward of the untouched last layer
+    # rewards from the tap states through the untouched layers match a plain forward (causal attention included)
     r_plain = torch.stack([rm(torch.tensor([s])).logits[0, 0] for s in seqs]).detach()
-    torch.testing.assert_close(last_layers_rewards(rm, 1, feats.tap), r_plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last_layers_rewards(rm, 2, feats.tap), r_plain, rtol=1e-4, atol=1e-4)
     loss_before = bradley_terry_loss(r_plain[0::2], r_plain[1::2])
-    asset = train_last_layers(rm, 1, chosen, rejected, rank=4, epochs=8, lr=1e-2, batch_pairs=4)
+    asset = train_last_layers(rm, 2, chosen, rejected, rank=4, epochs=8, lr=1e-2, batch_pairs=4)
     apply_reward_asset(rm, {k: v for k, v in asset.items() if k != "score.weight"})
     rm.score.weight.data.copy_(asset["score.weight"])
     r_after = torch.stack([rm(torch.tensor([s])).logits[0, 0] for s in seqs]).detach()
-    torch.testing.assert_close(last_layers_rewards(rm, 1, feats.tap), r_after, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last_layers_rewards(rm, 2, feats.tap), r_after, rtol=1e-4, atol=1e-4)
     assert bradley_terry_loss(r_after[0::2], r_after[1::2]) < loss_before - 0.1
 
 
@@ -71,3 +74,16 @@ def test_train_rm_command_end_to_end(tmp_path, monkeypatch, capsys):
     rm = tiny_rm(dtype=torch.float32)
     apply_reward_asset(rm, asset)
     assert torch.equal(rm.score.weight, asset["score.weight"])
+
+
+def test_asset_that_does_not_fit_is_rejected():
+    with pytest.raises(ValueError, match="unknown tensors"):
+        apply_reward_asset(tiny_rm(), {"score.bias": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("kw, msg", [(dict(limit=0), "limit >= 1"), (dict(max_len=0), "max_len >= 2"),
+                                     (dict(tune_layers=-1), "tune_layers >= 0")])
+def test_train_rm_bad_options(kw, msg):
+    from args_engine.reward.fit import train_reward_model
+    with pytest.raises(ValueError, match=msg):
+        train_reward_model(out="/nonexistent/x.safetensors", **kw)

@@ -107,3 +107,24 @@ def test_encoder_rm_rejected():
 def test_classifier_as_lm_rejected():
     with pytest.raises(ValueError, match="decoder-only causal LM"):
         ARGSEngine(tiny_rm(), tiny_rm(), tokenizer=char_tokenizer())
+
+
+def test_bad_batch_size_and_seed():
+    with pytest.raises(ValueError, match="batch_size must be"):
+        ARGSEngine(tiny_lm(), tiny_rm(), tokenizer=char_tokenizer(), batch_size=0)
+    for seed in (1.5, -1, 2 ** 64, True):
+        with pytest.raises(ValueError, match="seed must be"):
+            ARGSParams(mode="stochastic", seed=seed)
+
+
+def test_stop_needs_tokenizer_and_string_stop_is_one_string():
+    eng = ARGSEngine(tiny_lm(), tiny_rm())
+    with pytest.raises(ValueError, match="stop strings need a tokenizer"):
+        eng.generate([[5, 6]], ARGSParams(stop=["x"]), progress=False)
+    p = ARGSParams()
+    p.stop = "ab"
+    p.validate()
+    assert p.stop == ["ab"]
+    p.stop = 5
+    with pytest.raises(ValueError, match="stop must be"):
+        p.validate()

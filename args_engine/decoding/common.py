@@ -10,7 +10,10 @@ from ..params import ARGSParams
 
 @dataclass
 class GenerationOutput:
-    """One prompt's result. `rewards[i]` is the RM score of the sequence after step i's chosen token."""
+    """One prompt's result. `rewards[i]` is the RM score of the sequence after step i's chosen token.
+
+    When a stop string ends the response, `text` stops before it while `token_ids` and `rewards` run through
+    the token that completed it (as in vLLM); an EOS token is kept in `token_ids` but not in `text`."""
 
     prompt: object
     prompt_token_ids: list[int]
@@ -57,16 +60,17 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     """Pick one candidate per row. logp, rewards [B, kmax] (rows with k < kmax ignore the tail) -> [B]."""
-    dtype = torch.promote_types(logp.dtype, rewards.dtype)
-    w = torch.tensor([r.params.w for r in reqs], dtype=dtype)
+    dtype, device = torch.promote_types(logp.dtype, rewards.dtype), logp.device
+    w = torch.tensor([r.params.w for r in reqs], dtype=dtype, device=device)
     scores = logp.to(dtype) + w[:, None] * rewards.to(dtype)  # [B, kmax]
-    k = torch.tensor([r.params.k for r in reqs])
-    scores = scores.masked_fill(torch.arange(scores.shape[1])[None, :] >= k[:, None], float("-inf"))
+    k = torch.tensor([r.params.k for r in reqs], device=device)
+    scores = scores.masked_fill(torch.arange(scores.shape[1], device=device)[None, :] >= k[:, None], float("-inf"))
     choice = scores.argmax(dim=-1)
     for b, req in enumerate(reqs):
         if req.params.mode == "stochastic":
-            # Gumbel-max over the request's own k candidates, from its own generator: batch-independent.
-            u = torch.rand(req.params.k, generator=req.generator, dtype=torch.float64)
+            # Gumbel-max over the request's own k candidates, from its own CPU generator: independent of the
+            # batch and of the device.
+            u = torch.rand(req.params.k, generator=req.generator, dtype=torch.float64).to(device)
             gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
             noisy = scores[b, :req.params.k].double() / req.params.temperature + gumbel
             choice[b] = noisy.argmax()

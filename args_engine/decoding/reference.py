@@ -43,7 +43,9 @@ class ReferenceDecoder:
             ids[b, L - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, device=device)
             valid[b, L - len(r.prompt_ids):] = True
 
-        lm_cache, rm_cache = DynamicCache(config=self.lm.config), DynamicCache(config=self.rm.config)
+        # Plain full-attention layers, even for sliding-window models: the masks here are full attention and the
+        # engine caps the context at the window, where the two agree.
+        lm_cache, rm_cache = DynamicCache(), DynamicCache()
         pos = prefix_positions(valid)
         logits = next_token_logits(self.lm, input_ids=ids, attention_mask=prefill_mask(valid, dtype), position_ids=pos,
                                    cache=lm_cache, use_cache=True)  # [B, V]

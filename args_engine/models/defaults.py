@@ -82,6 +82,9 @@ def apply_reward_asset(rm, asset: dict[str, torch.Tensor]) -> None:
     factors `<param>.lora_A` [r, in] / `<param>.lora_B` [out, r] that are merged into the trunk weights.
     """
     params = dict(rm.named_parameters())
+    unknown = [k for k in asset if k.rsplit(".lora_", 1)[0] not in params]
+    if unknown:
+        raise ValueError(f"reward asset does not fit {type(rm).__name__}: unknown tensors {unknown[:5]}")
     with torch.no_grad():
         for name, t in asset.items():
             if name.endswith(".lora_A"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.defaults import DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir
+from ..models.defaults import DEFAULT_LM_NAME, DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir
 from .data import load_pairs, split_pairs
 from .train import (TrunkFeatures, choose_l2_by_cv, extract_features, last_layers_rewards, pair_token_ids,
                     pairwise_accuracy, train_last_layers, train_linear_head)
@@ -38,7 +38,7 @@ def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, epochs, rank, l
     for flag, value in (("--limit", limit), ("--data", data_path), ("--out", out)):
         if value is not None and not (flag == "--out" and Path(value) == DEFAULT_RM_ASSET):
             cmd += [flag, value]
-    if lm_dir != str(default_lm_dir()):
+    if lm_dir != str(cache_dir() / DEFAULT_LM_NAME):
         cmd += ["--lm", lm_dir]
     return " ".join(shlex.quote(str(c)) for c in cmd) + f"  # head L2 {l2:g} (5-fold CV on train)"
 
@@ -55,9 +55,12 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    lm_dir = str(lm_dir or default_lm_dir())
-    if lm_dir != str(default_lm_dir()) and Path(out) == DEFAULT_RM_ASSET:
+    if (limit is not None and limit < 1) or max_len < 2 or tune_layers < 0:
+        raise ValueError(f"need limit >= 1, max_len >= 2 and tune_layers >= 0 (got {limit}, {max_len}, "
+                         f"{tune_layers})")
+    if lm_dir is not None and Path(out) == DEFAULT_RM_ASSET:
         raise ValueError("a head trained on another trunk cannot replace the default RM's asset: pass --out")
+    lm_dir = str(lm_dir or default_lm_dir())
     tok = AutoTokenizer.from_pretrained(lm_dir)
     lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
     rm = LlamaForSequenceClassification(LlamaConfig.from_pretrained(lm_dir, num_labels=1))
@@ -67,6 +70,8 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
 
     splits = split_pairs(load_pairs(data_path))
     train, val = splits["train"][:limit], splits["validation"]
+    if tune_layers > rm.config.num_hidden_layers:
+        raise ValueError(f"tune_layers={tune_layers} exceeds the trunk's {rm.config.num_hidden_layers} layers")
     tap = rm.config.num_hidden_layers - tune_layers if tune_layers else None
     feats = {}
     for name, pairs in (("train", train), ("validation", val)):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..chat import render_dialogue
+from ..decoding.masks import prefill_mask
 from .data import PreferencePair, split_last_reply
 
 
@@ -141,8 +142,9 @@ def _last_layers_reward(model, layers, h: torch.Tensor) -> torch.Tensor:
     h = h.unsqueeze(0)  # [1, T, H]
     pos = torch.arange(h.shape[1]).unsqueeze(0)
     pos_emb = model.model.rotary_emb(h, pos)
+    causal = prefill_mask(torch.ones(1, h.shape[1], dtype=torch.bool), h.dtype)  # [1, 1, T, T], any attention
     for layer in layers:
-        h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pos_emb)
+        h = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=pos_emb)
         h = h[0] if isinstance(h, tuple) else h
     return model.score(model.model.norm(h[0, -1])).squeeze(-1)
 
