@@ -1,6 +1,7 @@
 """Loading and checking Hugging Face LMs and reward models, and the pieces of them the decoders call."""
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -60,10 +61,14 @@ def context_length(config) -> int | None:
     return limit
 
 
+@functools.cache
+def _forward_params(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
 def cache_kwarg(model) -> str:
     """transformers renamed `past_key_values` to `cache` in 5.2x; pass whichever the model takes."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    return "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
 
 
 class RewardModel(torch.nn.Module):
@@ -99,7 +104,7 @@ def next_token_logits(lm, **kw) -> torch.Tensor:
     """LM forward -> logits of the last position [B, V] (only that row goes through the LM head)."""
     if "cache" in kw:
         kw[cache_kwarg(lm)] = kw.pop("cache")
-    if "logits_to_keep" in inspect.signature(lm.forward).parameters:
+    if "logits_to_keep" in _forward_params(type(lm)):
         kw["logits_to_keep"] = 1
     return lm(**kw).logits[:, -1]
 
