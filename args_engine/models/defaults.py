@@ -53,7 +53,7 @@ def default_lm_dir() -> Path:
 def default_rm_dir() -> Path:
     """Local HF directory of the default RM: the default LM's trunk plus the committed reward head asset."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import AutoTokenizer
 
     if not DEFAULT_RM_ASSET.exists():
         raise FileNotFoundError(
@@ -63,16 +63,24 @@ def default_rm_dir() -> Path:
     if (out / "model.safetensors").exists():
         return out
     lm_dir = default_lm_dir()
-    lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-    config = LlamaConfig.from_pretrained(lm_dir, num_labels=1)
-    rm = LlamaForSequenceClassification(config)
-    rm.model.load_state_dict(lm.model.state_dict())
+    rm = reward_model_on_trunk(lm_dir)
     apply_reward_asset(rm, load_file(str(DEFAULT_RM_ASSET)))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     rm.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(lm_dir).save_pretrained(tmp)
     tmp.rename(out) if not out.exists() else None
     return out
+
+
+def reward_model_on_trunk(lm_dir) -> torch.nn.Module:
+    """A LlamaForSequenceClassification (num_labels=1) holding the trunk of the Llama-family LM in lm_dir; its
+    head is untrained until a reward asset is applied."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    rm = LlamaForSequenceClassification(LlamaConfig.from_pretrained(lm_dir, num_labels=1))
+    rm.model.load_state_dict(lm.model.state_dict())
+    return rm.eval()
 
 
 def apply_reward_asset(rm, asset: dict[str, torch.Tensor]) -> None:

@@ -66,9 +66,11 @@ def _forward_params(cls) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
-def cache_kwarg(model) -> str:
-    """transformers renamed `past_key_values` to `cache` in 5.2x; pass whichever the model takes."""
-    return "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
+def _model_kwargs(model, kw: dict) -> dict:
+    """transformers renamed `past_key_values` to `cache` in 5.2x: pass `cache` under whichever name `model` takes."""
+    if "cache" in kw and "cache" not in _forward_params(type(model)):
+        kw["past_key_values"] = kw.pop("cache")
+    return kw
 
 
 class RewardModel(torch.nn.Module):
@@ -88,13 +90,10 @@ class RewardModel(torch.nn.Module):
                              "decoder-only *ForSequenceClassification model with num_labels=1")
         self.model, self.head, self.trunk = model, head, model.base_model
         self.config = model.config
-        self.cache_kw = cache_kwarg(self.trunk)
 
     def forward_trunk(self, **kw) -> torch.Tensor:
-        """Trunk forward; `cache` is passed under the name this transformers version expects. -> [B, T, H]"""
-        if "cache" in kw:
-            kw[self.cache_kw] = kw.pop("cache")
-        return self.trunk(**kw).last_hidden_state
+        """Trunk forward -> last hidden states [B, T, H]."""
+        return self.trunk(**_model_kwargs(self.trunk, kw)).last_hidden_state
 
     def rewards(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).squeeze(-1)  # [..., H] -> [...]
@@ -102,8 +101,7 @@ class RewardModel(torch.nn.Module):
 
 def next_token_logits(lm, **kw) -> torch.Tensor:
     """LM forward -> logits of the last position [B, V] (only that row goes through the LM head)."""
-    if "cache" in kw:
-        kw[cache_kwarg(lm)] = kw.pop("cache")
+    kw = _model_kwargs(lm, kw)
     if "logits_to_keep" in _forward_params(type(lm)):
         kw["logits_to_keep"] = 1
     return lm(**kw).logits[:, -1]

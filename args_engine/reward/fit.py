@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.defaults import DEFAULT_LM_NAME, DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir
+from ..models.defaults import (DEFAULT_LM_NAME, DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir,
+                               reward_model_on_trunk)
 from .data import load_pairs, split_pairs
 from .train import (TrunkFeatures, choose_l2_by_cv, extract_features, last_layers_rewards, pair_token_ids,
                     pairwise_accuracy, train_last_layers, train_linear_head)
@@ -31,16 +32,18 @@ def _features(trunk, seqs, tap_layer, key: str, desc: str) -> TrunkFeatures:
     return feats
 
 
-def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, epochs, rank, lr, lm_dir, data_path) -> str:
+def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, l2_by_cv, epochs, rank, lr, lm_dir,
+                     data_path) -> str:
     cmd = ["args-engine", "train-rm", "--tune-layers", tune_layers, "--max-len", max_len, "--seed", seed]
     if tune_layers:
         cmd += ["--epochs", epochs, "--rank", rank, "--lr", lr]
-    for flag, value in (("--limit", limit), ("--data", data_path), ("--out", out)):
+    for flag, value in (("--limit", limit), ("--l2", None if l2_by_cv else l2), ("--data", data_path), ("--out", out)):
         if value is not None and not (flag == "--out" and Path(value) == DEFAULT_RM_ASSET):
             cmd += [flag, value]
     if lm_dir != str(cache_dir() / DEFAULT_LM_NAME):
         cmd += ["--lm", lm_dir]
-    return " ".join(shlex.quote(str(c)) for c in cmd) + f"  # head L2 {l2:g} (5-fold CV on train)"
+    note = f"  # head L2 {l2:g} (5-fold CV on train)" if l2_by_cv else ""
+    return " ".join(shlex.quote(str(c)) for c in cmd) + note
 
 
 def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
@@ -53,7 +56,7 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     a report with the pairwise accuracy on the validation split for the head alone and for the final model.
     """
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import AutoTokenizer
 
     if (limit is not None and limit < 1) or max_len < 2 or tune_layers < 0:
         raise ValueError(f"need limit >= 1, max_len >= 2 and tune_layers >= 0 (got {limit}, {max_len}, "
@@ -62,11 +65,7 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
         raise ValueError("a head trained on another trunk cannot replace the default RM's asset: pass --out")
     lm_dir = str(lm_dir or default_lm_dir())
     tok = AutoTokenizer.from_pretrained(lm_dir)
-    lm = LlamaForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
-    rm = LlamaForSequenceClassification(LlamaConfig.from_pretrained(lm_dir, num_labels=1))
-    rm.model.load_state_dict(lm.model.state_dict())
-    del lm
-    rm.eval()
+    rm = reward_model_on_trunk(lm_dir)
 
     splits = split_pairs(load_pairs(data_path))
     train, val = splits["train"][:limit], splits["validation"]
@@ -110,8 +109,8 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     final = report[f"lora_last_{tune_layers}"] if tune_layers else report["head_only"]
     report.update(validation_accuracy=final["validation_accuracy"], reward_scale_divided_by=scale,
                   n_train_pairs=len(train), n_validation_pairs=len(val), seed=seed, tune_layers=tune_layers,
-                  command=_rebuild_command(out, tune_layers, max_len, seed, limit, l2, epochs, rank, lr, lm_dir,
-                                           data_path))
+                  command=_rebuild_command(out, tune_layers, max_len, seed, limit, l2, cv is not None, epochs,
+                                           rank, lr, lm_dir, data_path))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in asset.items()}, str(out),
