@@ -3,18 +3,20 @@ through a decoder backend."""
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from .chat import Prompt, render_prompt
-from .decoding.common import GenerationOutput, Request, finish_output
-from .decoding.naive import NaiveDecoder
-from .decoding.reference import ReferenceDecoder
-from .models.hf import RewardModel, check_pair, context_length, load_lm, load_rm, resolve_dtype
-from .params import ARGSParams
+from ..chat import Prompt, render_prompt
+from ..decoding.common import GenerationOutput, Request, finish_output
+from ..decoding.naive import NaiveDecoder
+from ..decoding.reference import ReferenceDecoder
+from ..models.hf import RewardModel, check_pair, context_length, load_lm, load_rm, resolve_dtype
+from ..models.llama import native_unsupported_reason
+from ..params import ARGSParams
+from .llm_engine import LLMEngine, TokenEvent
 
-BACKENDS = ("auto", "naive", "reference")
+BACKENDS = ("auto", "native", "reference", "naive")
 
 
 def _eos_ids(lm, tokenizer) -> set[int]:
@@ -34,7 +36,12 @@ class ARGSEngine:
     """
 
     def __init__(self, lm, rm, tokenizer=None, rm_tokenizer=None, backend: str = "auto", raw: bool = False,
-                 batch_size: int = 16):
+                 batch_size: int = 16, **native_options):
+        """backend: "native" (paged caches, continuous batching; Llama-family LM and RM), "reference" (HF
+        models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
+        "auto" (native when both models are Llama-family, else reference). batch_size: sequences decoded at
+        once. native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
+        use_triton, enable_prefix_caching."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -48,9 +55,19 @@ class ARGSEngine:
         self.eos_ids = _eos_ids(lm, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)  # pad slots are masked anyway
-        self.backend = "reference" if backend == "auto" else backend
-        self.decoder = (NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids) if self.backend == "naive"
-                        else ReferenceDecoder(lm, self.rm, tokenizer, self.eos_ids, self.pad_id))
+        unsupported = native_unsupported_reason(lm) or native_unsupported_reason(self.rm.model)
+        if backend == "native" and unsupported:
+            raise ValueError(f"backend='native' cannot run these models: {unsupported}; use backend='reference'")
+        if native_options and backend not in ("native", "auto"):
+            raise ValueError(f"{sorted(native_options)} apply to the native backend only, not {backend!r}")
+        self.backend = ("reference" if unsupported else "native") if backend == "auto" else backend
+        if self.backend == "native":
+            self.decoder = LLMEngine(lm, self.rm, tokenizer, self.eos_ids, max_num_seqs=batch_size,
+                                     max_context=self.context_length, **native_options)
+        elif self.backend == "naive":
+            self.decoder = NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids)
+        else:
+            self.decoder = ReferenceDecoder(lm, self.rm, tokenizer, self.eos_ids, self.pad_id)
 
     @classmethod
     def from_pretrained(cls, lm=None, rm=None, device: str = "cpu", dtype="float32", backend: str = "auto",
@@ -76,30 +93,55 @@ class ARGSEngine:
             raise ValueError(f"prompt is {len(ids)} tokens; the context holds {limit}, leaving no room to generate")
         return Request(ids, params, max_len=limit)
 
-    def generate(self, prompts: Prompt | Sequence[Prompt], params: ARGSParams | Sequence[ARGSParams] | None = None,
-                 progress: bool = True) -> list[GenerationOutput]:
-        """Decode each prompt with ARGS. `prompts`: strings (chat-formatted with the LM's template unless the
-        engine is raw), message lists, or token-id lists. `params`: one ARGSParams for all or one per prompt."""
+    def _requests(self, prompts, params) -> tuple[list, list[Request]]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)) or \
                 (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        if not prompts:
-            return []
+        prompts = list(prompts)
         params = params if params is not None else ARGSParams()
         plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError(f"got {len(plist)} ARGSParams for {len(prompts)} prompts")
-        reqs = [self.make_request(p, sp) for p, sp in zip(prompts, plist)]  # validate all before decoding any
+        return prompts, [self.make_request(p, sp) for p, sp in zip(prompts, plist)]  # validate all first
+
+    def generate(self, prompts: Prompt | Sequence[Prompt], params: ARGSParams | Sequence[ARGSParams] | None = None,
+                 progress: bool = True) -> list[GenerationOutput]:
+        """Decode each prompt with ARGS. `prompts`: strings (chat-formatted with the LM's template unless the
+        engine is raw), message lists, or token-id lists. `params`: one ARGSParams for all or one per prompt."""
+        prompts, reqs = self._requests(prompts, params)
+        # native batches continuously (batch_size sequences at a time); the others decode fixed batches
+        step = len(reqs) if self.backend == "native" else self.batch_size
         outs = []
         total = sum(r.params.max_new_tokens for r in reqs)
         with tqdm(total=total, desc=f"ARGS ({self.backend})", unit="tok", disable=not progress) as bar:
-            for s in range(0, len(reqs), self.batch_size):
-                batch = reqs[s:s + self.batch_size]
+            for s in range(0, len(reqs), step):
+                batch = reqs[s:s + step]
                 start = time.perf_counter()
                 self.decoder.run(batch, on_step=bar.update)
                 rate = sum(len(r.out_ids) for r in batch) / max(time.perf_counter() - start, 1e-9)
-                for r, p in zip(batch, prompts[s:s + self.batch_size]):
+                for r, p in zip(batch, prompts[s:s + step]):
                     outs.append(finish_output(r, p, self.tokenizer))
                     outs[-1].tokens_per_s = rate
             bar.total = bar.n
         return outs
+
+    def generate_stream(self, prompts: Prompt | Sequence[Prompt],
+                        params: ARGSParams | Sequence[ARGSParams] | None = None) -> Iterator[TokenEvent]:
+        """Like generate, but yields each token as it is chosen (native backend): TokenEvent(request_id = the
+        prompt's index, token_id, reward, text delta, finish_reason, output on the last event). Closing the
+        iterator early aborts the unfinished requests and frees their blocks."""
+        if self.backend != "native":
+            raise ValueError(f"streaming needs the native backend (this engine runs {self.backend!r})")
+        _, reqs = self._requests(prompts, params)
+        engine = self.decoder
+        ids = [engine.add_request(r) for r in reqs]
+        index = {rid: i for i, rid in enumerate(ids)}
+        try:
+            while any(not r.finished for r in reqs):
+                for event in engine.step():
+                    if event.request_id in index:
+                        event.request_id = index[event.request_id]
+                        yield event
+        finally:
+            for rid in ids:
+                engine.abort(rid)

@@ -1,0 +1,187 @@
+"""The native decoder: continuous batching over paged caches. Requests join between steps, leave as soon as
+they finish, and stream their tokens as they are chosen.
+
+    engine = LLMEngine(lm, rm, tokenizer, eos_ids)
+    rid = engine.add_request(request)
+    while engine.has_unfinished():
+        for event in engine.step(): ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..decoding.common import GenerationOutput, Request, append_token, finish_output
+from ..models.hf import RewardModel
+from ..models.paged_ops import triton_available
+from .block_manager import BlockManager
+from .model_runner import ModelRunner, cache_bytes_per_block
+from .scheduler import Scheduler
+from .sequence import Sequence, Status
+
+
+@dataclass
+class TokenEvent:
+    """One chosen token of one request. `text` is the new text since the previous event (held back while a
+    multi-byte character is incomplete); `output` is set on the request's last event."""
+
+    request_id: int
+    token_id: int
+    reward: float
+    text: str
+    finish_reason: str | None = None
+    output: GenerationOutput | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class LLMEngine:
+    def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], *, max_num_seqs: int = 16,
+                 num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
+                 cache_memory_gb: float | None = None, use_triton: bool | None = None,
+                 enable_prefix_caching: bool = False, max_context: int | None = None):
+        device = next(lm.parameters()).device
+        if use_triton is None:
+            use_triton = device.type == "cuda"
+        if use_triton and not triton_available(device):
+            raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
+        self.runner = ModelRunner(lm, rm, block_size, use_triton)
+        per_block = cache_bytes_per_block([self.runner.lm, self.runner.rm], block_size)
+        if num_blocks is None:
+            want = max_num_seqs * -(-(max_context or 4096) // block_size)
+            budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
+            num_blocks = max(1, min(want, int(budget // per_block)))
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
+        self.runner.allocate_caches(num_blocks)
+        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size))
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.cache_bytes_per_block = per_block
+        self.seqs: dict[int, Sequence] = {}
+        self._sent: dict[int, int] = {}  # chars of text already streamed per request
+
+    @property
+    def num_blocks(self) -> int:
+        return self.bm.num_blocks
+
+    def add_request(self, req: Request, request_id: int | None = None) -> int:
+        need = self.bm.blocks_needed(req.max_len if req.max_len else len(req.prompt_ids) + req.params.max_new_tokens)
+        need = min(need, self.bm.blocks_needed(len(req.prompt_ids) + req.params.max_new_tokens + 1))
+        if need > self.bm.num_blocks:
+            raise ValueError(f"the request needs up to {need} cache blocks but the cache has {self.bm.num_blocks}; "
+                             "raise num_blocks / cache memory or lower max_new_tokens")
+        seq = Sequence(req, request_id)
+        if seq.seq_id in self.seqs:
+            raise ValueError(f"request id {seq.seq_id} is already in use")
+        self.seqs[seq.seq_id] = seq
+        self._sent[seq.seq_id] = 0
+        self.scheduler.add(seq)
+        return seq.seq_id
+
+    def abort(self, request_id: int) -> None:
+        """Drop a request (finished or not) and free its blocks at once."""
+        seq = self.seqs.pop(request_id, None)
+        self._sent.pop(request_id, None)
+        if seq is not None and seq.status is not Status.FINISHED:
+            seq.req.finish_reason = seq.req.finish_reason or "abort"
+            self.scheduler.finish(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.bm.num_blocks - self.bm.num_free_blocks
+
+    def step(self) -> list[TokenEvent]:
+        prefill, decode = self.scheduler.schedule()
+        self.runner.copy_blocks(self.bm.take_copies())
+        ready, logits = [], []
+        if prefill:
+            seqs = [s for s, _ in prefill]
+            tables = self.runner._dev(self.bm.block_tables(seqs))
+            slot_seqs = [s for s, n in prefill for _ in range(n)]
+            slot_pos = [p for s, n in prefill for p in range(s.lm_cached, s.lm_cached + n)]
+            slots = self.runner._dev(self.bm.slots(slot_seqs, slot_pos))
+            logits.append(self.runner.prefill(prefill, tables, slots))
+            for s, n in prefill:
+                s.lm_cached += n
+                s.rm_cached += n
+                if s.lm_cached == s.num_tokens:
+                    ready.append(s)
+        if decode:
+            tables = self.runner._dev(self.bm.block_tables(decode))
+            slots = self.runner._dev(self.bm.slots(decode, [s.num_tokens - 1 for s in decode]))
+            logits.append(self.runner.decode(decode, tables, slots))
+            for s in decode:
+                s.lm_cached = s.num_tokens
+            ready += decode
+        if not ready:
+            return []
+        logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # [B, V], rows in `ready` order
+        tables = self.runner._dev(self.bm.block_tables(ready))
+        slots = self.runner._dev(self.bm.slots(ready, [s.num_tokens for s in ready]))
+        tokens, rewards = self.runner.args_step(ready, logits, tables, slots)
+        events = []
+        for seq, tok, r in zip(ready, tokens, rewards):
+            seq.rm_cached += 1
+            seq.token_ids.append(tok)
+            self.bm.commit(seq, [tok])
+            append_token(seq.req, tok, r, self.tokenizer, self.eos_ids)
+            if seq.req.finished:
+                self.scheduler.finish(seq)
+            events.append(self._event(seq, tok, r))
+        return events
+
+    def _event(self, seq: Sequence, token: int, reward: float) -> TokenEvent:
+        req, text = seq.req, ""
+        if self.tokenizer is not None:
+            full = req.text if req.text is not None else self.tokenizer.decode(req.out_ids, skip_special_tokens=True)
+            sent = self._sent[seq.seq_id]
+            end = len(full) if req.finished else len(full) - _holdback(full, req.params.stop)
+            if end > sent:
+                text, self._sent[seq.seq_id] = full[sent:end], end
+        event = TokenEvent(seq.seq_id, token, reward, text, req.finish_reason)
+        if req.finished:
+            event.output = finish_output(req, None, self.tokenizer)
+            self.seqs.pop(seq.seq_id, None)
+            self._sent.pop(seq.seq_id, None)
+        return event
+
+    def run(self, reqs: list[Request], on_step=None) -> None:
+        """Decode `reqs` to completion (the batch interface the other decoders share)."""
+        for r in reqs:
+            self.add_request(r)
+        while self.has_unfinished():
+            events = self.step()
+            if on_step and events:
+                on_step(len(events))
+
+
+def _holdback(text: str, stop) -> int:
+    """Trailing characters not to stream yet: an incomplete multi-byte character, or what may begin a stop string."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    for n in range(min(len(text), max((len(s) for s in stop or ()), default=0)), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stop):
+            return n
+    return 0
+
+
+def _default_cache_budget(device: torch.device) -> float:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.8 * free
+    return 2 * 2**30

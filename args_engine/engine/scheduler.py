@@ -1,0 +1,79 @@
+"""Which sequences run this step: decode every prefilled sequence, then spend the rest of the token budget on
+prefill chunks (continuing ones first, then new admissions while free blocks last). When a running sequence
+cannot get the block for its next token, the newest running sequence is preempted: its blocks are freed and it
+is recomputed later. Never touches tensors."""
+from __future__ import annotations
+
+from collections import deque
+
+from .block_manager import BlockManager
+from .sequence import Sequence, Status
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.bm = block_manager
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> tuple[list[tuple[Sequence, int]], list[Sequence]]:
+        """-> (prefill chunks [(seq, num_tokens)], decode seqs)."""
+        budget = self.max_num_batched_tokens
+        decode: list[Sequence] = []
+        for seq in list(self.running):
+            if seq.status is not Status.RUNNING or not seq.prefilled:
+                continue
+            while not self.bm.can_grow(seq):
+                victim = next((s for s in reversed(self.running) if s is not seq and s not in decode), seq)
+                self.preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status is Status.RUNNING:
+                self.bm.grow(seq)
+                decode.append(seq)
+                budget -= 1
+
+        prefill: list[tuple[Sequence, int]] = []
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if not seq.prefilled:
+                n = min(seq.num_tokens - seq.lm_cached, budget)
+                prefill.append((seq, n))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self.bm.can_admit(seq):
+                break
+            self.waiting.popleft()
+            self.bm.admit(seq)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            n = min(seq.num_tokens - seq.lm_cached, budget)
+            prefill.append((seq, n))
+            budget -= n
+        return prefill, decode
+
+    def preempt(self, seq: Sequence) -> None:
+        self.bm.free(seq)
+        self.running.remove(seq)
+        seq.reset()
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """Finished or aborted: free its blocks at once."""
+        self.bm.free(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = Status.FINISHED

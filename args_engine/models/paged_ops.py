@@ -1,0 +1,116 @@
+"""The tensor ops of the native engine, behind one switch: Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1)
+or plain torch (CPU). Paged cache layout: [num_blocks, block_size, Hkv, D] per layer, slot = block * bs + offset."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops as cpp_ops
+
+
+def triton_available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def gather_prefix(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """cache [NB, BS, Hkv, D], block_table [MB] -> the first `length` positions [length, Hkv, D]."""
+    bs = cache.shape[1]
+    blocks = block_table[:(length + bs - 1) // bs].long()
+    return cache[blocks].flatten(0, 1)[:length]
+
+
+def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
+    """q [B, K, Hq, D]; k_new, v_new [B, K, Hkv, D]: each query attends to its sequence's paged prefix
+    (context_lens[b] positions) plus its own new key only. -> [B, K, Hq, D]"""
+    B, K, Hq, D = q.shape
+    Hkv = k_new.shape[2]
+    G = Hq // Hkv
+    acc = torch.promote_types(q.dtype, torch.float32)
+    T = int(context_lens.max()) if B else 0
+    bs = key_cache.shape[1]
+    nblk = (T + bs - 1) // bs
+    qh = q.view(B, K, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, K * G, D).to(acc)  # [B, Hkv, KG, D]
+    blocks = block_tables[:, :nblk].long()  # [B, nblk]
+    keys = key_cache[blocks].flatten(1, 2)[:, :T].permute(0, 2, 3, 1).to(acc)  # [B, Hkv, D, T]
+    values = value_cache[blocks].flatten(1, 2)[:, :T].transpose(1, 2).to(acc)  # [B, Hkv, T, D]
+    s_prefix = (qh @ keys) * scale  # [B, Hkv, KG, T]
+    pad = torch.arange(T, device=q.device)[None, :] >= context_lens[:, None]  # [B, T]
+    s_prefix = s_prefix.masked_fill(pad[:, None, None, :], float("-inf"))
+    kn = k_new.permute(0, 2, 1, 3).to(acc)  # [B, Hkv, K, D]
+    s_self = (qh.view(B, Hkv, K, G, D) * kn[:, :, :, None]).sum(-1).view(B, Hkv, K * G, 1) * scale
+    p = torch.softmax(torch.cat([s_prefix, s_self], dim=-1), dim=-1)  # [B, Hkv, KG, T + 1]
+    vn = v_new.permute(0, 2, 1, 3).to(acc)[:, :, :, None]  # [B, Hkv, K, 1, D]
+    out = p[..., :T] @ values + (p[..., T:].view(B, Hkv, K, G, 1) * vn).view(B, Hkv, K * G, D)
+    return out.view(B, Hkv, K, G, D).permute(0, 2, 1, 3, 4).reshape(B, K, Hq, D).to(q.dtype)
+
+
+def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: float) -> torch.Tensor:
+    """Prefill of one chunk: q [C, Hq, D] at positions start..start+C-1, whose K/V are already stored; attends
+    causally to positions 0..start+C-1 of the paged cache. -> [C, Hq, D]"""
+    C, Hq, D = q.shape
+    keys = gather_prefix(key_cache, block_table, start + C)  # [T, Hkv, D]
+    values = gather_prefix(value_cache, block_table, start + C)
+    Hkv = keys.shape[1]
+    keep = torch.arange(start + C, device=q.device)[None, :] <= torch.arange(start, start + C, device=q.device)[:, None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+                                         attn_mask=keep, scale=scale, enable_gqa=Hq != Hkv)  # [Hq, C, D]
+    return out.transpose(0, 1)
+
+
+class PagedOps:
+    """use_triton: the Triton kernels; otherwise torch and the C++ CPU ops."""
+
+    def __init__(self, use_triton: bool):
+        self.use_triton = use_triton
+        if use_triton:
+            from ..kernels import args_select, candidate_attention, store_kv, topk_logprobs
+            self._k = dict(args_select=args_select.args_select, candidate_attention=candidate_attention.candidate_attention,
+                           store_kv=store_kv.store_kv, topk_logprobs=topk_logprobs.topk_logprobs)
+
+    def store_kv(self, key, value, key_cache, value_cache, slots) -> None:
+        """key, value [N, Hkv, D] into slots [N] of one layer's caches."""
+        if self.use_triton:
+            self._k["store_kv"](key, value, key_cache, value_cache, slots)
+        elif key_cache.is_cuda:
+            cpp_ops.store_kv(key.contiguous(), value.contiguous(), key_cache, value_cache, slots)
+        else:
+            key_cache.view(-1, *key_cache.shape[2:])[slots] = key
+            value_cache.view(-1, *value_cache.shape[2:])[slots] = value
+
+    def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
+        fn = self._k["candidate_attention"] if self.use_triton else candidate_attention_torch
+        return fn(q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache, value_cache, block_tables,
+                  context_lens, scale)
+
+    def topk_logprobs(self, logits: torch.Tensor, k: int):
+        """logits [B, V] -> (logp [B, k], ids [B, k]), highest first."""
+        if self.use_triton:
+            return self._k["topk_logprobs"](logits, k)
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        return torch.topk(logp, k, dim=-1)
+
+    def args_select(self, logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache,
+                    value_cache, slots):
+        """Score, choose, and commit the chosen candidate's K/V (all layers) into each row's RM slot."""
+        if self.use_triton:
+            return self._k["args_select"](logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value,
+                                          key_cache, value_cache, slots)
+        dtype = torch.promote_types(logp.dtype, rewards.dtype)
+        scores = logp.to(dtype) + w.to(dtype)[:, None] * rewards.to(dtype)  # [B, K]
+        cols = torch.arange(scores.shape[1], device=scores.device)
+        scores = scores.masked_fill(cols[None, :] >= k[:, None], float("-inf"))
+        choice = scores.argmax(dim=-1)
+        sampled = temperature > 0
+        if gumbel is not None and bool(sampled.any()):
+            noisy = scores.double() / temperature.double().clamp_min(1e-30)[:, None] + gumbel.double()
+            choice = torch.where(sampled, noisy.argmax(dim=-1), choice)
+        rows = torch.arange(len(choice), device=choice.device)
+        keep = slots >= 0
+        for cand, cache in ((cand_key, key_cache), (cand_value, value_cache)):
+            flat = cache.view(cache.shape[0], -1, *cache.shape[3:])  # [L, slots, Hkv, D]
+            flat[:, slots[keep]] = cand[:, rows[keep], choice[keep]]
+        return choice, cand_ids[rows, choice], rewards[rows, choice]
