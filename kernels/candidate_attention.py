@@ -195,7 +195,7 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     M = max(16, triton.next_power_of_2(K * group))
     DP = max(16, triton.next_power_of_2(D))
     BLOCK_N = 64 if q.is_cuda else 128
-    prec = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"  # no TF32 rounding for fp32
+    prec = "ieee" if q.dtype in (torch.float32, torch.float64) else None  # fp32: no TF32 rounding
     scale_t = torch.full((1,), float(scale), dtype=acc, device=q.device)
     max_ctx = max(1, block_tables.shape[1] * BS)
     if split is None:

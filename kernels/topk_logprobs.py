@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 MAX_K = 64
-_INT_BIG = 2147483647
+_INT_BIG = tl.constexpr(2147483647)  # jitted code may only read constexpr globals
 
 
 @triton.jit
