@@ -72,7 +72,8 @@ def _check(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_va
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.device != logp.device:
-            raise ValueError(f"{name} is on device {t.device}, but logp is on {logp.device}: all tensors must share one device")
+            raise ValueError(f"{name} is on device {t.device} but logp is on {logp.device}: "
+                             "all tensors must share one device")
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, K], got shape {tuple(logp.shape)}")
     B, K = logp.shape

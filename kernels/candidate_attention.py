@@ -139,7 +139,8 @@ def _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.device != q.device:
-            raise ValueError(f"{name} is on device {t.device}, but q is on {q.device}: all tensors must share one device")
+            raise ValueError(f"{name} is on device {t.device} but q is on {q.device}: "
+                             "all tensors must share one device")
     if q.dim() != 4:
         raise ValueError(f"q must be [B, K, Hq, D], got shape {tuple(q.shape)}")
     if q.dtype not in _FLOATS:
@@ -202,7 +203,7 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
         split = 1
         if q.is_cuda:
             sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-            split = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(max_ctx, 4 * BLOCK_N), 32))
+            split = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(max_ctx, 2 * BLOCK_N), 32))
     split = max(1, int(split))
     chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
     split = triton.cdiv(max_ctx, chunk)

@@ -32,7 +32,8 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, va
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.device != key.device:
-            raise ValueError(f"{name} is on device {t.device}, but key is on {key.device}: all tensors must share one device")
+            raise ValueError(f"{name} is on device {t.device} but key is on {key.device}: "
+                             "all tensors must share one device")
     if key.dim() != 3:
         raise ValueError(f"key must be [N, H, D], got shape {tuple(key.shape)}")
     N, H, D = key.shape

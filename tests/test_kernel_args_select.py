@@ -101,7 +101,8 @@ def test_bad_inputs():
     for i, bad, name in [(2, args[2].int(), "cand_ids"), (3, args[3].long(), "k"), (11, args[11].int(), "slots"),
                          (1, args[1][:, :3], "rewards"), (6, torch.zeros(2, 3), "gumbel"),
                          (7, args[7][:, :1], "cand_key"), (9, args[9].transpose(1, 2), "key_cache"),
-                         (10, args[10].double(), "value_cache"), (4, torch.ones(2, dtype=torch.int64), "w")]:
+                         (10, args[10].double(), "value_cache"), (4, torch.ones(2, dtype=torch.int64), "w"),
+                         (5, args[5].to("meta"), "device")]:
         a = list(args)
         a[i] = bad
         with pytest.raises(ValueError, match=name):

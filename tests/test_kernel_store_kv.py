@@ -56,6 +56,5 @@ def test_bad_inputs():
         store_kv(torch.randn(2, 16, 2).transpose(1, 2), k, kc, vc, s)
     with pytest.raises(ValueError, match="slot_mapping"):
         store_kv(k, k, kc, vc, s[:1])
-    if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device"):
-            store_kv(k, k, kc, vc, s.cuda())
+    with pytest.raises(ValueError, match="device"):  # a meta tensor stands in for another device
+        store_kv(k, k, kc, vc, s.to("meta"))

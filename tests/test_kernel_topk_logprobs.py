@@ -61,3 +61,5 @@ def test_bad_inputs():
         topk_logprobs(torch.randint(0, 5, (2, 100)), 5)
     with pytest.raises(ValueError, match="contiguous"):
         topk_logprobs(torch.randn(100, 2).t(), 5)
+    with pytest.raises(ValueError, match="V"):
+        topk_logprobs(torch.randn(2, 5), 6)
