@@ -1,0 +1,251 @@
+"""candidate_attention: K candidate queries per sequence against that sequence's paged prefix, plus each
+query's own key/value.
+
+ARGS scores k candidate tokens that all sit at the same position after a shared prefix: candidate j sees
+the prefix and itself, not the other candidates (a tree of depth 1). One program per (sequence, kv head)
+stacks the K x group queries that share a kv head into one [M, D] tile, so every prefix block is read
+once for all of them and the scores are a tl.dot; an online softmax runs over the blocks and each
+query's own key is folded in last. Long contexts at small batch can split the prefix over several
+programs (flash-decoding) whose partial softmax states a second launch combines. The LM's decode
+attention is the K = 1 case.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _candidate_attention_kernel(
+        q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr,
+        part_m_ptr, part_l_ptr, part_acc_ptr,  # [B, HKV, S, M], [B, HKV, S, M], [B, HKV, S, M, DP] (SPLIT only)
+        sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, s_bt,
+        K, HKV, BS, chunk, scale_ptr,
+        GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr,
+        ACC: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    sp = tl.program_id(2)
+    r = tl.arange(0, M)  # tile row r = candidate j, group member g
+    j = r // GROUP
+    h = kvh * GROUP + r % GROUP
+    row_ok = j < K
+    d = tl.arange(0, DP)
+    d_ok = d < D
+    rd_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + b * sq_b + j[:, None] * sq_j + h[:, None] * sq_h + d[None, :], mask=rd_ok, other=0.0)  # [M, DP]
+    ctx = tl.load(ctx_ptr + b)
+    scale = tl.load(scale_ptr)  # a [1] tensor in ACC: a Python float argument would be rounded to fp32
+    start = sp * chunk
+    end = tl.minimum(start + chunk, ctx)
+    row_stride = HKV * D  # contiguous cache [NB, BS, HKV, D]: one slot is HKV * D elements
+
+    m = tl.full([M], float("-inf"), ACC)
+    l = tl.zeros([M], ACC)
+    acc = tl.zeros([M, DP], ACC)
+    n = tl.arange(0, BLOCK_N)
+    for s0 in range(start, end, BLOCK_N):
+        pos = s0 + n
+        p_ok = pos < end
+        blk = tl.load(bt_ptr + b * s_bt + pos // BS, mask=p_ok, other=0)  # physical block of each position
+        slot = blk.to(tl.int64) * BS + pos % BS
+        kv_off = slot[:, None] * row_stride + kvh * D + d[None, :]  # [BLOCK_N, DP]
+        kv_ok = p_ok[:, None] & d_ok[None, :]
+        kt = tl.load(kc_ptr + kv_off, mask=kv_ok, other=0.0)
+        vt = tl.load(vc_ptr + kv_off, mask=kv_ok, other=0.0)
+        sc = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision=PREC) * scale  # [M, BLOCK_N]
+        sc = tl.where(p_ok[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m, tl.max(sc, axis=1))  # finite: every tile has a valid position
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(sc - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, out_dtype=ACC, input_precision=PREC)
+        m = m_new
+
+    if SPLIT:
+        base = ((b * HKV + kvh) * tl.num_programs(2) + sp) * M + r
+        tl.store(part_m_ptr + base, m)
+        tl.store(part_l_ptr + base, l)
+        tl.store(part_acc_ptr + base[:, None] * DP + d[None, :], acc)
+    else:
+        _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
+                            skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, ACC)
+
+
+@triton.jit
+def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
+                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, ACC: tl.constexpr):
+    # Each query's own new key/value: one more softmax column, private to the query's candidate j.
+    kn = tl.load(kn_ptr + b * skn_b + j[:, None] * skn_j + kvh * skn_h + d[None, :], mask=rd_ok, other=0.0)
+    vn = tl.load(vn_ptr + b * svn_b + j[:, None] * svn_j + kvh * svn_h + d[None, :], mask=rd_ok, other=0.0)
+    s_own = tl.sum(q.to(ACC) * kn.to(ACC), axis=1) * scale  # [M]
+    m_new = tl.maximum(m, s_own)
+    alpha = tl.exp(m - m_new)  # 0 when there is no prefix (m = -inf)
+    p_own = tl.exp(s_own - m_new)
+    l = l * alpha + p_own
+    acc = acc * alpha[:, None] + p_own[:, None] * vn.to(ACC)
+    out = acc / l[:, None]
+    tl.store(out_ptr + b * so_b + j[:, None] * so_j + h[:, None] * so_h + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=rd_ok)
+
+
+@triton.jit
+def _candidate_attention_combine_kernel(
+        q_ptr, kn_ptr, vn_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+        sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h,
+        K, HKV, S, scale_ptr,
+        GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    r = tl.arange(0, M)
+    j = r // GROUP
+    h = kvh * GROUP + r % GROUP
+    d = tl.arange(0, DP)
+    rd_ok = (j < K)[:, None] & (d < D)[None, :]
+    q = tl.load(q_ptr + b * sq_b + j[:, None] * sq_j + h[:, None] * sq_h + d[None, :], mask=rd_ok, other=0.0)
+    scale = tl.load(scale_ptr)
+    m = tl.full([M], float("-inf"), ACC)
+    l = tl.zeros([M], ACC)
+    acc = tl.zeros([M, DP], ACC)
+    for s in range(0, S):
+        base = ((b * HKV + kvh) * S + s) * M + r
+        ms = tl.load(part_m_ptr + base)
+        ls = tl.load(part_l_ptr + base)
+        accs = tl.load(part_acc_ptr + base[:, None] * DP + d[None, :])
+        m_new = tl.maximum(m, ms)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # splits past the context are empty
+        a = tl.exp(m - m_safe)
+        c = tl.exp(ms - m_safe)
+        l = l * a + ls * c
+        acc = acc * a[:, None] + accs * c[:, None]
+        m = m_new
+    _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
+                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, ACC)
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens):
+    named = dict(q=q, k_new=k_new, v_new=v_new, key_cache=key_cache, value_cache=value_cache,
+                 block_tables=block_tables, context_lens=context_lens)
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on device {t.device} but q is on {q.device}: "
+                             "all tensors must share one device")
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, K, Hq, D], got shape {tuple(q.shape)}")
+    if q.dtype not in _FLOATS:
+        raise ValueError(f"q must be a float16/bfloat16/float32/float64 tensor, got {q.dtype}")
+    B, K, Hq, D = q.shape
+    if key_cache.dim() != 4:
+        raise ValueError(f"key_cache must be [num_blocks, block_size, Hkv, D], got {tuple(key_cache.shape)}")
+    Hkv = key_cache.shape[2]
+    for name in ("k_new", "v_new"):
+        if tuple(named[name].shape) != (B, K, Hkv, D):
+            raise ValueError(f"{name} must have shape {(B, K, Hkv, D)}, got {tuple(named[name].shape)}")
+    if key_cache.shape[3] != D:
+        raise ValueError(f"key_cache head dim {key_cache.shape[3]} != q head dim {D}")
+    if tuple(value_cache.shape) != tuple(key_cache.shape):
+        raise ValueError(f"value_cache shape {tuple(value_cache.shape)} != key_cache shape {tuple(key_cache.shape)}")
+    for name in ("k_new", "v_new", "key_cache", "value_cache"):
+        if named[name].dtype != q.dtype:
+            raise ValueError(f"{name} dtype {named[name].dtype} != q dtype {q.dtype}")
+    for name in ("key_cache", "value_cache"):
+        if not named[name].is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    for name in ("q", "k_new", "v_new"):
+        if named[name].stride(3) != 1:
+            raise ValueError(f"{name} must be contiguous along the head dim (stride(3) == 1)")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"q heads ({Hq}) must be a multiple of kv heads ({Hkv})")
+    if block_tables.dim() != 2 or block_tables.shape[0] != B or block_tables.dtype != torch.int32:
+        raise ValueError(f"block_tables must be int32 [B={B}, max_blocks], got {block_tables.dtype} "
+                         f"{tuple(block_tables.shape)}")
+    if block_tables.stride(1) != 1:
+        raise ValueError("block_tables must be contiguous along its last dim")
+    if context_lens.dim() != 1 or context_lens.shape[0] != B or context_lens.dtype != torch.int32:
+        raise ValueError(f"context_lens must be int32 [B={B}], got {context_lens.dtype} {tuple(context_lens.shape)}")
+    if not context_lens.is_contiguous():
+        raise ValueError("context_lens must be contiguous")
+
+
+def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, key_cache: torch.Tensor,
+                        value_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
+                        scale: float, split: int | None = None) -> torch.Tensor:
+    """q [B, K, Hq, D], k_new/v_new [B, K, Hkv, D], caches [NB, BS, Hkv, D], block_tables [B, MB] int32,
+    context_lens [B] int32 -> out [B, K, Hq, D] (q's dtype). `split`: programs per (b, kv head) along the
+    prefix; default: a heuristic on CUDA, 1 elsewhere. The context must fit the table: context_lens <= MB * BS
+    (not checked: it would need a device sync)."""
+    _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens)
+    B, K, Hq, D = q.shape
+    NB, BS, Hkv, _ = key_cache.shape
+    group = Hq // Hkv
+    out = torch.empty(B, K, Hq, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    acc = _acc_dtype(q.dtype)
+    M = max(16, triton.next_power_of_2(K * group))
+    DP = max(16, triton.next_power_of_2(D))
+    BLOCK_N = 64 if q.is_cuda else 128
+    prec = "ieee" if q.dtype in (torch.float32, torch.float64) else None  # fp32: no TF32 rounding
+    scale_t = torch.full((1,), float(scale), dtype=acc, device=q.device)
+    max_ctx = max(1, block_tables.shape[1] * BS)
+    if split is None:
+        split = 1
+        if q.is_cuda:
+            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+            split = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(max_ctx, 2 * BLOCK_N), 32))
+    split = max(1, int(split))
+    chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
+    split = triton.cdiv(max_ctx, chunk)
+    strides = (*q.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3], *out.stride()[:3], block_tables.stride(0))
+    meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc])
+    nw = 4
+    if split == 1:
+        _candidate_attention_kernel[(B, Hkv, 1)](
+            q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, out, out, out,
+            *strides, K, Hkv, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=False, num_warps=nw, **meta)
+        return out
+    part_m = torch.empty(B, Hkv, split, M, dtype=acc, device=q.device)
+    part_l = torch.empty_like(part_m)
+    part_acc = torch.empty(B, Hkv, split, M, DP, dtype=acc, device=q.device)
+    _candidate_attention_kernel[(B, Hkv, split)](
+        q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, part_m, part_l, part_acc,
+        *strides, K, Hkv, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw, **meta)
+    _candidate_attention_combine_kernel[(B, Hkv)](
+        q, k_new, v_new, out, part_m, part_l, part_acc, *strides[:12], K, Hkv, split, scale_t, num_warps=nw, **meta)
+    return out
+
+
+def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
+    """Plain torch: gather each sequence's prefix, append the query's own key/value, softmax in the
+    accumulator dtype."""
+    B, K, Hq, D = q.shape
+    BS, Hkv = key_cache.shape[1], key_cache.shape[2]
+    group = Hq // Hkv
+    acc = _acc_dtype(q.dtype)
+    out = torch.empty_like(q)
+    for b in range(B):
+        T = int(context_lens[b])
+        pos = torch.arange(T, device=q.device)
+        slots = block_tables[b].long()[pos // BS] * BS + pos % BS  # [T]
+        kp = key_cache.reshape(-1, Hkv, D)[slots].to(acc).repeat_interleave(group, dim=1)  # [T, Hq, D]
+        vp = value_cache.reshape(-1, Hkv, D)[slots].to(acc).repeat_interleave(group, dim=1)
+        qb = q[b].to(acc)  # [K, Hq, D]
+        kn = k_new[b].to(acc).repeat_interleave(group, dim=1)  # [K, Hq, D]
+        vn = v_new[b].to(acc).repeat_interleave(group, dim=1)
+        s_pre = torch.einsum("khd,thd->kht", qb, kp) * scale  # [K, Hq, T]
+        s_own = (qb * kn).sum(-1, keepdim=True) * scale  # [K, Hq, 1]
+        p = torch.softmax(torch.cat([s_pre, s_own], dim=-1), dim=-1)  # [K, Hq, T + 1]
+        o = torch.einsum("kht,thd->khd", p[..., :T], vp) + p[..., T:] * vn  # [K, Hq, D]
+        out[b] = o.to(q.dtype)
+    return out

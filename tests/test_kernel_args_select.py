@@ -1,0 +1,109 @@
+"""kernels/args_select.py against its torch reference and against select_candidates' semantics."""
+import pytest
+import torch
+from kernel_util import device_dtype_params, devices
+
+from args_engine.kernels.args_select import args_select, args_select_ref
+
+
+def _inputs(B, K, L, Hkv, D, dtype, device, seed=0, NB=3, BS=4):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, dt=dtype):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dt).to(device)
+
+    score_dt = torch.float64 if dtype == torch.float64 else torch.float32
+    logp = -rnd(B, K, dt=score_dt).abs()
+    rewards = rnd(B, K, dt=score_dt)
+    cand_ids = torch.randint(0, 1000, (B, K), generator=g).to(device)
+    k = torch.randint(1, K + 1, (B,), generator=g).to(torch.int32).to(device)
+    w = rnd(B, dt=torch.float64).abs()
+    temperature = torch.zeros(B, dtype=torch.float64, device=device)
+    ck, cv = rnd(L, B, K, Hkv, D), rnd(L, B, K, Hkv, D)
+    kc, vc = rnd(L, NB, BS, Hkv, D), rnd(L, NB, BS, Hkv, D)
+    slots = torch.randperm(NB * BS, generator=g)[:B].to(device)
+    return [logp, rewards, cand_ids, k, w, temperature, None, ck, cv, kc, vc, slots]
+
+
+def _check(args):
+    ref_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    out = args_select(*args)
+    ref = args_select_ref(*ref_args)
+    for o, r in zip(out, ref):
+        assert o.dtype == r.dtype and torch.equal(o, r)
+    assert torch.equal(args[9], ref_args[9]) and torch.equal(args[10], ref_args[10])  # caches
+    return out
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("B,K,L,Hkv,D", [(4, 10, 2, 2, 16), (3, 1, 1, 1, 16), (2, 64, 3, 4, 64), (3, 5, 2, 3, 24)])
+def test_greedy_matches_ref(device, dtype, B, K, L, Hkv, D):
+    args = _inputs(B, K, L, Hkv, D, dtype, device, seed=K)
+    args[11][0] = -1  # row 0 chooses without committing
+    _check(args)
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+def test_stochastic_matches_ref(device, dtype):
+    B, K = 6, 8
+    args = _inputs(B, K, 2, 2, 16, dtype, device, seed=3)
+    g = torch.Generator().manual_seed(7)
+    u = torch.rand(B, K, generator=g, dtype=torch.float64)
+    args[6] = (-torch.log(-torch.log(u))).to(device)
+    args[5] = torch.tensor([0.0, 0.5, 1.0, 2.0, 0.0, 0.7], dtype=torch.float64, device=device)  # mixed modes
+    choice, _, _ = _check(args)
+    # Stochastic rows really use the noise: the same rows without it may choose differently, never beyond k.
+    assert (choice < args[3].long()).all()
+
+
+@pytest.mark.parametrize("device", devices())
+def test_ties_lowest_index_and_k_mask(device):
+    args = _inputs(3, 6, 1, 1, 16, torch.float32, device)
+    args[0] = torch.zeros(3, 6, device=device)  # equal scores everywhere
+    args[1] = torch.zeros(3, 6, device=device)
+    args[1][1, 4] = 5.0  # beyond k: ignored
+    args[1][2, 3] = float("-inf")
+    args[3] = torch.tensor([6, 3, 6], dtype=torch.int32, device=device)
+    choice, token, reward = _check(args)
+    assert choice.tolist() == [0, 0, 0]
+    args[0][:, 0] = float("-inf")
+    assert _check(args)[0].tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("device", devices())
+def test_matches_select_candidates(device):
+    # The semantics the engine's torch path (decoding/common.py) uses, with per-request generators.
+    from args_engine.decoding.common import Request, select_candidates
+    from args_engine.params import ARGSParams
+
+    B, K = 4, 6
+    args = _inputs(B, K, 1, 1, 16, torch.float32, device, seed=11)
+    params = [ARGSParams(k=6, w=1.5, mode="greedy"), ARGSParams(k=3, w=0.5, mode="stochastic", temperature=0.8, seed=1),
+              ARGSParams(k=1, w=2.0, mode="greedy"), ARGSParams(k=5, w=1.0, mode="stochastic", temperature=1.3, seed=2)]
+    reqs = [Request([1], p, max_len=100) for p in params]
+    expected = select_candidates(args[0], args[1], reqs)
+    gumbel = torch.zeros(B, K, dtype=torch.float64)
+    for b, p in enumerate(params):  # the same draws select_candidates made, from fresh generators
+        if p.mode == "stochastic":
+            u = torch.rand(p.k, generator=torch.Generator().manual_seed(p.seed), dtype=torch.float64)
+            gumbel[b, :p.k] = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    args[3] = torch.tensor([p.k for p in params], dtype=torch.int32, device=device)
+    args[4] = torch.tensor([p.w for p in params], dtype=torch.float64, device=device)
+    args[5] = torch.tensor([p.temperature if p.mode == "stochastic" else 0.0 for p in params],
+                           dtype=torch.float64, device=device)
+    args[6] = gumbel.to(device)
+    choice, _, _ = _check(args)
+    assert torch.equal(choice, expected)
+
+
+def test_bad_inputs():
+    args = _inputs(2, 4, 1, 1, 16, torch.float32, "cpu")
+    for i, bad, name in [(2, args[2].int(), "cand_ids"), (3, args[3].long(), "k"), (11, args[11].int(), "slots"),
+                         (1, args[1][:, :3], "rewards"), (6, torch.zeros(2, 3), "gumbel"),
+                         (7, args[7][:, :1], "cand_key"), (9, args[9].transpose(1, 2), "key_cache"),
+                         (10, args[10].double(), "value_cache"), (4, torch.ones(2, dtype=torch.int64), "w"),
+                         (5, args[5].to("meta"), "device")]:
+        a = list(args)
+        a[i] = bad
+        with pytest.raises(ValueError, match=name):
+            args_select(*a)

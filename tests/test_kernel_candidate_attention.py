@@ -1,0 +1,83 @@
+"""kernels/candidate_attention.py against its torch reference: paged prefix + each query's own key."""
+import pytest
+import torch
+from kernel_util import device_dtype_params, devices, tol
+
+from args_engine.kernels.candidate_attention import candidate_attention, candidate_attention_ref
+
+
+def _inputs(B, K, Hq, Hkv, D, BS, ctxs, dtype, device, NB=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    MB = max(1, max((c + BS - 1) // BS for c in ctxs))
+    NB = NB or B * MB + 3
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+
+    q, kn, vn = rnd(B, K, Hq, D), rnd(B, K, Hkv, D), rnd(B, K, Hkv, D)
+    kc, vc = rnd(NB, BS, Hkv, D), rnd(NB, BS, Hkv, D)
+    bt = torch.randperm(NB, generator=g)[:B * MB].view(B, MB).to(torch.int32).to(device)  # shuffled blocks
+    cl = torch.tensor(ctxs, dtype=torch.int32, device=device)
+    return q, kn, vn, kc, vc, bt, cl
+
+
+def _check(args, split=None):
+    D = args[0].shape[-1]
+    out = candidate_attention(*args, D ** -0.5, split=split)
+    ref = candidate_attention_ref(*args, D ** -0.5)
+    assert out.dtype == args[0].dtype and out.shape == args[0].shape
+    t = tol(args[0].dtype)
+    torch.testing.assert_close(out, ref, atol=t, rtol=t)
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("B,K,Hq,Hkv,D,BS,ctxs", [
+    (3, 3, 4, 4, 16, 4, [0, 1, 3]),          # no prefix (output = v_new), one token, BS - 1
+    (3, 10, 8, 4, 64, 16, [16, 17, 49]),      # BS, BS + 1, several blocks; GQA group 2
+    (2, 1, 8, 2, 16, 8, [40, 7]),             # K = 1 (LM decode); group 4
+    (1, 5, 4, 1, 24, 16, [33]),               # D = 24 padded to a 32-wide tile; group 4
+])
+def test_matches_ref(device, dtype, B, K, Hq, Hkv, D, BS, ctxs):
+    _check(_inputs(B, K, Hq, Hkv, D, BS, ctxs, dtype, device))
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("split", [2, 5])
+def test_split_matches_ref(device, dtype, split):
+    # Splits past a row's context are empty; context 0 leaves every split empty.
+    _check(_inputs(3, 4, 4, 2, 16, 4, [37, 0, 5], dtype, device, seed=split), split=split)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_own_key_only(device):
+    # With no prefix each candidate attends only to itself: output = its own value, whatever the others hold.
+    q, kn, vn, kc, vc, bt, cl = _inputs(1, 4, 2, 1, 16, 4, [0], torch.float32, device)
+    out = candidate_attention(q, kn, vn, kc, vc, bt, cl, 0.25)
+    torch.testing.assert_close(out, vn.expand(-1, -1, 2, -1), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_strided_queries(device):
+    q, kn, vn, kc, vc, bt, cl = _inputs(2, 3, 4, 2, 16, 4, [6, 9], torch.float32, device)
+    qkv = torch.cat([q, kn, vn], dim=2)  # a fused projection: q, k, v are strided views
+    _check((qkv[:, :, :4], qkv[:, :, 4:6], qkv[:, :, 6:], kc, vc, bt, cl))
+
+
+def test_bad_inputs():
+    q, kn, vn, kc, vc, bt, cl = _inputs(2, 3, 4, 2, 16, 4, [6, 9], torch.float32, "cpu")
+    with pytest.raises(ValueError, match="block_tables"):
+        candidate_attention(q, kn, vn, kc, vc, bt.long(), cl, 1.0)
+    with pytest.raises(ValueError, match="context_lens"):
+        candidate_attention(q, kn, vn, kc, vc, bt, cl.long(), 1.0)
+    with pytest.raises(ValueError, match="k_new"):
+        candidate_attention(q, kn[:, :2], vn, kc, vc, bt, cl, 1.0)
+    with pytest.raises(ValueError, match="v_new"):
+        candidate_attention(q, kn, vn.double(), kc, vc, bt, cl, 1.0)
+    with pytest.raises(ValueError, match="multiple"):
+        candidate_attention(q[:, :, :3], kn, vn, kc, vc, bt, cl, 1.0)
+    with pytest.raises(ValueError, match="key_cache"):
+        candidate_attention(q, kn, vn, kc.transpose(0, 1), vc.transpose(0, 1), bt, cl, 1.0)
+    with pytest.raises(ValueError, match="q"):
+        candidate_attention(q[0], kn, vn, kc, vc, bt, cl, 1.0)
+    with pytest.raises(ValueError, match="device"):  # a meta tensor stands in for another device
+        candidate_attention(q, kn, vn, kc, vc, bt.to("meta"), cl, 1.0)
