@@ -10,42 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from args_engine.chat import render_prompt
-from args_engine.reward.data import load_pairs, parse_dialogue, split_pairs
+from common import long_prompt, machine_name, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def long_prompt(tokenizer, n_tokens: int) -> list[int]:
-    """Turns of evaluation-split dialogues, gathered until the chat-rendered prompt reaches n_tokens."""
-    messages: list[dict] = []
-    for pair in split_pairs(load_pairs())["evaluation"]:
-        for m in parse_dialogue(pair.chosen):
-            if messages and messages[-1]["role"] == m["role"]:
-                continue
-            messages.append(m)
-            if m["role"] == "user" and len(render_prompt(tokenizer, messages)) >= n_tokens:
-                return render_prompt(tokenizer, messages)
-    raise RuntimeError("not enough evaluation dialogue text")
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def machine_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name().replace(" ", "-")
-    return f"cpu-{torch.get_num_threads()}threads-{platform.machine()}"
 
 
 def main():

@@ -6,8 +6,9 @@ import string
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, OPTConfig, OPTForCausalLM,
-                          OPTForSequenceClassification, PreTrainedTokenizerFast)
+                          LlamaForCausalLM, LlamaForSequenceClassification, MistralForCausalLM,
+                          MistralForSequenceClassification, OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
+                          PreTrainedTokenizerFast, Qwen2ForCausalLM, Qwen2ForSequenceClassification)
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 CHARS = list(string.printable[:-5]) + ["\n"]  # printable without \t\r\x0b\x0c, plus newline
@@ -35,6 +36,12 @@ def _config(family: str, num_labels: int | None = None):
     if family == "llama":
         return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2, **common)
+    if family in ("mistral", "qwen2"):  # Llama-family variants the native runner also takes (Qwen2: q/k/v bias)
+        from transformers import MistralConfig, Qwen2Config
+        cls = MistralConfig if family == "mistral" else Qwen2Config
+        return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=1, max_position_embeddings=256, initializer_range=0.2, sliding_window=None,
+                   **common)
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.2, **common)
     if family == "opt":
@@ -43,9 +50,11 @@ def _config(family: str, num_labels: int | None = None):
     raise ValueError(family)
 
 
-_LM = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM}
+_LM = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM,
+       "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}
 _RM = {"llama": LlamaForSequenceClassification, "gpt2": GPT2ForSequenceClassification,
-       "opt": OPTForSequenceClassification}
+       "opt": OPTForSequenceClassification, "mistral": MistralForSequenceClassification,
+       "qwen2": Qwen2ForSequenceClassification}
 
 
 def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float64):

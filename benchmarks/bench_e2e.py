@@ -1,0 +1,181 @@
+"""End-to-end: the native engine against HF greedy, the reference decoder and the original-style baseline
+(benchmarks/baselines/original_args.py), on the default models, ARGS-greedy k = 10, w = 1, EOS ignored so every
+decoder emits the same number of tokens. All figures of one run are measured side by side on one machine.
+
+    python benchmarks/bench_e2e.py [--sections e2e,batch,memory,sweep] [--new-tokens 128] [--quick]
+
+- e2e: B = 1, prompts of about 512 and 2,000 tokens: tok/s of HF greedy, reference, native, original-style.
+- batch: 16 evaluation prompts decoded together by native vs the same 16 one at a time by the original style.
+- memory: RM cache bytes per sequence, native (paged, one prefix) vs original style (k replicas).
+- sweep: tok/s against prompt length and against k, native vs original style (fewer new tokens).
+Writes benchmarks/results/bench_e2e_<machine>.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from args_engine import ARGSEngine, ARGSParams
+from args_engine.reward.data import load_pairs, split_last_reply, split_pairs
+from baselines.original_args import original_args_generate
+from common import long_prompt, machine_name
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.native = ARGSEngine.from_pretrained(device=args.device, backend="native", batch_size=16)
+        self.ref = ARGSEngine(self.native.lm, self.native.rm, tokenizer=self.native.tokenizer, backend="reference")
+        self.lm, self.rm, self.tok = self.native.lm, self.native.rm, self.native.tokenizer
+
+    def params(self, n: int, k: int = 10) -> ARGSParams:
+        return ARGSParams(k=k, w=1.0, max_new_tokens=n, ignore_eos=True)
+
+    def hf_greedy(self, ids: list[int], n: int) -> float:
+        x = torch.tensor([ids], device=self.args.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.lm.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n,
+                             min_new_tokens=n, pad_token_id=self.native.pad_id)
+        return n / (time.perf_counter() - start)
+
+    def engine(self, engine: ARGSEngine, prompts: list, n: int, k: int = 10) -> tuple[float, list]:
+        start = time.perf_counter()
+        outs = engine.generate(prompts, self.params(n, k), progress=False)
+        return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - start), outs
+
+    def original(self, prompts: list[list[int]], n: int, k: int = 10) -> tuple[float, list, int]:
+        start, outs, peak = time.perf_counter(), [], 0
+        for ids in prompts:
+            tokens, p = original_args_generate(self.lm, self.rm, ids, k, 1.0, n)
+            outs.append(tokens)
+            peak = max(peak, p)
+        return len(prompts) * n / (time.perf_counter() - start), outs, peak
+
+    def e2e(self) -> dict:
+        rows = {}
+        for target in tqdm(self.args.prompt_lengths, desc="e2e"):
+            ids, n = long_prompt(self.tok, target), self.args.new_tokens
+            self.hf_greedy(ids, 4)  # warm-up
+            row = {"prompt_tokens": len(ids), "hf_greedy": self.hf_greedy(ids, n)}
+            row["reference"], ref_out = self.engine(self.ref, [ids], n)
+            row["native"], nat_out = self.engine(self.native, [ids], n)
+            row["original_style"], orig_out, _ = self.original([ids], n)
+            row["same_tokens"] = ref_out[0].token_ids == nat_out[0].token_ids == orig_out[0]
+            row["native_over_hf_greedy"] = row["native"] / row["hf_greedy"]
+            row["native_over_original_style"] = row["native"] / row["original_style"]
+            rows[str(target)] = row
+            print(json.dumps(row))
+        return rows
+
+    def batch_prompts(self, count: int) -> list[list[int]]:
+        pairs = split_pairs(load_pairs())["evaluation"][:count]
+        return [self.native.make_request(split_last_reply(p.chosen)[0], self.params(1)).prompt_ids for p in pairs]
+
+    def batch(self) -> dict:
+        prompts, n = self.batch_prompts(16), self.args.batch_new_tokens
+        native_tps, nat_out = self.engine(self.native, prompts, n)
+        orig_tps, orig_out, _ = self.original(prompts, n)
+        row = {"prompts": len(prompts), "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
+               "new_tokens": n, "native_batched": native_tps, "original_style_one_at_a_time": orig_tps,
+               "ratio": native_tps / orig_tps,
+               "same_tokens": sum(o.token_ids == t for o, t in zip(nat_out, orig_out))}
+        print(json.dumps(row))
+        return row
+
+    def memory(self) -> dict:
+        ids, n, k = long_prompt(self.tok, 512), 16, 10
+        _, _, baseline = self.original([ids], n, k)
+        rm = self.native.decoder.runner.rm
+        per_token = 2 * rm.num_layers * rm.num_kv_heads * rm.head_dim * rm.dtype.itemsize
+        bs = self.native.decoder.bm.block_size
+        T = len(ids) + n
+        native_pages = -(-T // bs) * bs * per_token
+        scratch = k * per_token  # the candidates' K/V of one step, dropped after the commit
+        row = {"prompt_tokens": len(ids), "new_tokens": n, "k": k, "rm_bytes_per_token": per_token,
+               "native_rm_cache_bytes": native_pages + scratch, "original_style_rm_cache_bytes": baseline,
+               "ratio": baseline / (native_pages + scratch)}
+        print(json.dumps(row))
+        return row
+
+    def sweep(self) -> dict:
+        n = self.args.sweep_new_tokens
+        out = {"new_tokens": n, "prompt_length": [], "k": []}
+        for target in tqdm(self.args.sweep_lengths, desc="sweep length"):
+            ids = long_prompt(self.tok, target)
+            out["prompt_length"].append({"prompt_tokens": len(ids), "native": self.engine(self.native, [ids], n)[0],
+                                         "original_style": self.original([ids], n)[0]})
+        ids = long_prompt(self.tok, 512)
+        for k in tqdm(self.args.sweep_ks, desc="sweep k"):
+            out["k"].append({"k": k, "native": self.engine(self.native, [ids], n, k)[0],
+                             "original_style": self.original([ids], n, k)[0]})
+        print(json.dumps(out))
+        return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [p for p in ("e2e", "sweep") if p in result]
+    fig, axes = plt.subplots(1, 1 + 2 * ("sweep" in result), figsize=(5 + 5 * ("sweep" in result), 3.8))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    if "e2e" in result:
+        ax, names = axes[0], ["hf_greedy", "reference", "native", "original_style"]
+        rows = result["e2e"]
+        width = 0.8 / len(rows)
+        for i, (length, row) in enumerate(rows.items()):
+            xs = [j + i * width for j in range(len(names))]
+            ax.bar(xs, [row[m] for m in names], width, label=f"prompt {row['prompt_tokens']} tok")
+        ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(names))], names, rotation=15)
+        ax.set_ylabel("tokens / s (B = 1, k = 10)")
+        ax.legend()
+    if "sweep" in result:
+        s = result["sweep"]
+        for ax, key, xname in ((axes[-2], "prompt_length", "prompt_tokens"), (axes[-1], "k", "k")):
+            for m, style in (("native", "o-"), ("original_style", "s--")):
+                ax.plot([r[xname] for r in s[key]], [r[m] for r in s[key]], style, label=m)
+            ax.set_xlabel(xname.replace("_", " "))
+            ax.set_ylabel(f"tokens / s ({s['new_tokens']} new)")
+            ax.legend()
+    fig.suptitle(f"{result['machine']}: ARGS decoding, default models ({', '.join(panels)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default="e2e,batch,memory,sweep")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batch-new-tokens", type=int, default=64)
+    ap.add_argument("--sweep-new-tokens", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the script runs")
+    args = ap.parse_args()
+    args.prompt_lengths, args.sweep_lengths, args.sweep_ks = [512, 2000], [128, 512, 1024, 2048], [1, 5, 10, 20]
+    if args.quick:
+        args.new_tokens = args.batch_new_tokens = args.sweep_new_tokens = 4
+        args.prompt_lengths, args.sweep_lengths, args.sweep_ks = [64], [64, 128], [1, 4]
+    bench = Bench(args)
+    result = {"machine": machine_name(), "torch": torch.__version__, "dtype": "float32", "k": 10, "w": 1.0,
+              "new_tokens": args.new_tokens, "quick": args.quick}
+    for section in args.sections.split(","):
+        result[section] = getattr(bench, section)()
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stem = RESULTS / f"bench_e2e_{result['machine']}"
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        plot(result, stem.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

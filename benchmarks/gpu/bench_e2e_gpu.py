@@ -1,0 +1,132 @@
+"""End-to-end on a GPU: random-weight Llama-3.2-1B-shaped LM and RM in bf16, ARGS-greedy k = 10, 128 new tokens
+(EOS ignored), B = 1, 8, 64, native engine (Triton kernels). Reports decode ms per step, tok/s, and the ratio
+to the bandwidth floor: (LM weights + RM weights + K/V read per step) / measured device copy bandwidth. At B = 1
+also HF greedy, the reference decoder and the original-style baseline, side by side.
+
+    python benchmarks/gpu/bench_e2e_gpu.py [--out DIR] [--batches 1,8,64] [--new-tokens 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from args_engine import ARGSEngine, ARGSParams  # noqa: E402
+from baselines.original_args import original_args_generate  # noqa: E402
+
+LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+                rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                              "original_max_position_embeddings": 8192, "rope_type": "llama3"})
+
+
+TINY = dict(LLAMA_1B, vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2)
+
+
+def build(cls, config: dict, device: str, **extra):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(LlamaConfig(**config, **extra))
+    return model.to(torch.bfloat16).eval()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
+    x = torch.empty(2**29 if device == "cuda" else 2**24, dtype=torch.float16, device=device)
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    sync(device)
+    start, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        y.copy_(x)
+    sync(device)
+    return 2 * x.numel() * x.element_size() * reps / (time.perf_counter() - start)
+
+
+def param_bytes(model, skip_embedding: bool) -> int:
+    emb = model.get_input_embeddings().weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if not (skip_embedding and p is emb))
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--tiny", action="store_true", help="a tiny config on CPU, to check the script runs")
+    args = ap.parse_args()
+    device, config = ("cpu", TINY) if args.tiny else ("cuda", LLAMA_1B)
+    if args.tiny:
+        args.new_tokens, args.prompt_tokens, args.batches = 4, 16, "1,3"
+    lm = build(LlamaForCausalLM, config, device)
+    rm = build(LlamaForSequenceClassification, config, device, num_labels=1, pad_token_id=0)
+    bw = copy_bandwidth(device)
+    engine = ARGSEngine(lm, rm, backend="native", batch_size=64, cache_memory_gb=16.0 if device == "cuda" else 0.1)
+    n, P, k = args.new_tokens, args.prompt_tokens, 10
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(10, config["vocab_size"], (P,), generator=gen).tolist() for _ in range(64)]
+    per_tok = {name: 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2
+               for name, m in (("lm", engine.decoder.runner.lm), ("rm", engine.decoder.runner.rm))}
+    weights = param_bytes(lm, skip_embedding=False) + param_bytes(rm, skip_embedding=True)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (--tiny check)", "torch": torch.__version__, "dtype": "bfloat16",
+              "model": "random Llama-3.2-1B-shaped LM and RM", "k": k, "w": 1.0, "prompt_tokens": P,
+              "new_tokens": n, "copy_bandwidth_GBps": bw / 1e9, "weight_bytes_per_step": weights, "runs": []}
+
+    def params(m):
+        return ARGSParams(k=k, w=1.0, max_new_tokens=m, ignore_eos=True)
+
+    engine.generate(prompts[:2], params(4), progress=False)  # warm-up: Triton compiles
+    for B in [int(b) for b in args.batches.split(",")]:
+        t1 = timed(lambda: engine.generate(prompts[:B], params(1), progress=False), device)
+        tn = timed(lambda: engine.generate(prompts[:B], params(n), progress=False), device)
+        step_s = (tn - t1) / (n - 1)
+        kv = B * (P + n // 2) * (per_tok["lm"] + per_tok["rm"])  # mean context over the run
+        floor_s = (weights + kv) / bw
+        run = {"batch": B, "decode_ms_per_step": step_s * 1e3, "tokens_per_s": B * n / tn,
+               "decode_tokens_per_s": B / step_s, "prefill_plus_first_step_s": t1,
+               "bandwidth_floor_ms_per_step": floor_s * 1e3, "ratio_to_floor": step_s / floor_s}
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+
+    ids, m = prompts[0], min(64, n)
+    x = torch.tensor([ids], device=device)
+    hf = timed(lambda: lm.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=m,
+                                   min_new_tokens=m, pad_token_id=0), device)
+    ref = ARGSEngine(lm, rm, backend="reference")
+    t_ref = timed(lambda: ref.generate([ids], params(m), progress=False), device)
+    t_nat = timed(lambda: engine.generate([ids], params(m), progress=False), device)
+    t_orig = timed(lambda: original_args_generate(lm, ref.rm, ids, k, 1.0, m), device)
+    result["b1_side_by_side"] = {"new_tokens": m, "tokens_per_s": {
+        "hf_greedy": m / hf, "reference": m / t_ref, "native": m / t_nat, "original_style": m / t_orig}}
+    print(json.dumps(result["b1_side_by_side"]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_e2e_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Oracle (c)/(d): the native engine (torch ops, and Triton kernels under the interpreter) gives the reference
+decoder's ARGS tokens, alone, in mixed batches, with requests arriving mid-run and under preemption; every cache
+block is free afterwards."""
+import os
+
+import pytest
+import torch
+
+from args_engine import ARGSEngine, ARGSParams
+from args_engine.decoding.common import Request
+from tiny import EOS, char_tokenizer, tiny_lm, tiny_rm
+
+PROMPTS = ["Hello there", "Hi", "What is the best way to learn to cook rice at home?", "x", "Tell me a joke."]
+GREEDY = ARGSParams(k=6, w=1.5, max_new_tokens=14)
+STOCHASTIC = ARGSParams(k=5, w=1.0, mode="stochastic", temperature=0.8, max_new_tokens=10, seed=7)
+USE_TRITON = [False] + ([True] if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available() else [])
+
+
+def models(family="llama", dtype=torch.float64):
+    return tiny_lm(family, dtype=dtype), tiny_rm(family, dtype=dtype), char_tokenizer()
+
+
+def native(lm, rm, tok, **kw):
+    kw.setdefault("block_size", 4)
+    return ARGSEngine(lm, rm, tokenizer=tok, backend="native", **kw)
+
+
+def assert_all_free(engine):
+    bm = engine.decoder.bm
+    assert bm.num_free_blocks == bm.num_blocks and bm.allocator.num_sequences == 0
+    bm.allocator.check()
+
+
+def assert_same(ref_outs, nat_outs):
+    for a, b in zip(ref_outs, nat_outs, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.finish_reason == b.finish_reason and a.text == b.text
+        torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_auto_picks_native_for_llama_family(family):
+    lm, rm, tok = models(family, torch.float32)
+    assert ARGSEngine(lm, rm, tokenizer=tok).backend == "native"
+
+
+def test_auto_keeps_reference_for_other_families():
+    lm, rm, tok = models("gpt2", torch.float32)
+    assert ARGSEngine(lm, rm, tokenizer=tok).backend == "reference"
+    with pytest.raises(ValueError, match="native"):
+        ARGSEngine(lm, rm, tokenizer=tok, backend="native")
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_greedy_equals_reference_single_and_batched(family, use_triton):
+    lm, rm, tok = models(family)
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
+    nat = native(lm, rm, tok, use_triton=use_triton)
+    expected = [ref.generate(p, GREEDY, progress=False)[0] for p in PROMPTS]
+    assert_same(expected, nat.generate(PROMPTS, GREEDY, progress=False))
+    assert_same(expected[2:3], nat.generate(PROMPTS[2], GREEDY, progress=False))
+    assert_all_free(nat)
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+def test_stochastic_same_seed_same_text_whatever_the_batch(use_triton):
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok, use_triton=use_triton)
+    batched = nat.generate(PROMPTS, STOCHASTIC, progress=False)
+    alone = [nat.generate(p, STOCHASTIC, progress=False)[0] for p in PROMPTS]
+    assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(PROMPTS, STOCHASTIC, progress=False)
+    assert [o.token_ids for o in batched] == [o.token_ids for o in ref]  # same per-request Gumbel draws
+    assert_all_free(nat)
+
+
+def test_per_request_params_and_small_batch_size():
+    lm, rm, tok = models()
+    plist = [ARGSParams(k=1, max_new_tokens=5), ARGSParams(k=8, w=2.0, max_new_tokens=9),
+             ARGSParams(k=3, w=0.5, mode="stochastic", seed=3, max_new_tokens=7), GREEDY, STOCHASTIC]
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(PROMPTS, plist, progress=False)
+    nat = native(lm, rm, tok, batch_size=2)  # continuous batching: at most 2 sequences at once
+    assert_same(ref, nat.generate(PROMPTS, plist, progress=False))
+    assert_all_free(nat)
+
+
+def test_requests_arriving_mid_run_and_chunked_prefill():
+    lm, rm, tok = models()
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
+    nat = native(lm, rm, tok, max_num_batched_tokens=8)  # long prompts take several steps to prefill
+    engine = nat.decoder
+    reqs = [nat.make_request(p, GREEDY) for p in PROMPTS]
+    engine.add_request(reqs[0])
+    pending, steps = reqs[1:], 0
+    while engine.has_unfinished() or pending:
+        if pending and steps % 3 == 2:
+            engine.add_request(pending.pop(0))
+        engine.step()
+        steps += 1
+    for p, r in zip(PROMPTS, reqs):
+        assert r.out_ids == ref.generate(p, GREEDY, progress=False)[0].token_ids
+    assert_all_free(nat)
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+def test_preemption_when_blocks_run_out(use_triton):
+    lm, rm, tok = models()
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(PROMPTS, GREEDY, progress=False)
+    nat = native(lm, rm, tok, num_blocks=24, use_triton=use_triton)  # the longest request alone needs 21
+    assert_same(ref, nat.generate(PROMPTS, GREEDY, progress=False))
+    assert nat.decoder.scheduler.num_preemptions > 0
+    assert_all_free(nat)
+
+
+def test_request_larger_than_the_cache_is_refused():
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok, num_blocks=4)
+    with pytest.raises(ValueError, match="cache blocks"):
+        nat.generate(PROMPTS[2], GREEDY, progress=False)
+    assert_all_free(nat)
+
+
+def test_streaming_matches_generate_and_abort_frees_blocks():
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok)
+    full = nat.generate(PROMPTS[:3], GREEDY, progress=False)
+    texts, tokens, last = ["", "", ""], [[], [], []], {}
+    for ev in nat.generate_stream(PROMPTS[:3], GREEDY):
+        texts[ev.request_id] += ev.text
+        tokens[ev.request_id].append(ev.token_id)
+        if ev.finished:
+            last[ev.request_id] = ev.output
+    assert [o.token_ids for o in full] == tokens
+    assert [o.text for o in full] == texts == [last[i].text for i in range(3)]
+    assert_all_free(nat)
+
+    stream = nat.generate_stream(PROMPTS, GREEDY)
+    next(stream)
+    assert nat.decoder.num_used_blocks > 0
+    stream.close()  # the client went away: abort everything
+    assert_all_free(nat)
+
+
+def test_stop_strings_are_not_streamed():
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok)
+    free_run = nat.generate(PROMPTS[0], ARGSParams(k=4, w=1.0, max_new_tokens=20, ignore_eos=True),
+                            progress=False)[0].text
+    stop = free_run[5:8]
+    params = ARGSParams(k=4, w=1.0, max_new_tokens=20, ignore_eos=True, stop=[stop])
+    streamed = "".join(ev.text for ev in nat.generate_stream(PROMPTS[0], params))
+    expected = nat.generate(PROMPTS[0], params, progress=False)[0]
+    assert expected.finish_reason == "stop" and streamed == expected.text == free_run[:free_run.find(stop)]
+    assert_all_free(nat)
+
+
+def test_k1_and_w0_are_plain_greedy():
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok)
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    hf = lm.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=EOS, pad_token_id=0)
+    hf_ids = hf[0, len(ids):].tolist()
+    for params in (ARGSParams(k=1, w=3.0, max_new_tokens=10), ARGSParams(k=10, w=0.0, max_new_tokens=10)):
+        assert nat.generate(PROMPTS[0], params, progress=False)[0].token_ids == hf_ids[:len(hf_ids)]
+
+
+def test_mid_run_abort_frees_blocks():
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok)
+    engine = nat.decoder
+    rids = [engine.add_request(Request(nat.make_request(p, GREEDY).prompt_ids, GREEDY, 256)) for p in PROMPTS]
+    engine.step()
+    engine.step()
+    for rid in rids:
+        engine.abort(rid)
+    assert not engine.has_unfinished()
+    assert_all_free(nat)
