@@ -1,5 +1,5 @@
 // Paged KV cache ops, CPU implementations. Layout: cache [num_blocks, block_size, num_heads, head_dim];
-// a slot is block * block_size + offset; slot -1 means "skip" (padding). CUDA versions: cache_ops.cu.
+// a slot is block * block_size + offset; slot -1 means "skip" (padding). CUDA versions: cache_ops_cuda.cu.
 #include <torch/extension.h>
 
 #include "cache_ops_checks.h"

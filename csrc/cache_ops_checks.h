@@ -1,5 +1,5 @@
 #pragma once
-// Input validation shared by the CPU (cache_ops.cpp) and CUDA (cache_ops.cu) cache ops, so both
+// Input validation shared by the CPU (cache_ops.cpp) and CUDA (cache_ops_cuda.cu) cache ops, so both
 // reject the same inputs with the same messages.
 #include <algorithm>
 #include <vector>

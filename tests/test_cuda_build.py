@@ -35,7 +35,7 @@ NVCC = find_nvcc()
 
 
 def test_cuda_sources_exist():
-    assert [p.name for p in CU_SOURCES] == ["cache_ops.cu"]
+    assert [p.name for p in CU_SOURCES] == ["cache_ops_cuda.cu"]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH or under CUDA_HOME")

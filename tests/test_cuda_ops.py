@@ -1,4 +1,4 @@
-"""CUDA cache ops (csrc/cache_ops.cu) against the CPU ops; skipped without a GPU and a CUDA build."""
+"""CUDA cache ops (csrc/cache_ops_cuda.cu) against the CPU ops; skipped without a GPU and a CUDA build."""
 import pytest
 import torch
 

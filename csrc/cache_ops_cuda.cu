@@ -1,4 +1,4 @@
-// Paged KV cache ops, CUDA implementations of cache_ops.cpp (same layout, semantics and checks).
+// Paged KV cache ops, CUDA implementations of cache_ops.cpp (named apart: both would build cache_ops.o) (same layout, semantics and checks).
 // Layout: cache [num_blocks, block_size, H, D]; slot = block * block_size + offset; slot -1 skips.
 //
 // Index tensors (slot_mapping, block_mapping) may live on the host or on the device:
