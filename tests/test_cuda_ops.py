@@ -1,4 +1,8 @@
-"""CUDA cache ops (csrc/cache_ops_cuda.cu) against the CPU ops; skipped without a GPU and a CUDA build."""
+"""CUDA cache ops (csrc/cache_ops_cuda.cu) against the CPU ops; skipped without a GPU and a CUDA build.
+
+On the lent H100 image (torch 2.11+cu130, extension built by /opt/gcc g++ 13.3) any C++ exception whose
+message formats a number segfaulted unless run with LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6
+(a toolchain/load-order issue: the CPU-only test_cache_ops error test crashed the same way); with it, all pass."""
 import pytest
 import torch
 
