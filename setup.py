@@ -13,8 +13,13 @@ cuda_sources = sorted(glob.glob("csrc/*.cu"))
 use_cuda = (bool(cuda_sources) and torch.version.cuda is not None and CUDA_HOME is not None
             and os.environ.get("ARGS_ENGINE_SKIP_CUDA") != "1")
 if use_cuda:
+    # Arch: TORCH_CUDA_ARCH_LIST when set; else torch targets the visible GPU, or sm_90 when none is
+    # visible (torch's own fallback would build every arch it knows). No --use_fast_math: the cache
+    # ops only move data and must stay bit-exact.
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     ext = CUDAExtension("args_engine._C", cpp_sources + cuda_sources, define_macros=[("ARGS_ENGINE_CUDA", "1")],
-                        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+                        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]})
 else:
     ext = CppExtension("args_engine._C", cpp_sources, extra_compile_args=["-O3"])
 
