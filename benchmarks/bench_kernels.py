@@ -13,6 +13,7 @@ benchmarks/results/bench_kernels_<gpu>.json. Without CUDA it prints a message an
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -33,7 +34,6 @@ def load_kernels():
     pkg = importlib.util.module_from_spec(spec)
     sys.modules["_bench_kernels"] = pkg
     spec.loader.exec_module(pkg)
-    import importlib
     return (importlib.import_module("_bench_kernels.topk_logprobs"),
             importlib.import_module("_bench_kernels.candidate_attention"))
 
