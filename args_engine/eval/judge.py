@@ -25,6 +25,7 @@ from .prompts import Messages, hh_text
 
 JUDGE_ASSET = Path(__file__).resolve().parent.parent / "assets" / "judge_minilm.safetensors"
 FEATURES = "minilm(dialogue)+minilm(reply)"
+L2_GRID = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # unit-norm embeddings want stronger L2 than LM features
 
 
 def judge_features(encoder, prompts: Sequence[Messages], replies: Sequence[str]) -> torch.Tensor:
@@ -108,7 +109,7 @@ def train_judge(data_path: str | None = None, out: str | Path = JUDGE_ASSET, l2:
              for s, pairs in (("train", train), ("validation", val))}
     cv = None
     if l2 is None:  # chosen on the training pairs alone; validation stays untouched until the report
-        l2, cv = choose_l2_by_cv(feats["train"][0::2], feats["train"][1::2], seed=seed)
+        l2, cv = choose_l2_by_cv(feats["train"][0::2], feats["train"][1::2], grid=L2_GRID, seed=seed)
     w = train_linear_head(feats["train"][0::2], feats["train"][1::2], l2=l2)
     scale = float((feats["train"].double() @ w).std())
     w = w / scale  # unit reward SD over the training dialogues
