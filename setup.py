@@ -24,7 +24,8 @@ else:
     ext = CppExtension("args_engine._C", cpp_sources, extra_compile_args=["-O3"])
 
 setup(
-    packages=["args_engine", "args_engine.engine", "args_engine.models", "args_engine.decoding", "args_engine.reward",
+    packages=["args_engine", "args_engine.engine", "args_engine.models", "args_engine.decoding",
+              "args_engine.reward", "args_engine.eval",
               "args_engine.kernels"],
     package_dir={"args_engine.kernels": "kernels"},
     package_data={"args_engine": ["assets/*.safetensors"]},

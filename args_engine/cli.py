@@ -1,4 +1,4 @@
-"""`args-engine`: generate with ARGS, train the default reward model."""
+"""`args-engine`: generate with ARGS, evaluate decoding methods, train the default reward model and the judge."""
 from __future__ import annotations
 
 import argparse
@@ -78,8 +78,44 @@ def cmd_train_rm(args) -> None:
     print(json.dumps(report, indent=2))
 
 
+def cmd_eval(args) -> None:
+    import time
+
+    from .eval.methods import parse_methods
+    from .eval.prompts import check_prompts, default_prompts, load_prompts_file
+    from .eval.runner import evaluate
+
+    methods = parse_methods(args.methods)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.prompts_file:
+        prompts = load_prompts_file(args.prompts_file)[:args.limit]
+        check_prompts(prompts, args.data, required=False)
+        name = args.prompts_file
+    else:
+        prompts = default_prompts(args.data)[:args.limit]
+        name = "HH-RLHF harmless-base evaluation split"
+    start = time.perf_counter()
+    results = evaluate(prompts, methods, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                       out=args.out, lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
+                       prompts_name=name)
+    print(f"{'method':<28} {'reward':>8} {'win-tie':>8} {'div %':>7} {'coh':>6} {'tok/s':>7} {'s':>7}")
+    for label, m in results["methods"].items():
+        print(f"{label:<28} {m['avg_reward']:>8.3f} {m['win_tie_vs_greedy']:>8.1%} {100 * m['diversity']:>7.2f} "
+              f"{m['coherence']:>6.3f} {m['tokens_per_s']:>7.2f} {m['seconds']:>7.1f}")
+    print(f"wrote {args.out}/results.json, results.md and plots ({time.perf_counter() - start:.0f} s)")
+
+
+def cmd_train_judge(args) -> None:
+    from .eval.judge import train_judge
+
+    report = train_judge(data_path=args.data, out=args.out, l2=args.l2, seed=args.seed, limit=args.limit)
+    print(json.dumps(report, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .engine import BACKENDS
+    from .eval.judge import JUDGE_ASSET
     from .models.defaults import DEFAULT_RM_ASSET
 
     parser = argparse.ArgumentParser(prog="args-engine", description=__doc__)
@@ -119,6 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
     t.set_defaults(func=cmd_train_rm)
+
+    from .eval.methods import DEFAULT_METHODS
+
+    e = sub.add_parser("eval", help="evaluate decoding methods (reward, judge win-tie, diversity, coherence, speed)")
+    e.add_argument("--prompts-file", help="JSONL with 'prompt' (or HH-RLHF 'chosen'); default: the HH evaluation "
+                                          "split (300 prompts that trained neither the RM nor the judge)")
+    e.add_argument("--limit", type=int, help="use only the first N prompts")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated name[:key=value...], names greedy, topk, bon, args-greedy, args-stochastic; "
+                        "keys k, w, T, n, seed (default: %(default)s)")
+    e.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
+    e.add_argument("--rm", help="local HF directory of the decoding reward model (default: the project's RM)")
+    e.add_argument("--out", default="eval-results", help="output directory (default: %(default)s)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
+    e.set_defaults(func=cmd_eval)
+
+    j = sub.add_parser("train-judge", help="train the evaluation judge (MiniLM + Bradley-Terry head, HH train split)")
+    j.add_argument("--data", help="HH-RLHF jsonl(.gz) (default: ../shared/data/hh-rlhf/harmless-base.jsonl.gz)")
+    j.add_argument("--out", default=str(JUDGE_ASSET), help="where to write the head (safetensors)")
+    j.add_argument("--l2", type=float, help="head L2 strength (default: 5-fold CV on the train split)")
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--limit", type=int, help="use only the first N training pairs")
+    j.set_defaults(func=cmd_train_judge)
     return parser
 
 

@@ -1,0 +1,78 @@
+"""Evaluation prompts: a JSONL file, or the default set from the HH-RLHF evaluation split.
+
+Every prompt is a chat message list ending with a user turn (a plain "prompt" string becomes one user turn).
+Whatever its source, a prompt set is checked against the pairs the default RM and the judge trained or
+validated on (`assert_disjoint_from_training`), and refused on any overlap.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from ..reward.data import assert_disjoint_from_training, load_pairs, split_last_reply, split_pairs
+
+Messages = list[dict[str, str]]
+
+
+def as_messages(prompt) -> Messages:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("empty prompt")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and {"role", "content"} <= set(m)
+                                                   for m in prompt):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    raise ValueError(f"a prompt is a string or a list of {{role, content}} messages, got {prompt!r:.80}")
+
+
+def load_prompts_file(path: str | Path) -> list[Messages]:
+    """JSONL rows with "prompt" (a string or a message list) or HH-RLHF rows with "chosen" (the dialogue up to
+    its last "Assistant:" becomes the prompt)."""
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            try:
+                if "prompt" in row:
+                    prompts.append(as_messages(row["prompt"]))
+                elif "chosen" in row:
+                    prompts.append(split_last_reply(row["chosen"])[0])
+                else:
+                    raise ValueError("a row needs a 'prompt' (or HH-RLHF 'chosen') field")
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
+    if not prompts:
+        raise ValueError(f"{path}: no prompts")
+    return prompts
+
+
+def default_prompts(data_path: str | Path | None = None) -> list[Messages]:
+    """The evaluation split of ../shared/data/hh-rlhf (300 prompts, fixed order): it trained neither the
+    default RM nor the judge. `--limit N` takes the first N."""
+    prompts = [split_last_reply(p.chosen)[0] for p in split_pairs(load_pairs(data_path))["evaluation"]]
+    assert_disjoint_from_training(prompts, data_path)
+    return prompts
+
+
+def check_prompts(prompts: list[Messages], data_path: str | Path | None = None, required: bool = True) -> None:
+    """Raise ValueError if any prompt occurs in the RM/judge training or validation pairs. Without the HH data
+    (a machine lacking ../shared/data) the check cannot run: raise if `required`, else warn."""
+    try:
+        assert_disjoint_from_training(prompts, data_path)
+    except FileNotFoundError:
+        if required:
+            raise
+        warnings.warn("HH-RLHF data not found: cannot check the prompts against the reward models' training "
+                      "pairs")
+
+
+def hh_text(messages: Messages, reply: str | None = None) -> str:
+    """Render as HH-RLHF text: "Human: ...\\n\\nAssistant: ..." turns; with `reply`, the assistant's answer
+    follows the last "Assistant:"; without, the text ends at that cue."""
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    turns = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+    turns.append("Assistant:" if reply is None else f"Assistant: {reply}")
+    return "\n\n".join(turns)

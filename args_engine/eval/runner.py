@@ -1,0 +1,103 @@
+"""Run methods over prompts, score every response, write results.json, results.md and the plots."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .compare import WIN_TIE_RULE, summarize
+from .judge import Judge, check_independent
+from .methods import EvalModels, MethodSpec, parse_method, run_method
+from .metrics import clean_response, coherence, diversity
+from .prompts import hh_text
+from .rm_score import score_replies
+
+
+def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_size: int = 8,
+                backend: str = "auto") -> EvalModels:
+    """LM, RM and tokenizer loaded once; the ARGS engine is built on the same objects (no second copy)."""
+    from ..engine import ARGSEngine
+    from ..models.hf import load_lm, load_rm, resolve_dtype
+
+    dtype = resolve_dtype(dtype)
+    lm_model, tok = load_lm(lm, device, dtype)
+    rm_model, rm_tok = load_rm(rm, device, dtype)
+    engine = ARGSEngine(lm_model, rm_model, tokenizer=tok, rm_tokenizer=rm_tok, backend=backend,
+                        batch_size=batch_size)
+    return from_engine(engine)
+
+
+def from_engine(engine) -> EvalModels:
+    from ..engine.args_engine import _eos_ids
+
+    return EvalModels(engine.lm, engine.tokenizer, engine.rm, engine, _eos_ids(engine.lm, engine.tokenizer),
+                      engine.pad_id)
+
+
+def _describe(source) -> str:
+    return "default" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__
+
+
+def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = None, judge: Judge | None = None,
+             encoder=None, max_new_tokens: int = 128, batch_size: int = 8, out: str | Path | None = None,
+             lm=None, rm=None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
+             prompts_name: str = "custom") -> dict:
+    """Decode `prompts` (chat message lists) with each method and score the responses. Greedy is always run
+    (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder."""
+    if not prompts:
+        raise ValueError("no prompts")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
+    models = models or load_models(lm, rm, device, dtype, batch_size)
+    judge = judge or Judge.load(device=device)
+    check_independent(judge, models.rm)
+    encoder = encoder or judge.encoder
+    methods = [parse_method("greedy")] + [m for m in methods if m.kind != "greedy"]
+    prompt_texts = [hh_text(m) for m in prompts]
+    results = {"config": {"n_prompts": len(prompts), "prompts": prompts_name, "max_new_tokens": max_new_tokens,
+                          "batch_size": batch_size, "lm": _describe(lm), "rm": _describe(rm), "device": device,
+                          "dtype": str(dtype), "args_backend": getattr(models.engine, "backend", "?"),
+                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+               "judge": {"validation_accuracy": judge.validation_accuracy, "family": judge.family,
+                         "encoder": judge.meta.get("encoder", getattr(encoder, "name", "?")),
+                         "features": judge.meta.get("features", "?"), "command": judge.meta.get("command")},
+               "win_tie_rule": WIN_TIE_RULE,
+               "units": {"diversity": "fraction in [0, 1) (results.md shows x100)",
+                         "reward": "decoding RM, unit SD over its training dialogues"},
+               "methods": {}}
+    greedy_rows = None
+    for spec in methods:
+        with tqdm(total=len(prompts), desc=spec.label, unit="prompt", disable=not progress) as bar:
+            run = run_method(spec, models, prompts, max_new_tokens, batch_size, on_batch=bar.update)
+            texts = [clean_response(t) for t in run.texts]
+            bar.set_postfix_str("scoring")
+            rewards = run.rewards or score_replies(models.rm, models.tokenizer, prompts, texts, batch_size)
+            judged = judge.score(prompts, texts)
+            coh = coherence(encoder, prompt_texts, texts)
+        rows = [{"prompt": p, "raw_text": raw, "text": t, "reward": r, "judge_reward": j, "diversity": diversity(t),
+                 "coherence": c, "n_tokens": n, **extra}
+                for p, raw, t, r, j, c, n, extra in zip(prompts, run.texts, texts, rewards, judged, coh, run.n_tokens,
+                                                       run.extra or [{}] * len(prompts))]
+        greedy_rows = greedy_rows or rows  # greedy runs first: the reference for every method, itself included
+        stats = summarize(rows, run, greedy_rows)
+        results["methods"][spec.label] = {"params": {"kind": spec.kind, "k": spec.k, "w": spec.w, "T": spec.T,
+                                                     "n": spec.n, "seed": spec.seed}, **stats, "responses": rows}
+    if out is not None:
+        write_outputs(results, out)
+    return results
+
+
+def write_outputs(results: dict, out: str | Path) -> None:
+    from .plots import plot_bars, plot_vs_w
+    from .report import markdown
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+    plot_vs_w(results, out / "reward_diversity_coherence_vs_w.png")
+    plot_bars(results, out / "methods.png")

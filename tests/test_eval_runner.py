@@ -1,0 +1,85 @@
+"""A tiny end-to-end evaluation on tiny random models: well-formed results.json, results.md and plots."""
+import json
+
+import pytest
+import torch
+
+from args_engine.cli import main
+from args_engine.eval.compare import TIE_EPS, outcome
+from args_engine.eval.methods import parse_methods
+from args_engine.eval.runner import evaluate
+from eval_helpers import HashEncoder, tiny_judge, tiny_models
+from tiny import char_tokenizer, tiny_lm, tiny_rm
+
+PROMPTS = [[{"role": "user", "content": c}] for c in ("Hello there", "How are you?", "Tell me a story", "Why?")]
+KEYS = {"avg_reward", "reward_sd", "win_tie_vs_greedy", "diversity", "coherence", "tokens_per_s",
+        "rm_calls_per_token", "responses", "judge_avg_reward", "reward_gain_in_greedy_sd", "params"}
+
+
+def test_win_tie_rule():
+    assert outcome("same", 0.0, "same", 5.0) == "tie"  # identical text
+    assert outcome("a", 1.0, "b", 1.0 + TIE_EPS / 2) == "tie"
+    assert outcome("a", 1.0 + TIE_EPS, "b", 1.0) == "win"
+    assert outcome("a", 1.0, "b", 1.0 + TIE_EPS) == "loss"
+
+
+def test_tiny_end_to_end(tmp_path):
+    methods = parse_methods("topk:k=5,bon:n=2,args-greedy:k=4:w=0.5,args-greedy:k=4:w=2,args-stochastic:k=4")
+    res = evaluate(PROMPTS, methods, models=tiny_models(batch_size=3), judge=tiny_judge(), max_new_tokens=8,
+                   batch_size=3, out=tmp_path, progress=False)
+    labels = ["greedy", "topk:k=5:T=0.7", "bon:k=10:T=0.7:n=2", "args-greedy:k=4:w=0.5", "args-greedy:k=4:w=2",
+              "args-stochastic:k=4:w=1:T=0.7"]
+    assert list(res["methods"]) == labels  # greedy added first as the reference
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert list(on_disk["methods"]) == labels and on_disk["win_tie_rule"] == res["win_tie_rule"]
+    for label, m in on_disk["methods"].items():
+        assert KEYS <= set(m), label
+        assert len(m["responses"]) == len(PROMPTS)
+        for r in m["responses"]:
+            assert {"prompt", "raw_text", "text", "reward", "judge_reward", "diversity", "coherence", "n_tokens",
+                    "vs_greedy"} <= set(r)
+            assert 0 <= r["diversity"] < 1 and -1 - 1e-9 <= r["coherence"] <= 1 + 1e-9
+        assert 0 <= m["win_tie_vs_greedy"] <= 1 and m["tokens_per_s"] > 0
+        assert m["avg_reward"] == pytest.approx(sum(r["reward"] for r in m["responses"]) / len(PROMPTS))
+    g = on_disk["methods"]["greedy"]
+    assert g["win_tie_vs_greedy"] == 1.0 and g["rm_calls_per_token"] == 0 and g["reward_gain_in_greedy_sd"] == 0
+    assert on_disk["methods"]["args-greedy:k=4:w=2"]["rm_calls_per_token"] == 4
+    assert on_disk["methods"]["bon:k=10:T=0.7:n=2"]["rm_calls"] == 2 * len(PROMPTS)
+    md = (tmp_path / "results.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(labels) and all(line.count("|") == 10 for line in table)
+    assert "Win-tie rule" in md
+    for png in ("reward_diversity_coherence_vs_w.png", "methods.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_refuses_a_judge_of_the_rm_family(tmp_path):
+    class LlamaLike(HashEncoder):
+        family = "llama"
+    judge = tiny_judge()
+    judge.family = LlamaLike.family
+    with pytest.raises(ValueError, match="family"):
+        evaluate(PROMPTS[:1], parse_methods("greedy"), models=tiny_models(), judge=judge, max_new_tokens=2,
+                 progress=False)
+
+
+def test_cli_eval_contract(tmp_path, capsys):
+    """`args-engine eval` on tiny model directories with the real (committed) MiniLM judge."""
+    for name, model in (("lm", tiny_lm(dtype=torch.float32)), ("rm", tiny_rm(dtype=torch.float32))):
+        model.save_pretrained(tmp_path / name)
+        char_tokenizer().save_pretrained(tmp_path / name)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ("Hi", "A question?", "Third")) + "\n")
+    out = tmp_path / "out"
+    main(["eval", "--prompts-file", str(prompts), "--limit", "2", "--max-new-tokens", "4", "--methods",
+          "greedy,topk,args-greedy:w=1.5:k=3", "--lm", str(tmp_path / "lm"), "--rm", str(tmp_path / "rm"),
+          "--out", str(out), "--batch-size", "2", "--device", "cpu", "--dtype", "float32"])
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["greedy", "topk:k=10:T=0.7", "args-greedy:k=3:w=1.5"]
+    assert res["config"]["n_prompts"] == 2 and res["judge"]["family"] == "bert"
+    assert res["judge"]["validation_accuracy"] > 0.5
+    assert (out / "results.md").exists() and (out / "reward_diversity_coherence_vs_w.png").exists()
+    assert "args-greedy:k=3:w=1.5" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--methods", "beam", "--out", str(out)])
+    assert e.value.code == 2
