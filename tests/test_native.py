@@ -177,3 +177,21 @@ def test_mid_run_abort_frees_blocks():
         engine.abort(rid)
     assert not engine.has_unfinished()
     assert_all_free(nat)
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+def test_rm_on_the_lm_trunk_runs_one_trunk_forward_per_step(use_triton):
+    lm, rm, tok = models()
+    rm.model.load_state_dict(lm.model.state_dict())  # a reward head on the LM's own trunk, like the default RM
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
+    shared = native(lm, rm, tok, use_triton=use_triton, num_blocks=24)  # small: preemption happens too
+    separate = native(lm, rm, tok, use_triton=use_triton, share_trunk=False)
+    assert shared.decoder.runner.shared and not separate.decoder.runner.shared
+    assert shared.decoder.runner.lm_kv is shared.decoder.runner.rm_kv  # one cache serves both
+    for params in (GREEDY, STOCHASTIC):
+        expected = ref.generate(PROMPTS, params, progress=False)
+        assert_same(expected, shared.generate(PROMPTS, params, progress=False))
+        assert_same(expected, separate.generate(PROMPTS, params, progress=False))
+    assert shared.decoder.scheduler.num_preemptions > 0 and not shared.decoder.runner.next_logits
+    assert_all_free(shared)
+    assert not native(*models(), use_triton=use_triton).decoder.runner.shared  # different trunks

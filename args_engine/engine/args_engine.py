@@ -41,7 +41,7 @@ class ARGSEngine:
         models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
         "auto" (native when both models are Llama-family, else reference). batch_size: sequences decoded at
         once. native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
-        use_triton, enable_prefix_caching."""
+        use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -9,8 +9,10 @@ from .sequence import Sequence
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False):
-        self.allocator = _C.BlockAllocator(num_blocks, block_size, enable_prefix_caching)
+    def __init__(self, num_blocks: int, block_size: int):
+        # Prefix caching stays off here: the allocator registers a prompt's blocks when they are allocated, before
+        # their K/V is written, so a prompt admitted meanwhile could reuse blocks that hold nothing yet.
+        self.allocator = _C.BlockAllocator(num_blocks, block_size, False)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) the runner must apply
 

@@ -42,14 +42,14 @@ class LLMEngine:
     def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], *, max_num_seqs: int = 16,
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
-                 enable_prefix_caching: bool = False, max_context: int | None = None):
+                 max_context: int | None = None, share_trunk: bool | None = None):
         device = next(lm.parameters()).device
         if use_triton is None:
             use_triton = device.type == "cuda"
         if use_triton and not triton_available(device):
             raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
-        self.runner = ModelRunner(lm, rm, block_size, use_triton)
-        per_block = cache_bytes_per_block([self.runner.lm, self.runner.rm], block_size)
+        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk)
+        per_block = cache_bytes_per_block(self.runner.models, block_size)
         if num_blocks is None:
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
             budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
@@ -57,7 +57,7 @@ class LLMEngine:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
         self.runner.allocate_caches(num_blocks)
-        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        self.bm = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size))
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.cache_bytes_per_block = per_block
@@ -86,6 +86,7 @@ class LLMEngine:
         """Drop a request (finished or not) and free its blocks at once."""
         seq = self.seqs.pop(request_id, None)
         self._sent.pop(request_id, None)
+        self.runner.next_logits.pop(request_id, None)
         if seq is not None and seq.status is not Status.FINISHED:
             seq.req.finish_reason = seq.req.finish_reason or "abort"
             self.scheduler.finish(seq)
@@ -142,6 +143,7 @@ class LLMEngine:
             append_token(seq.req, tok, r, self.tokenizer, self.eos_ids)
             if seq.req.finished:
                 self.scheduler.finish(seq)
+                self.runner.next_logits.pop(seq.seq_id, None)
             events.append(self._event(seq, tok, r))
         return events
 

@@ -1,5 +1,10 @@
 """The only part of the native engine that builds tensors: paged caches for the LM and the RM, prefill chunks,
-LM decode, and the ARGS step (top-k, RM candidate forward, select + commit)."""
+LM decode, and the ARGS step (top-k, RM candidate forward, select + commit).
+
+Shared trunk: when the RM is a scalar head on the LM's own trunk (the default RM is), the two models compute
+the same K/V and hidden states for the same tokens. Then one cache serves both, and the chosen candidate's
+hidden state from the RM forward is exactly what the LM would compute for that token at the next step: its
+logits come from lm_head directly, and the LM decode forward disappears (one trunk forward per step)."""
 from __future__ import annotations
 
 import torch
@@ -14,21 +19,45 @@ def cache_bytes_per_block(models: list[PagedLlama], block_size: int) -> int:
     return sum(2 * m.num_layers * block_size * m.num_kv_heads * m.head_dim * m.dtype.itemsize for m in models)
 
 
+def shares_trunk(lm, rm_model) -> bool:
+    """True when the RM's trunk has exactly the LM's trunk weights (and configuration)."""
+    a, b = lm.base_model, rm_model.base_model
+    if a is b:
+        return True
+    if type(a) is not type(b) or a.config.to_dict().keys() != b.config.to_dict().keys():
+        return False
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "rope_theta",
+            "rms_norm_eps", "max_position_embeddings", "rope_scaling", "rope_parameters", "sliding_window")
+    if any(getattr(a.config, k, None) != getattr(b.config, k, None) for k in keys):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
 class ModelRunner:
-    def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool):
+    def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool, share_trunk: bool | None = None):
         self.ops = PagedOps(use_triton)
-        self.lm, self.rm = PagedLlama(lm, self.ops), PagedLlama(rm.model, self.ops)
+        self.shared = shares_trunk(lm, rm.model) if share_trunk is None else share_trunk
+        self.lm = PagedLlama(lm, self.ops)
+        self.rm = self.lm if self.shared else PagedLlama(rm.model, self.ops)
         self.lm_head, self.rm_head = lm.get_output_embeddings(), rm.head
         self.device = self.lm.device
         self.block_size = block_size
         self.lm_kv = self.rm_kv = None
+        self.next_logits: dict[int, torch.Tensor] = {}  # shared trunk: seq_id -> LM logits [V] of its next token
+
+    @property
+    def models(self) -> list[PagedLlama]:
+        return [self.lm] if self.shared else [self.lm, self.rm]
 
     def allocate_caches(self, num_blocks: int) -> None:
-        """k, v [L, num_blocks, block_size, Hkv, D] for each model."""
+        """k, v [L, num_blocks, block_size, Hkv, D] for each model (one for both with a shared trunk)."""
         def alloc(m: PagedLlama):
             shape = (m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
             return tuple(torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(2))
-        self.lm_kv, self.rm_kv = alloc(self.lm), alloc(self.rm)
+        self.lm_kv = alloc(self.lm)
+        self.rm_kv = self.lm_kv if self.shared else alloc(self.rm)
 
     def _dev(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True)
@@ -37,7 +66,7 @@ class ModelRunner:
         if not pairs:
             return
         src, dst = (torch.tensor(c, device=self.device) for c in zip(*pairs))
-        for k, v in (self.lm_kv, self.rm_kv):
+        for k, v in {id(kv): kv for kv in (self.lm_kv, self.rm_kv)}.values():
             k[:, dst], v[:, dst] = k[:, src], v[:, src]
 
     @torch.no_grad()
@@ -57,12 +86,15 @@ class ModelRunner:
         ids_t = torch.tensor(ids, device=self.device)
         pos_t = torch.tensor(positions, device=self.device)
         h_lm = self.lm.forward_chunks(ids_t, pos_t, slots, spans, self.lm_kv)  # [N, H]
-        self.rm.forward_chunks(ids_t, pos_t, slots, spans, self.rm_kv)
+        if not self.shared:
+            self.rm.forward_chunks(ids_t, pos_t, slots, spans, self.rm_kv)
         return self.lm_head(h_lm[last])
 
     @torch.no_grad()
     def decode(self, seqs: list[Sequence], tables: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """The LM reads each sequence's last committed token. slots [B]: its slot. -> logits [B, V]"""
+        if self.shared:  # computed by the previous step's candidate forward
+            return torch.stack([self.next_logits.pop(s.seq_id) for s in seqs])
         ids = torch.tensor([[s.token_ids[-1]] for s in seqs], device=self.device)  # [B, 1]
         pos = torch.tensor([s.num_tokens - 1 for s in seqs], device=self.device, dtype=torch.int32)
         h, _, _ = self.lm.forward_candidates(ids, pos, tables, pos, self.lm_kv, store_slots=slots)
@@ -90,6 +122,11 @@ class ModelRunner:
                     u = torch.rand(s.params.k, generator=s.req.generator, dtype=torch.float64)
                     gumbel[b, :s.params.k] = -torch.log(-torch.log(u.clamp_min(1e-300)))
             gumbel = self._dev(gumbel)
-        _, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
-                                                 self.rm_kv[0], self.rm_kv[1], slots)
+        choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
+                                                      self.rm_kv[0], self.rm_kv[1], slots)
+        if self.shared:
+            rows = torch.arange(len(seqs), device=self.device)
+            logits = self.lm_head(hidden[rows, choice])  # [B, V]: the LM's next-token logits after the choice
+            for b, s in enumerate(seqs):
+                self.next_logits[s.seq_id] = logits[b]
         return tokens.tolist(), chosen.double().tolist()
