@@ -5,6 +5,8 @@ decoder emits the same number of tokens. All figures of one run are measured sid
     python benchmarks/bench_e2e.py [--sections e2e,batch,memory,sweep] [--new-tokens 128] [--quick]
 
 - e2e: B = 1, prompts of about 512 and 2,000 tokens: tok/s of HF greedy, reference, native, original-style.
+  The default RM is a head on the LM's own trunk, so `native` runs one shared trunk; `native_two_trunks`
+  forces two (what any other LM/RM pair costs).
 - batch: 16 evaluation prompts decoded together by native vs the same 16 one at a time by the original style.
 - memory: RM cache bytes per sequence, native (paged, one prefix) vs original style (k replicas).
 - sweep: tok/s against prompt length and against k, native vs original style (fewer new tokens).
@@ -32,7 +34,10 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.native = ARGSEngine.from_pretrained(device=args.device, backend="native", batch_size=16)
-        self.ref = ARGSEngine(self.native.lm, self.native.rm, tokenizer=self.native.tokenizer, backend="reference")
+        shared = dict(lm=self.native.lm, rm=self.native.rm, tokenizer=self.native.tokenizer)
+        self.ref = ARGSEngine(**shared, backend="reference")
+        # the default RM is a head on the LM's trunk, so native shares one trunk; this one runs two, like any pair
+        self.native_two = ARGSEngine(**shared, backend="native", share_trunk=False)
         self.lm, self.rm, self.tok = self.native.lm, self.native.rm, self.native.tokenizer
 
     def params(self, n: int, k: int = 10) -> ARGSParams:
@@ -67,10 +72,13 @@ class Bench:
             row = {"prompt_tokens": len(ids), "hf_greedy": self.hf_greedy(ids, n)}
             row["reference"], ref_out = self.engine(self.ref, [ids], n)
             row["native"], nat_out = self.engine(self.native, [ids], n)
+            row["native_two_trunks"], _ = self.engine(self.native_two, [ids], n)
             row["original_style"], orig_out, _ = self.original([ids], n)
             row["same_tokens"] = ref_out[0].token_ids == nat_out[0].token_ids == orig_out[0]
             row["native_over_hf_greedy"] = row["native"] / row["hf_greedy"]
             row["native_over_original_style"] = row["native"] / row["original_style"]
+            row["native_two_trunks_over_hf_greedy"] = row["native_two_trunks"] / row["hf_greedy"]
+            row["native_two_trunks_over_original_style"] = row["native_two_trunks"] / row["original_style"]
             rows[str(target)] = row
             print(json.dumps(row))
         return rows
@@ -129,7 +137,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 1 + 2 * ("sweep" in result), figsize=(5 + 5 * ("sweep" in result), 3.8))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     if "e2e" in result:
-        ax, names = axes[0], ["hf_greedy", "reference", "native", "original_style"]
+        ax, names = axes[0], ["hf_greedy", "reference", "native", "native_two_trunks", "original_style"]
         rows = result["e2e"]
         width = 0.8 / len(rows)
         for i, (length, row) in enumerate(rows.items()):

@@ -195,3 +195,13 @@ def test_rm_on_the_lm_trunk_runs_one_trunk_forward_per_step(use_triton):
     assert shared.decoder.scheduler.num_preemptions > 0 and not shared.decoder.runner.next_logits
     assert_all_free(shared)
     assert not native(*models(), use_triton=use_triton).decoder.runner.shared  # different trunks
+
+
+def test_refused_request_in_a_batch_leaves_nothing_queued():
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok, num_blocks=12)  # holds the short prompts, not the long one
+    with pytest.raises(ValueError, match="cache blocks"):
+        nat.generate([PROMPTS[0], PROMPTS[2]], GREEDY, progress=False)
+    assert not nat.decoder.has_unfinished()
+    assert_all_free(nat)
+    assert nat.generate(PROMPTS[1], GREEDY, progress=False)[0].token_ids

@@ -133,10 +133,11 @@ class ARGSEngine:
         if self.backend != "native":
             raise ValueError(f"streaming needs the native backend (this engine runs {self.backend!r})")
         _, reqs = self._requests(prompts, params)
-        engine = self.decoder
-        ids = [engine.add_request(r) for r in reqs]
-        index = {rid: i for i, rid in enumerate(ids)}
+        engine, ids = self.decoder, []
         try:
+            for r in reqs:
+                ids.append(engine.add_request(r))
+            index = {rid: i for i, rid in enumerate(ids)}
             while any(not r.finished for r in reqs):
                 for event in engine.step():
                     if event.request_id in index:

@@ -164,12 +164,17 @@ class LLMEngine:
 
     def run(self, reqs: list[Request], on_step=None) -> None:
         """Decode `reqs` to completion (the batch interface the other decoders share)."""
-        for r in reqs:
-            self.add_request(r)
-        while self.has_unfinished():
-            events = self.step()
-            if on_step and events:
-                on_step(len(events))
+        ids = []
+        try:
+            for r in reqs:
+                ids.append(self.add_request(r))
+            while self.has_unfinished():
+                events = self.step()
+                if on_step and events:
+                    on_step(len(events))
+        finally:  # on an error (or Ctrl-C) nothing stays queued or holds blocks
+            for rid in ids:
+                self.abort(rid)
 
 
 def _holdback(text: str, stop) -> int:
