@@ -168,3 +168,18 @@ def test_cli_serve(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_load_script_against_running_server(server, tmp_path):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
+    spec = importlib.util.spec_from_file_location("load_test", path)
+    load_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_test)
+    _, _, url, _ = server
+    out = tmp_path / "load.json"
+    result = load_test.main(["--url", url, "--clients", "3", "--duration", "1", "--max-tokens", "6", "--k", "4",
+                             "--out", str(out)])
+    assert result["requests"] >= 3 and result["tokens"] >= 3 and result["ttft_ms"]["p50"] is not None
+    assert json.loads(out.read_text())["clients"] == 3
