@@ -70,7 +70,7 @@ def create_app(engine: ARGSEngine, model_name: str = "args-engine", default_max_
         if not isinstance(prompt, list) or not prompt or not all(isinstance(p, (str, list)) for p in prompt):
             raise BadRequest("prompt must be a string, a list of strings, or token ids", "prompt")
         prompts = [_render(engine, p, raw=True, param="prompt") for p in prompt]
-        return await _serve(engine, loop, body, prompts, chat=False, model=model_name,
+        return await _serve(engine, loop, request, body, prompts, chat=False, model=model_name,
                             default_max_tokens=default_max_tokens)
 
     @app.post("/v1/chat/completions")
@@ -84,7 +84,7 @@ def create_app(engine: ARGSEngine, model_name: str = "args-engine", default_max_
                              "messages")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
         prompts = [_render(engine, messages, raw=False, param="messages")]
-        return await _serve(engine, loop, body, prompts, chat=True, model=model_name,
+        return await _serve(engine, loop, request, body, prompts, chat=True, model=model_name,
                             default_max_tokens=default_max_tokens)
 
     return app
@@ -107,7 +107,7 @@ def _render(engine: ARGSEngine, prompt, raw: bool, param: str) -> list[int]:
         raise BadRequest(f"{param}: {e}", param) from e
 
 
-async def _serve(engine: ARGSEngine, loop: EngineLoop, body: dict, prompts: list[list[int]], chat: bool,
+async def _serve(engine: ARGSEngine, loop: EngineLoop, request: Request, body: dict, prompts: list[list[int]], chat: bool,
                  model: str, default_max_tokens: int):
     params, n = parse_params(body, default_max_tokens)
     stream = bool(body.get("stream", False))
@@ -132,7 +132,12 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, body: dict, prompts: list
     outputs = {}
     try:
         while len(outputs) < len(ids):
-            ev = await events.get()
+            try:
+                ev = await asyncio.wait_for(events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():  # the client gave up: free its blocks (finally below)
+                    return JSONResponse(error_body("client disconnected"), status_code=499)
+                continue
             if isinstance(ev, BaseException):
                 return JSONResponse(error_body(f"engine error: {ev}", type_="server_error"), status_code=500)
             if ev.finished:
