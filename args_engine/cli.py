@@ -1,4 +1,4 @@
-"""`args-engine`: generate with ARGS, evaluate decoding methods, train the default reward model and the judge."""
+"""`args-engine`: generate with ARGS, serve it over HTTP, evaluate decoding methods, train the default reward model and the judge."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,15 @@ def cmd_generate(args) -> None:
             print(f"--- greedy (reward {greedy[i].reward:+.3f}):\n{greedy[i].text}")
         print(f"--- ARGS k={params.k} w={params.w} {params.mode} (reward {o.reward:+.3f}, "
               f"{o.tokens_per_s:.1f} tok/s):\n{o.text}\n")
+
+
+def cmd_serve(args) -> None:
+    from .engine import ARGSEngine
+    from .integrations.server import serve
+
+    engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
+                                        backend="native", batch_size=args.batch_size)
+    serve(engine, host=args.host, port=args.port, model_name=args.model_name, log_level=args.log_level)
 
 
 def cmd_train_rm(args) -> None:
@@ -141,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="float32")
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, ...)")
+    s.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
+    s.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--batch-size", type=int, default=16, help="sequences decoded at once (continuous batching)")
+    s.add_argument("--model-name", default="args-engine", help="the model id clients see in /v1/models")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("train-rm", help="train the default reward model (Bradley-Terry on HH-RLHF train split)")
     t.add_argument("--lm", help="trunk source: local HF directory (default: SmolLM2-135M-Instruct)")

@@ -1,0 +1,1 @@
+"""Drop-in backends: Hugging Face `generate` (integrations.hf) and an OpenAI-compatible server (integrations.server)."""
