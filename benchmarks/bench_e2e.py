@@ -10,7 +10,7 @@ decoder emits the same number of tokens. All figures of one run are measured sid
 - batch: 16 evaluation prompts decoded together by native vs the same 16 one at a time by the original style.
 - memory: RM cache bytes per sequence, native (paged, one prefix) vs original style (k replicas).
 - sweep: tok/s against prompt length and against k, native vs original style (fewer new tokens).
-Writes benchmarks/results/bench_e2e_<machine>.json and .png.
+Writes benchmarks/results/bench_e2e_<machine>.json (sections not rerun keep their figures) and .png.
 """
 from __future__ import annotations
 
@@ -181,7 +181,10 @@ def main():
     if not args.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = RESULTS / f"bench_e2e_{result['machine']}"
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        path = stem.with_suffix(".json")
+        if path.exists():  # a rerun of some sections keeps the others' figures
+            result = {**json.loads(path.read_text()), **result}
+        path.write_text(json.dumps(result, indent=2) + "\n")
         plot(result, stem.with_suffix(".png"))
 
 
