@@ -19,3 +19,18 @@ def test_native_engine_snippet(capsys):
     exec(snippet("native"), ns)
     printed = capsys.readouterr().out
     assert printed.strip() and ns["engine"].decoder.num_used_blocks == 0
+
+
+def test_cli_generate_line_runs_as_written(capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    from args_engine.cli import main
+
+    block = re.search(r"## CLI\n\n```bash\n(.*?)```", (Path(__file__).resolve().parents[1] / "README.md").read_text(),
+                      re.S).group(1)
+    line = next(ln for ln in block.splitlines() if ln.startswith("args-engine generate") and "--compare" in ln)
+    main(shlex.split(line.split("#")[0])[1:])  # the default models, exactly the README's arguments
+    out = capsys.readouterr().out
+    assert "--- greedy (reward" in out and "--- ARGS k=10 w=1.5 greedy" in out

@@ -29,23 +29,18 @@ def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tab
     B, K, Hq, D = q.shape
     Hkv = k_new.shape[2]
     G = Hq // Hkv
-    acc = torch.promote_types(q.dtype, torch.float32)
     T = int(context_lens.max()) if B else 0
     bs = key_cache.shape[1]
-    nblk = (T + bs - 1) // bs
-    qh = q.view(B, K, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, K * G, D).to(acc)  # [B, Hkv, KG, D]
-    blocks = block_tables[:, :nblk].long()  # [B, nblk]
-    keys = key_cache[blocks].flatten(1, 2)[:, :T].permute(0, 2, 3, 1).to(acc)  # [B, Hkv, D, T]
-    values = value_cache[blocks].flatten(1, 2)[:, :T].transpose(1, 2).to(acc)  # [B, Hkv, T, D]
-    s_prefix = (qh @ keys) * scale  # [B, Hkv, KG, T]
-    pad = torch.arange(T, device=q.device)[None, :] >= context_lens[:, None]  # [B, T]
-    s_prefix = s_prefix.masked_fill(pad[:, None, None, :], float("-inf"))
-    kn = k_new.permute(0, 2, 1, 3).to(acc)  # [B, Hkv, K, D]
-    s_self = (qh.view(B, Hkv, K, G, D) * kn[:, :, :, None]).sum(-1).view(B, Hkv, K * G, 1) * scale
-    p = torch.softmax(torch.cat([s_prefix, s_self], dim=-1), dim=-1)  # [B, Hkv, KG, T + 1]
-    vn = v_new.permute(0, 2, 1, 3).to(acc)[:, :, :, None]  # [B, Hkv, K, 1, D]
-    out = p[..., :T] @ values + (p[..., T:].view(B, Hkv, K, G, 1) * vn).view(B, Hkv, K * G, D)
-    return out.view(B, Hkv, K, G, D).permute(0, 2, 1, 3, 4).reshape(B, K, Hq, D).to(q.dtype)
+    blocks = block_tables[:, :(T + bs - 1) // bs].long()  # [B, nblk]
+    # One SDPA over [prefix | the K candidates' own keys]: a mask keeps each query to the valid prefix and itself.
+    keys = torch.cat([key_cache[blocks].flatten(1, 2)[:, :T], k_new], dim=1).transpose(1, 2)  # [B, Hkv, T+K, D]
+    values = torch.cat([value_cache[blocks].flatten(1, 2)[:, :T], v_new], dim=1).transpose(1, 2)
+    qh = q.view(B, K, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, K * G, D)  # [B, Hkv, K*G, D]
+    prefix = torch.arange(T, device=q.device)[None, :] < context_lens[:, None]  # [B, T]
+    own = torch.eye(K, dtype=torch.bool, device=q.device).repeat_interleave(G, dim=0)  # [K*G, K]
+    mask = torch.cat([prefix[:, None, :].expand(B, K * G, T), own.expand(B, -1, -1)], dim=2)  # [B, K*G, T+K]
+    out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask[:, None], scale=scale)  # [B, Hkv, KG, D]
+    return out.view(B, Hkv, K, G, D).permute(0, 2, 1, 3, 4).reshape(B, K, Hq, D)
 
 
 def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: float) -> torch.Tensor:
@@ -56,9 +51,12 @@ def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: f
     values = gather_prefix(value_cache, block_table, start + C)
     Hkv = keys.shape[1]
     keep = torch.arange(start + C, device=q.device)[None, :] <= torch.arange(start, start + C, device=q.device)[:, None]
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-                                         attn_mask=keep, scale=scale, enable_gqa=Hq != Hkv)  # [Hq, C, D]
-    return out.transpose(0, 1)
+    # GQA as shared kv heads, 4D: keeps SDPA on its fused CPU kernel (3D inputs and enable_gqa fall back to math)
+    G = Hq // Hkv
+    qg = q.view(C, Hkv, G, D).permute(1, 2, 0, 3).reshape(Hkv, G * C, D)
+    out = F.scaled_dot_product_attention(qg[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
+                                         attn_mask=keep.repeat(G, 1), scale=scale)  # [1, Hkv, G*C, D]
+    return out.view(Hkv, G, C, D).permute(2, 0, 1, 3).reshape(C, Hq, D)
 
 
 class PagedOps:
