@@ -143,7 +143,7 @@ def plot(result: dict, path: Path) -> None:
         for i, (length, row) in enumerate(rows.items()):
             xs = [j + i * width for j in range(len(names))]
             ax.bar(xs, [row[m] for m in names], width, label=f"prompt {row['prompt_tokens']} tok")
-        ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(names))], names, rotation=15)
+        ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(names))], names, rotation=25, ha="right")
         ax.set_ylabel("tokens / s (B = 1, k = 10)")
         ax.legend()
     if "sweep" in result:
