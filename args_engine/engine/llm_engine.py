@@ -43,6 +43,10 @@ class LLMEngine:
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
                  max_context: int | None = None, share_trunk: bool | None = None):
+        for name, value in (("block_size", block_size), ("max_num_seqs", max_num_seqs),
+                            ("max_num_batched_tokens", max_num_batched_tokens), ("num_blocks", 1 if num_blocks is None else num_blocks)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         device = next(lm.parameters()).device
         if use_triton is None:
             use_triton = device.type == "cuda"
@@ -54,8 +58,6 @@ class LLMEngine:
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
             budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
             num_blocks = max(1, min(want, int(budget // per_block)))
-        if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"num_blocks and block_size must be >= 1, got {num_blocks}, {block_size}")
         self.runner.allocate_caches(num_blocks)
         self.bm = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size))
