@@ -207,7 +207,8 @@ def test_refused_request_in_a_batch_leaves_nothing_queued():
     assert nat.generate(PROMPTS[1], GREEDY, progress=False)[0].token_ids
 
 
-@pytest.mark.parametrize("option", [dict(block_size=0), dict(num_blocks=0), dict(num_blocks=-3), dict(max_num_batched_tokens=0),
+@pytest.mark.parametrize("option", [dict(block_size=0), dict(num_blocks=0), dict(num_blocks=-3),
+                                    dict(max_num_batched_tokens=0),
                                     dict(block_size=2.5)])
 def test_bad_engine_options_are_named(option):
     lm, rm, tok = models()

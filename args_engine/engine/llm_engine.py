@@ -43,8 +43,9 @@ class LLMEngine:
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
                  max_context: int | None = None, share_trunk: bool | None = None):
-        for name, value in (("block_size", block_size), ("max_num_seqs", max_num_seqs),
-                            ("max_num_batched_tokens", max_num_batched_tokens), ("num_blocks", 1 if num_blocks is None else num_blocks)):
+        sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                     num_blocks=1 if num_blocks is None else num_blocks)
+        for name, value in sizes.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         device = next(lm.parameters()).device

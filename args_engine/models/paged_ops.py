@@ -66,8 +66,9 @@ class PagedOps:
         self.use_triton = use_triton
         if use_triton:
             from ..kernels import args_select, candidate_attention, store_kv, topk_logprobs
-            self._k = dict(args_select=args_select.args_select, candidate_attention=candidate_attention.candidate_attention,
-                           store_kv=store_kv.store_kv, topk_logprobs=topk_logprobs.topk_logprobs)
+            self._k = dict(args_select=args_select.args_select, store_kv=store_kv.store_kv,
+                           candidate_attention=candidate_attention.candidate_attention,
+                           topk_logprobs=topk_logprobs.topk_logprobs)
 
     def store_kv(self, key, value, key_cache, value_cache, slots) -> None:
         """key, value [N, Hkv, D] into slots [N] of one layer's caches."""

@@ -92,7 +92,8 @@ def main():
     per_tok = {name: 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2
                for name, m in (("lm", engine.decoder.runner.lm), ("rm", engine.decoder.runner.rm))}
     weights = param_bytes(lm, skip_embedding=False) + param_bytes(rm, skip_embedding=True)
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (--tiny check)", "torch": torch.__version__, "dtype": "bfloat16",
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (--tiny check)",
+              "torch": torch.__version__, "dtype": "bfloat16", "shared_trunk": engine.decoder.runner.shared,
               "model": "random Llama-3.2-1B-shaped LM and RM", "k": k, "w": 1.0, "prompt_tokens": P,
               "new_tokens": n, "copy_bandwidth_GBps": bw / 1e9, "weight_bytes_per_step": weights, "runs": []}
 
