@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
     e.set_defaults(func=cmd_eval)
 
+    m = sub.add_parser("eval-merge", help="merge eval runs that split the methods into one table and plots")
+    m.add_argument("dirs", nargs="+", help="output directories of `args-engine eval` runs (same prompts/settings)")
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=lambda a: __import__("args_engine.eval.runner", fromlist=["merge_results"])
+                   .merge_results(a.dirs, a.out))
+
     j = sub.add_parser("train-judge", help="train the evaluation judge (MiniLM + Bradley-Terry head, HH train split)")
     j.add_argument("--data", help="HH-RLHF jsonl(.gz) (default: ../shared/data/hh-rlhf/harmless-base.jsonl.gz)")
     j.add_argument("--out", default=str(JUDGE_ASSET), help="where to write the head (safetensors)")

@@ -7,7 +7,7 @@ import torch
 from args_engine.cli import main
 from args_engine.eval.compare import TIE_EPS, outcome
 from args_engine.eval.methods import parse_methods
-from args_engine.eval.runner import evaluate
+from args_engine.eval.runner import evaluate, merge_results
 from eval_helpers import HashEncoder, tiny_judge, tiny_models
 from tiny import char_tokenizer, tiny_lm, tiny_rm
 
@@ -83,3 +83,18 @@ def test_cli_eval_contract(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "--methods", "beam", "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_runs_that_split_the_methods_merge_into_one_table(tmp_path):
+    models, judge = tiny_models(batch_size=3), tiny_judge()
+    for name, spec in (("a", "args-greedy:k=4:w=2"), ("b", "topk:k=5")):
+        evaluate(PROMPTS, parse_methods(spec), models=models, judge=judge, max_new_tokens=6, batch_size=3,
+                 out=tmp_path / name, progress=False)
+    main(["eval-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
+    merged = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert list(merged["methods"]) == ["greedy", "args-greedy:k=4:w=2", "topk:k=5:T=0.7"]
+    assert (tmp_path / "ab" / "results.md").exists()
+    evaluate(PROMPTS, [], models=models, judge=judge, max_new_tokens=5, batch_size=3, out=tmp_path / "c",
+             progress=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        merge_results([tmp_path / "a", tmp_path / "c"])

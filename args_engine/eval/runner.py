@@ -91,6 +91,30 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     return results
 
 
+def merge_results(dirs: list[str | Path], out: str | Path | None = None) -> dict:
+    """One table from runs that split the methods between them (each run decodes greedy as its reference).
+    The runs must share prompts, settings and judge, and their greedy responses must be identical, so every
+    method's win-tie is against the same greedy."""
+    runs = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
+    merged = runs[0]
+    same = ("n_prompts", "prompts", "max_new_tokens", "lm", "rm", "dtype")
+    for d, run in zip(dirs[1:], runs[1:]):
+        for key in same:
+            if run["config"].get(key) != merged["config"].get(key):
+                raise ValueError(f"{d}: config {key!r} differs ({run['config'].get(key)!r} vs "
+                                 f"{merged['config'].get(key)!r}); only runs of one setting can be merged")
+        if run["judge"] != merged["judge"]:
+            raise ValueError(f"{d}: judged by a different judge")
+        greedy = [[r["text"] for r in x["methods"]["greedy"]["responses"]] for x in (merged, run)]
+        if greedy[0] != greedy[1]:
+            raise ValueError(f"{d}: its greedy responses differ from the first run's")
+        merged["methods"].update({k: v for k, v in run["methods"].items() if k != "greedy"})
+    merged["config"]["merged_from"] = [str(d) for d in dirs]
+    if out is not None:
+        write_outputs(merged, out)
+    return merged
+
+
 def write_outputs(results: dict, out: str | Path) -> None:
     from .plots import plot_bars, plot_vs_w
     from .report import markdown
