@@ -214,3 +214,12 @@ def test_bad_engine_options_are_named(option):
     lm, rm, tok = models()
     with pytest.raises(ValueError, match=next(iter(option))):
         ARGSEngine(lm, rm, tokenizer=tok, backend="native", **option)
+
+
+def test_native_options_are_checked():
+    lm, rm, tok = models()
+    with pytest.raises(ValueError, match="unknown engine options.*blocksize"):
+        ARGSEngine(lm, rm, tokenizer=tok, blocksize=4)
+    gpt_lm, gpt_rm, _ = models("gpt2")
+    with pytest.raises(ValueError, match="native backend only"):
+        ARGSEngine(gpt_lm, gpt_rm, tokenizer=tok, block_size=4)  # auto resolves to reference here

@@ -17,6 +17,7 @@ from ..params import ARGSParams
 from .llm_engine import LLMEngine, TokenEvent
 
 BACKENDS = ("auto", "native", "reference", "naive")
+NATIVE_OPTIONS = {"num_blocks", "block_size", "max_num_batched_tokens", "cache_memory_gb", "use_triton", "share_trunk"}
 
 
 def _eos_ids(lm, tokenizer) -> set[int]:
@@ -58,9 +59,13 @@ class ARGSEngine:
         unsupported = native_unsupported_reason(lm) or native_unsupported_reason(self.rm.model)
         if backend == "native" and unsupported:
             raise ValueError(f"backend='native' cannot run these models: {unsupported}; use backend='reference'")
-        if native_options and backend not in ("native", "auto"):
-            raise ValueError(f"{sorted(native_options)} apply to the native backend only, not {backend!r}")
         self.backend = ("reference" if unsupported else "native") if backend == "auto" else backend
+        unknown = set(native_options) - NATIVE_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown engine options {sorted(unknown)}; native takes {sorted(NATIVE_OPTIONS)}")
+        if native_options and self.backend != "native":
+            raise ValueError(f"{sorted(native_options)} apply to the native backend only, and this engine runs "
+                             f"{self.backend!r}" + (f" ({unsupported})" if unsupported else ""))
         if self.backend == "native":
             self.decoder = LLMEngine(lm, self.rm, tokenizer, self.eos_ids, max_num_seqs=batch_size,
                                      max_context=self.context_length, **native_options)
