@@ -92,7 +92,7 @@ def test_runs_that_split_the_methods_merge_into_one_table(tmp_path):
                  out=tmp_path / name, progress=False)
     main(["eval-merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
     merged = json.loads((tmp_path / "ab" / "results.json").read_text())
-    assert list(merged["methods"]) == ["greedy", "args-greedy:k=4:w=2", "topk:k=5:T=0.7"]
+    assert list(merged["methods"]) == ["greedy", "topk:k=5:T=0.7", "args-greedy:k=4:w=2"]  # canonical order
     assert (tmp_path / "ab" / "results.md").exists()
     evaluate(PROMPTS, [], models=models, judge=judge, max_new_tokens=5, batch_size=3, out=tmp_path / "c",
              progress=False)

@@ -109,6 +109,9 @@ def merge_results(dirs: list[str | Path], out: str | Path | None = None) -> dict
         if greedy[0] != greedy[1]:
             raise ValueError(f"{d}: its greedy responses differ from the first run's")
         merged["methods"].update({k: v for k, v in run["methods"].items() if k != "greedy"})
+    order = {"greedy": 0, "topk": 1, "bon": 2, "args-greedy": 3, "args-stochastic": 4}
+    merged["methods"] = dict(sorted(merged["methods"].items(), key=lambda kv: (
+        order.get(kv[1]["params"]["kind"], 5), kv[1]["params"].get("w") or 0)))
     merged["config"]["merged_from"] = [str(d) for d in dirs]
     if out is not None:
         write_outputs(merged, out)
