@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import check_tensors_on_one_device
+
 
 @triton.jit
 def _args_select_kernel(logp_ptr, r_ptr, ids_ptr, k_ptr, w_ptr, t_ptr, g_ptr,
@@ -68,12 +70,7 @@ def _check(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_va
                  cand_key=cand_key, cand_value=cand_value, key_cache=key_cache, value_cache=value_cache, slots=slots)
     if gumbel is not None:
         named["gumbel"] = gumbel
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.device != logp.device:
-            raise ValueError(f"{name} is on device {t.device} but logp is on {logp.device}: "
-                             "all tensors must share one device")
+    check_tensors_on_one_device("logp", **named)
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, K], got shape {tuple(logp.shape)}")
     B, K = logp.shape

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import check_tensors_on_one_device
+
 
 @triton.jit
 def _candidate_attention_kernel(
@@ -135,12 +137,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens):
     named = dict(q=q, k_new=k_new, v_new=v_new, key_cache=key_cache, value_cache=value_cache,
                  block_tables=block_tables, context_lens=context_lens)
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on device {t.device} but q is on {q.device}: "
-                             "all tensors must share one device")
+    check_tensors_on_one_device("q", **named)
     if q.dim() != 4:
         raise ValueError(f"q must be [B, K, Hq, D], got shape {tuple(q.shape)}")
     if q.dtype not in _FLOATS:

@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import check_tensors_on_one_device
+
 
 @triton.jit
 def _store_kv_kernel(key_ptr, value_ptr, kc_ptr, vc_ptr, slot_ptr, sk_n, sk_h, sv_n, sv_h,
@@ -28,12 +30,7 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, va
     """Write key/value [N, H, D] into caches [NB, BS, H, D] at slot_mapping [N] int64 (-1 skips).
     Slots must be < NB * BS (not checked: it would need a device sync)."""
     named = dict(key=key, value=value, key_cache=key_cache, value_cache=value_cache, slot_mapping=slot_mapping)
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.device != key.device:
-            raise ValueError(f"{name} is on device {t.device} but key is on {key.device}: "
-                             "all tensors must share one device")
+    check_tensors_on_one_device("key", **named)
     if key.dim() != 3:
         raise ValueError(f"key must be [N, H, D], got shape {tuple(key.shape)}")
     N, H, D = key.shape

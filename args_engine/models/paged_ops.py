@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops as cpp_ops
+from ..decoding.common import topk_logprobs
 
 
 def triton_available(device: torch.device) -> bool:
@@ -89,8 +90,7 @@ class PagedOps:
         """logits [B, V] -> (logp [B, k], ids [B, k]), highest first."""
         if self.use_triton and k <= 64:  # the kernel's running top-k holds at most 64
             return self._k["topk_logprobs"](logits, k)
-        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        return torch.topk(logp, k, dim=-1)
+        return topk_logprobs(logits, k)
 
     def args_select(self, logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache,
                     value_cache, slots):
