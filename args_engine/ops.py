@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.args_engine)
+from .kernels.refs import store_kv_ref  # noqa: F401  (re-exported: the ops' oracle)
 
 
 def store_kv(key, value, key_cache, value_cache, slot_mapping) -> None:
@@ -20,13 +21,6 @@ def copy_blocks(key_cache, value_cache, block_mapping) -> None:
     CPU applies the pairs in order; CUDA runs them in parallel, so a destination must not be another pair's
     source or destination (checked for a host mapping; a device mapping is range-guarded in the kernel)."""
     torch.ops.args_engine.copy_blocks(key_cache, value_cache, block_mapping)
-
-
-def store_kv_ref(key, value, key_cache, value_cache, slot_mapping) -> None:
-    keep = slot_mapping >= 0
-    for cache, x in ((key_cache, key), (value_cache, value)):
-        flat = cache.view(-1, *cache.shape[2:])
-        flat[slot_mapping[keep]] = x[keep]
 
 
 def copy_blocks_ref(key_cache, value_cache, block_mapping) -> None:

@@ -2,7 +2,7 @@
 (benchmarks/baselines/original_args.py), on the default models, ARGS-greedy k = 10, w = 1, EOS ignored so every
 decoder emits the same number of tokens. All figures of one run are measured side by side on one machine.
 
-    python benchmarks/bench_e2e.py [--sections e2e,batch,memory,sweep] [--new-tokens 128] [--quick]
+    python benchmarks/bench_e2e.py [--sections e2e,batch,memory,sweep,prefix_cache] [--new-tokens 128] [--quick]
 
 - e2e: B = 1, prompts of about 512 and 2,000 tokens: tok/s of HF greedy, reference, native, original-style.
   The default RM is a head on the LM's own trunk, so `native` runs one shared trunk; `native_two_trunks`
@@ -10,6 +10,10 @@ decoder emits the same number of tokens. All figures of one run are measured sid
 - batch: 16 evaluation prompts decoded together by native vs the same 16 one at a time by the original style.
 - memory: RM cache bytes per sequence, native (paged, one prefix) vs original style (k replicas).
 - sweep: tok/s against prompt length and against k, native vs original style (fewer new tokens).
+- prefix_cache: native with the prefix cache on vs off. A chat's next turn (time to the first token when
+  the earlier turns are cached) and 16 prompts that share a long system message, decoded together.
+The other sections measure cold prompts: their engines run with the prefix cache off, since the prompts of
+one section share beginnings (the sweep's long prompts extend each other) and would otherwise hit.
 Writes benchmarks/results/bench_e2e_<machine>.json (sections not rerun keep their figures) and .png.
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.reward.data import load_pairs, split_last_reply, split_pairs
 from baselines.original_args import original_args_generate
-from common import long_prompt, machine_name
+from common import long_prompt, machine_name, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,11 +37,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.native = ARGSEngine.from_pretrained(device=args.device, backend="native", batch_size=16)
+        self.native = ARGSEngine.from_pretrained(device=args.device, backend="native", batch_size=16,
+                                                 enable_prefix_caching=False)
         shared = dict(lm=self.native.lm, rm=self.native.rm, tokenizer=self.native.tokenizer)
         self.ref = ARGSEngine(**shared, backend="reference")
         # the default RM is a head on the LM's trunk, so native shares one trunk; this one runs two, like any pair
-        self.native_two = ARGSEngine(**shared, backend="native", share_trunk=False)
+        self.native_two = ARGSEngine(**shared, backend="native", share_trunk=False, enable_prefix_caching=False)
+        self.shared = shared
         self.lm, self.rm, self.tok = self.native.lm, self.native.rm, self.native.tokenizer
 
     def params(self, n: int, k: int = 10) -> ARGSParams:
@@ -127,17 +133,46 @@ class Bench:
         print(json.dumps(out))
         return out
 
+    def prefix_cache(self) -> dict:
+        engines = {on: ARGSEngine(**self.shared, backend="native", batch_size=16, enable_prefix_caching=on)
+                   for on in (False, True)}
+        # A chat's next turn: the earlier turns (about half the prompt) were the previous request.
+        earlier, turn = long_prompt(self.tok, self.args.prompt_lengths[-1] // 2), long_prompt(
+            self.tok, self.args.prompt_lengths[-1])
+        assert turn[:len(earlier)] == earlier
+        ttft = {}
+        for on, engine in engines.items():
+            self.engine(engine, [earlier], 1)
+            ttft[on] = timed(lambda: self.engine(engine, [turn], 1))
+        # 16 prompts behind one long system message, submitted together.
+        system = self.tok.decode(long_prompt(self.tok, 512), skip_special_tokens=True)
+        pairs = split_pairs(load_pairs())["evaluation"][16:32]
+        prompts = [[{"role": "system", "content": system}] + split_last_reply(p.chosen)[0] for p in pairs]
+        n, batch, bm = self.args.batch_new_tokens, {}, engines[True].decoder.bm
+        hits, admitted = bm.num_hit_tokens, bm.num_admitted_tokens
+        for on, engine in engines.items():
+            batch[on], _ = self.engine(engine, prompts, n)
+        hits, admitted = bm.num_hit_tokens - hits, bm.num_admitted_tokens - admitted
+        row = {"next_turn": {"cached_prompt_tokens": len(earlier), "prompt_tokens": len(turn),
+                             "ttft_s_off": ttft[False], "ttft_s_on": ttft[True], "speedup": ttft[False] / ttft[True]},
+               "shared_system": {"prompts": len(prompts), "mean_prompt_tokens": admitted / len(prompts),
+                                 "new_tokens": n, "hit_tokens": hits, "tok_s_off": batch[False],
+                                 "tok_s_on": batch[True], "speedup": batch[True] / batch[False]}}
+        print(json.dumps(row))
+        return row
+
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in ("e2e", "sweep") if p in result]
-    fig, axes = plt.subplots(1, 1 + 2 * ("sweep" in result), figsize=(5 + 5 * ("sweep" in result), 3.8))
+    panels = [p for p in ("e2e", "sweep", "prefix_cache") if p in result]
+    n_axes = ("e2e" in result) + 2 * ("sweep" in result) + ("prefix_cache" in result)
+    fig, axes = plt.subplots(1, n_axes, figsize=(5 * n_axes, 3.8))
     axes = list(axes) if hasattr(axes, "__len__") else [axes]
     if "e2e" in result:
-        ax, names = axes[0], ["hf_greedy", "reference", "native", "native_two_trunks", "original_style"]
+        ax, names = axes.pop(0), ["hf_greedy", "reference", "native", "native_two_trunks", "original_style"]
         rows = result["e2e"]
         width = 0.8 / len(rows)
         for i, (length, row) in enumerate(rows.items()):
@@ -148,12 +183,22 @@ def plot(result: dict, path: Path) -> None:
         ax.legend()
     if "sweep" in result:
         s = result["sweep"]
-        for ax, key, xname in ((axes[-2], "prompt_length", "prompt_tokens"), (axes[-1], "k", "k")):
+        for key, xname in (("prompt_length", "prompt_tokens"), ("k", "k")):
+            ax = axes.pop(0)
             for m, style in (("native", "o-"), ("original_style", "s--")):
                 ax.plot([r[xname] for r in s[key]], [r[m] for r in s[key]], style, label=m)
             ax.set_xlabel(xname.replace("_", " "))
             ax.set_ylabel(f"tokens / s ({s['new_tokens']} new)")
             ax.legend()
+    if "prefix_cache" in result:
+        ax, pc = axes.pop(0), result["prefix_cache"]
+        turn, batch = pc["next_turn"], pc["shared_system"]
+        labels = [f"next turn, TTFT\n({turn['cached_prompt_tokens']} of {turn['prompt_tokens']} tok cached)",
+                  f"{batch['prompts']} prompts, one system msg\ntok/s ({batch['hit_tokens']} tok hit)"]
+        ax.bar(labels, [turn["speedup"], batch["speedup"]], 0.5)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_ylabel("speed-up, prefix cache on vs off")
+        ax.set_title("native prefix cache")
     fig.suptitle(f"{result['machine']}: ARGS decoding, default models ({', '.join(panels)})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -161,7 +206,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="e2e,batch,memory,sweep")
+    ap.add_argument("--sections", default="e2e,batch,memory,sweep,prefix_cache")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batch-new-tokens", type=int, default=64)
     ap.add_argument("--sweep-new-tokens", type=int, default=32)

@@ -64,6 +64,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("ensure", &BlockAllocator::ensure, py::arg("seq_id"), py::arg("num_positions"),
            "Grow the table to num_positions; returns (src, dst) copy-on-write pairs for copy_blocks.")
       .def("append_tokens", &BlockAllocator::append_tokens, py::arg("seq_id"), py::arg("token_ids"))
+      .def("mark_computed", &BlockAllocator::mark_computed, py::arg("seq_id"), py::arg("num_computed"),
+           "K/V of positions [0, num_computed) is written: those full blocks become prefix-cache entries.")
+      .def("num_computed", &BlockAllocator::num_computed, py::arg("seq_id"))
+      .def("reset_prefix_cache", &BlockAllocator::reset_prefix_cache,
+           "Forget every prefix-cache entry (blocks and tables stay as they are).")
       .def("fork", &BlockAllocator::fork, py::arg("parent_id"), py::arg("child_id"))
       .def("free", &BlockAllocator::free, py::arg("seq_id"))
       .def("num_tokens", &BlockAllocator::num_tokens, py::arg("seq_id"))

@@ -107,10 +107,12 @@ void BlockAllocator::hash_full_blocks(Sequence& s) const {
     s.hashes.push_back(chain_hash(k ? s.hashes[k - 1] : kFirstBlockSeed, &s.tokens[k * block_size_]));
 }
 
-// Registers the full blocks [from, hashes.size()) of s. A hash already owned by another block
-// keeps its owner: both hold the same prefix, and the older one is likelier to be shared.
-void BlockAllocator::register_blocks(const Sequence& s, size_t from) {
-  for (size_t k = from; k < s.hashes.size(); ++k) {
+// Registers s's full blocks that lie wholly below s.computed: only blocks whose K/V has been written
+// may be hit. A hash already owned by another block keeps its owner: both hold the same prefix, and
+// the older one is likelier to be shared.
+void BlockAllocator::register_computed_blocks(Sequence& s) {
+  const size_t n = std::min(s.hashes.size(), static_cast<size_t>(s.computed / block_size_));
+  for (size_t k = s.num_registered; k < n; ++k) {
     const int32_t id = s.table[k];
     Block& b = blocks_[id];
     if (b.registered || hash_to_block_.count(s.hashes[k])) continue;
@@ -121,6 +123,15 @@ void BlockAllocator::register_blocks(const Sequence& s, size_t from) {
     b.tokens.assign(s.tokens.begin() + k * block_size_, s.tokens.begin() + (k + 1) * block_size_);
     hash_to_block_.emplace(b.hash, id);
   }
+  s.num_registered = std::max(s.num_registered, n);
+}
+
+void BlockAllocator::reset_prefix_cache() {
+  for (auto& [hash, id] : hash_to_block_) {
+    blocks_[id].registered = false;
+    blocks_[id].tokens.clear();
+  }
+  hash_to_block_.clear();
 }
 
 // ---- free list -----------------------------------------------------------------------------
@@ -194,9 +205,11 @@ int64_t BlockAllocator::allocate(int64_t seq_id, const std::vector<int64_t>& tok
     s.table.push_back(b);
   }
   for (int64_t i = 0; i < fresh; ++i) s.table.push_back(pop_free());
-  // Registered now, before the caller's forward writes these blocks (as nano-vllm does): a sequence
-  // that hits them in the same step reads them in the same forward, after store_kv wrote them.
-  if (prefix_caching_) register_blocks(s, hits.size());
+  // The fresh blocks are registered by mark_computed, once the caller has written them: registered
+  // now, a prompt admitted before that write (or after this sequence is freed unwritten) would hit
+  // blocks that hold nothing.
+  s.computed = static_cast<int64_t>(hits.size()) * block_size_;
+  s.num_registered = hits.size();
   seqs_.emplace(seq_id, std::move(s));
   return static_cast<int64_t>(hits.size()) * block_size_;
 }
@@ -245,10 +258,18 @@ void BlockAllocator::append_tokens(int64_t seq_id, const std::vector<int64_t>& t
     throw std::out_of_range(msg("append_tokens: sequence ", seq_id, " would hold ", total,
                                 " tokens but its block table covers ", capacity(s), " positions; call ensure first"));
   s.tokens.insert(s.tokens.end(), token_ids.begin(), token_ids.end());
-  if (!prefix_caching_) return;
-  const size_t from = s.hashes.size();
-  hash_full_blocks(s);
-  register_blocks(s, from);
+  if (prefix_caching_) hash_full_blocks(s);
+}
+
+void BlockAllocator::mark_computed(int64_t seq_id, int64_t num_computed) {
+  Sequence& s = seq(seq_id);
+  const int64_t len = static_cast<int64_t>(s.tokens.size());
+  if (num_computed < 0 || num_computed > len)
+    throw std::invalid_argument(msg("mark_computed: num_computed ", num_computed, " out of range [0, ", len,
+                                    "] (sequence ", seq_id, "'s tokens)"));
+  if (num_computed <= s.computed) return;
+  s.computed = num_computed;
+  if (prefix_caching_) register_computed_blocks(s);
 }
 
 void BlockAllocator::fork(int64_t parent_id, int64_t child_id) {
@@ -301,6 +322,9 @@ void BlockAllocator::check() const {
   const int64_t n = num_blocks();
   std::vector<int64_t> holders(n, 0);
   for (const auto& [id, s] : seqs_) {
+    if (s.computed < 0 || s.computed > static_cast<int64_t>(s.tokens.size()))
+      throw std::runtime_error(msg("check: sequence ", id, " marks ", s.computed, " positions computed but holds ",
+                                   s.tokens.size(), " tokens"));
     if (capacity(s) < static_cast<int64_t>(s.tokens.size()))
       throw std::runtime_error(msg("check: sequence ", id, " holds ", s.tokens.size(), " tokens but covers ",
                                    capacity(s), " positions"));

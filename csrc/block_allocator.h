@@ -36,10 +36,17 @@ class BlockAllocator {
   // Returns (src, dst) block pairs the caller must copy (copy-on-write).
   std::vector<std::pair<int64_t, int64_t>> ensure(int64_t seq_id, int64_t num_positions);
   void append_tokens(int64_t seq_id, const std::vector<int64_t>& token_ids);
+  // The caller has written K/V (every cache) for positions [0, num_computed) of seq_id, or will have
+  // before anything reads them: the full blocks up to there become prefix-cache entries. Only such
+  // blocks are ever hit.
+  void mark_computed(int64_t seq_id, int64_t num_computed);
+  // Forgets every prefix-cache entry (after a failed forward, marked blocks may hold nothing).
+  void reset_prefix_cache();
   void fork(int64_t parent_id, int64_t child_id);
   void free(int64_t seq_id);
 
   int64_t num_tokens(int64_t seq_id) const { return static_cast<int64_t>(seq(seq_id).tokens.size()); }
+  int64_t num_computed(int64_t seq_id) const { return seq(seq_id).computed; }
   std::vector<int64_t> block_table(int64_t seq_id) const;
   int64_t slot(int64_t seq_id, int64_t position) const;
   int64_t ref_count(int64_t block_id) const;
@@ -69,6 +76,8 @@ class BlockAllocator {
     std::vector<int32_t> table;
     std::vector<int64_t> tokens;
     std::vector<uint64_t> hashes;  // chained hash of each full block of tokens
+    int64_t computed = 0;  // leading positions whose K/V the caller has written
+    size_t num_registered = 0;  // leading full blocks already offered to the prefix cache
   };
 
   const Sequence& seq(int64_t seq_id) const;
@@ -77,7 +86,7 @@ class BlockAllocator {
   uint64_t chain_hash(uint64_t prev, const int64_t* tokens) const;
   int32_t lookup(uint64_t hash, const int64_t* tokens, int32_t parent) const;
   void hash_full_blocks(Sequence& s) const;  // chained hashes of s's not yet hashed full blocks
-  void register_blocks(const Sequence& s, size_t from);
+  void register_computed_blocks(Sequence& s);  // full blocks wholly below s.computed
   int64_t cow_blocks(const Sequence& s, int64_t num_positions) const;
   void check_positions(int64_t num_positions) const;
 

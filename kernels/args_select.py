@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from ._checks import check_tensors_on_one_device
+from .refs import acc_dtype, args_select_ref  # noqa: F401  (re-exported: the kernel's oracle)
 
 
 @triton.jit
@@ -59,10 +60,6 @@ def _args_select_kernel(logp_ptr, r_ptr, ids_ptr, k_ptr, w_ptr, t_ptr, g_ptr,
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
-def _acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def _check(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache, value_cache, slots):
@@ -125,7 +122,7 @@ def args_select(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, ca
     reward = torch.empty(B, dtype=rewards.dtype, device=dev)
     if B == 0 or K == 0:
         return choice, token, reward
-    acc = _acc_dtype(logp.dtype, rewards.dtype)
+    acc = acc_dtype(logp.dtype, rewards.dtype)
     row = Hkv * D
     g = gumbel if gumbel is not None else logp  # placeholder pointer, never read
     _args_select_kernel[(B, max(L, 1))](
@@ -134,30 +131,4 @@ def args_select(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, ca
         K, B * K * row, key_cache[0].numel() if L else 0, row if L else 0,
         KP=max(2, triton.next_power_of_2(K)), ACC=_TL[acc], HAS_GUMBEL=gumbel is not None,
         BLOCK=min(max(16, triton.next_power_of_2(row)), 4096), num_warps=4)
-    return choice, token, reward
-
-
-def args_select_ref(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache,
-                    value_cache, slots):
-    """Plain torch with the semantics of args_engine.decoding.common.select_candidates."""
-    B, K = logp.shape
-    acc = _acc_dtype(logp.dtype, rewards.dtype)
-    scores = logp.to(acc) + w.to(acc)[:, None] * rewards.to(acc)  # [B, K]
-    beyond = torch.arange(K, device=logp.device)[None, :] >= k[:, None].long()  # [B, K]
-    scores = scores.masked_fill(beyond, float("-inf"))
-    choice = scores.argmax(dim=-1)  # first maximum: ties -> lowest j
-    if gumbel is not None:
-        t = temperature.double()
-        stoch = t > 0
-        noisy = scores.double() / torch.where(stoch, t, torch.ones_like(t))[:, None] + gumbel.double()
-        noisy = noisy.masked_fill(beyond, float("-inf"))
-        choice = torch.where(stoch, noisy.argmax(dim=-1), choice)
-    token = cand_ids.gather(1, choice[:, None])[:, 0]
-    reward = rewards.gather(1, choice[:, None])[:, 0]
-    L, Hkv, D = cand_key.shape[0], cand_key.shape[3], cand_key.shape[4]
-    for b in range(B):
-        s = int(slots[b])
-        if s >= 0:
-            key_cache.view(L, -1, Hkv, D)[:, s] = cand_key[:, b, choice[b]]
-            value_cache.view(L, -1, Hkv, D)[:, s] = cand_value[:, b, choice[b]]
     return choice, token, reward

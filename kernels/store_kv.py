@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from ._checks import check_tensors_on_one_device
+from .refs import store_kv_ref  # noqa: F401  (re-exported: the kernel's oracle)
 
 
 @triton.jit
@@ -59,11 +60,3 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, va
     BLOCK = min(triton.next_power_of_2(HD), 4096)
     _store_kv_kernel[(N,)](key, value, key_cache, value_cache, slot_mapping, key.stride(0), key.stride(1),
                            value.stride(0), value.stride(1), HD, D=D, BLOCK=BLOCK, num_warps=4)
-
-
-def store_kv_ref(key, value, key_cache, value_cache, slot_mapping) -> None:
-    """Plain torch: index_put into the flattened slot dimension."""
-    keep = slot_mapping >= 0
-    for cache, x in ((key_cache, key), (value_cache, value)):
-        flat = cache.view(-1, *cache.shape[2:])  # [NB * BS, H, D]
-        flat[slot_mapping[keep]] = x[keep]

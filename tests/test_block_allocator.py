@@ -184,6 +184,7 @@ def test_prefix_hits_share_full_blocks():
     a = BlockAllocator(16, 4)
     p = list(range(10))  # two full blocks + 2 tokens
     assert a.allocate(0, p, 10) == 0
+    a.mark_computed(0, 10)
     t = a.block_table(0)
     assert a.allocate(1, p[:8] + [100, 101, 102], 11) == 8
     assert a.block_table(1)[:2] == t[:2] and a.block_table(1)[2] != t[2]
@@ -201,6 +202,7 @@ def test_prefix_hits_share_full_blocks():
 def test_hit_counts_and_short_prompts():
     a = BlockAllocator(8, 4)
     a.allocate(0, [1, 2, 3, 4], 4)
+    a.mark_computed(0, 4)
     assert a.allocate(1, [1, 2, 3, 4], 4) == 0  # exactly one block: must compute the last token
     assert a.allocate(2, [1, 2, 3, 4, 5], 5) == 4
     assert a.allocate(3, [], 0) == 0 and a.block_table(3) == []
@@ -211,19 +213,68 @@ def test_hit_counts_and_short_prompts():
 def test_prefix_caching_disabled():
     a = BlockAllocator(8, 4, enable_prefix_caching=False)
     a.allocate(0, list(range(9)), 9)
+    a.mark_computed(0, 9)
     assert a.allocate(1, list(range(9)), 9) == 0
     assert not set(a.block_table(0)) & set(a.block_table(1))
     a.check()
 
 
-def test_append_tokens_registers_blocks_that_fill():
+def test_blocks_are_hit_only_once_computed():
+    a = BlockAllocator(16, 4)
+    a.allocate(0, [1, 2, 3], 8)
+    a.append_tokens(0, [4, 5])  # block 0 is full, but its K/V is not written yet
+    assert a.num_tokens(0) == 5 and a.num_computed(0) == 0
+    assert a.allocate(1, [1, 2, 3, 4, 9], 5) == 0
+    a.mark_computed(0, 3)  # part of block 0: still nothing to hit
+    assert a.allocate(2, [1, 2, 3, 4, 9], 5) == 0
+    a.mark_computed(0, 5)
+    assert a.num_computed(0) == 5
+    assert a.allocate(3, [1, 2, 3, 4, 9], 5) == 4 and a.block_table(3)[0] == a.block_table(0)[0]
+    a.append_tokens(0, [6, 7, 8])  # block 1 becomes full
+    assert a.allocate(4, [1, 2, 3, 4, 5, 6, 7, 8, 0], 9) == 4
+    a.mark_computed(0, 8)
+    assert a.allocate(5, [1, 2, 3, 4, 5, 6, 7, 8, 0], 9) == 8
+    a.mark_computed(0, 2)  # never moves back
+    assert a.num_computed(0) == 8
+    a.check()
+
+
+def test_a_sequence_freed_before_its_prefill_leaves_no_prefix():
+    a = BlockAllocator(8, 4)
+    p = list(range(9))
+    a.allocate(0, p, 9)
+    a.free(0)
+    assert a.allocate(1, p, 9) == 0
+    a.mark_computed(1, 4)
+    a.free(1)
+    assert a.allocate(2, p, 9) == 4  # only the block that was written
+    a.check()
+
+
+def test_reset_prefix_cache_forgets_every_entry():
+    a = BlockAllocator(16, 4)
+    p = list(range(9))
+    a.allocate(0, p, 9)
+    a.mark_computed(0, 9)
+    a.reset_prefix_cache()
+    assert a.allocate(1, p, 9) == 0
+    a.mark_computed(0, 9)  # already marked: stays forgotten
+    assert a.allocate(2, p, 9) == 0
+    a.mark_computed(1, 9)
+    assert a.allocate(3, p, 9) == 8 and a.block_table(3)[:2] == a.block_table(1)[:2]
+    a.check()
+
+
+def test_mark_computed_errors():
     a = BlockAllocator(8, 4)
     a.allocate(0, [1, 2, 3], 8)
-    a.append_tokens(0, [4, 5])  # block 0 becomes full
-    assert a.num_tokens(0) == 5
-    assert a.allocate(1, [1, 2, 3, 4, 9], 5) == 4 and a.block_table(1)[0] == a.block_table(0)[0]
-    a.append_tokens(0, [6, 7, 8])  # block 1 becomes full
-    assert a.allocate(2, [1, 2, 3, 4, 5, 6, 7, 8, 0], 9) == 8
+    before = snapshot(a, [0])
+    for n in (-1, 4):
+        with pytest.raises(ValueError, match=r"num_computed .* out of range \[0, 3\]"):
+            a.mark_computed(0, n)
+    with pytest.raises(KeyError, match="unknown sequence id 5"):
+        a.mark_computed(5, 0)
+    assert snapshot(a, [0]) == before and a.num_computed(0) == 0
     a.check()
 
 
@@ -231,6 +282,7 @@ def test_freed_blocks_keep_their_prefix_until_reused():
     a = BlockAllocator(4, 4)
     p = list(range(9))
     a.allocate(0, p, 9)
+    a.mark_computed(0, 9)
     t = a.block_table(0)
     a.free(0)
     assert a.num_free_blocks == 4
@@ -247,6 +299,7 @@ def test_hits_on_free_blocks_count_against_the_free_list():
     a = BlockAllocator(3, 4)
     p = list(range(9))
     a.allocate(0, p, 9)
+    a.mark_computed(0, 9)
     a.free(0)
     before = snapshot(a, [1])
     with pytest.raises(RuntimeError, match="out of blocks"):
@@ -283,18 +336,16 @@ prompts = st.builds(lambda base, cut, tail: base[:cut] + tail, st.sampled_from(B
 
 
 class AllocatorMachine(RuleBasedStateMachine):
-    """Model: each sequence's tokens, and `content`, what the caller has written into each slot. The
-    caller's contract is followed: write the uncached prompt after allocate, copy blocks returned by
-    ensure, write a position only after ensure covered it."""
+    """Model: each sequence's tokens, how many of them are computed, and `content`, what the caller has written
+    into each slot. The caller's contract is followed: copy blocks returned by ensure, write a position only
+    after ensure covered it, and mark positions computed only after writing them. Writes lag allocation (a
+    prompt is prefilled over several steps, or never, if it is freed first), so a prefix hit on a block that
+    is registered but not yet written would read back the wrong token."""
 
     @initialize(num_blocks=st.integers(3, 12), block_size=st.integers(1, 4), prefix=st.booleans())
     def setup(self, num_blocks, block_size, prefix):
         self.a = BlockAllocator(num_blocks, block_size, prefix)
-        self.bs, self.tokens, self.content, self.next_id = block_size, {}, {}, 0
-
-    def _write(self, sid, start):
-        for pos in range(start, len(self.tokens[sid])):
-            self.content[self.a.slot(sid, pos)] = self.tokens[sid][pos]
+        self.bs, self.tokens, self.computed, self.content, self.next_id = block_size, {}, {}, {}, 0
 
     def _apply_copies(self, pairs):
         for src, dst in pairs:
@@ -313,10 +364,21 @@ class AllocatorMachine(RuleBasedStateMachine):
             return
         assert hits % self.bs == 0 and (hits < len(prompt) or hits == 0)
         event(f"allocate: prefix hit {hits > 0}")
-        self.tokens[sid] = list(prompt)
+        self.tokens[sid], self.computed[sid] = list(prompt), hits
         for pos in range(hits):  # a hit must really hold this prompt's tokens
             assert self.content.get(self.a.slot(sid, pos)) == prompt[pos]
-        self._write(sid, hits)
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def compute(self, data):
+        """The forward writes the K/V of the next uncomputed positions, then marks them computed."""
+        sid = data.draw(st.sampled_from(sorted(self.tokens)))
+        start = self.computed[sid]
+        n = data.draw(st.integers(start, len(self.tokens[sid])))
+        for pos in range(start, n):
+            self.content[self.a.slot(sid, pos)] = self.tokens[sid][pos]
+        self.a.mark_computed(sid, n)
+        self.computed[sid] = n
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data(), extra=st.integers(0, 6))
@@ -344,7 +406,6 @@ class AllocatorMachine(RuleBasedStateMachine):
             return
         self.a.append_tokens(sid, new)
         self.tokens[sid] += new
-        self._write(sid, start)
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
@@ -356,20 +417,24 @@ class AllocatorMachine(RuleBasedStateMachine):
             self.a.append_tokens(sid, [0] * (room + 1))
         assert snapshot(self.a, self.tokens) == before
 
+    @rule()
+    def reset_prefix_cache(self):
+        self.a.reset_prefix_cache()
+
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
     def fork(self, data):
         parent = data.draw(st.sampled_from(sorted(self.tokens)))
         child, self.next_id = self.next_id, self.next_id + 1
         self.a.fork(parent, child)
-        self.tokens[child] = list(self.tokens[parent])
+        self.tokens[child], self.computed[child] = list(self.tokens[parent]), self.computed[parent]
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data())
     def free(self, data):
         sid = data.draw(st.sampled_from(sorted(self.tokens)))
         self.a.free(sid)
-        del self.tokens[sid]
+        del self.tokens[sid], self.computed[sid]
 
     @precondition(lambda self: self.tokens)
     @rule(data=st.data(), extra=st.integers(1, 6))
@@ -381,7 +446,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         except RuntimeError:
             pass
         self.a.free(sid)
-        del self.tokens[sid]
+        del self.tokens[sid], self.computed[sid]
 
     @invariant()
     def consistent(self):
@@ -392,11 +457,12 @@ class AllocatorMachine(RuleBasedStateMachine):
         for sid, toks in self.tokens.items():
             table = a.block_table(sid)
             assert a.num_tokens(sid) == len(toks) and len(table) * self.bs >= len(toks)
+            assert a.num_computed(sid) == self.computed[sid]
             assert len(set(table)) == len(table)
             for b in table:
                 holders[b] = holders.get(b, 0) + 1
-            for pos, tok in enumerate(toks):  # every committed position reads back its own token
-                assert self.content.get(a.slot(sid, pos)) == tok
+            for pos in range(self.computed[sid]):  # every computed position reads back its own token
+                assert self.content.get(a.slot(sid, pos)) == toks[pos]
         assert all(a.ref_count(b) == holders.get(b, 0) for b in range(a.num_blocks))
         assert a.num_free_blocks + len(holders) == a.num_blocks
 

@@ -113,6 +113,65 @@ def test_preemption_when_blocks_run_out(use_triton):
     assert_all_free(nat)
 
 
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+@pytest.mark.parametrize("same_trunk", [False, True])
+def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
+    lm, rm, tok = models()
+    if same_trunk:
+        rm.model.load_state_dict(lm.model.state_dict())
+    prefix = "You are a helpful assistant; answer briefly. "
+    prompts = [prefix + "Hi", prefix + "Tell me a joke.", prefix + "Hi"]
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
+    nat = native(lm, rm, tok, use_triton=use_triton)
+    off = native(lm, rm, tok, use_triton=use_triton, enable_prefix_caching=False)
+    ids = [nat.make_request(p, GREEDY).prompt_ids for p in prompts]
+    whole_blocks = lambda n: n // 4 * 4  # noqa: E731  (block_size 4)
+    # Prompt 2 reuses the blocks it shares with prompt 1; prompt 3 repeats prompt 1: all blocks but the one
+    # holding its last token (whose logits must be computed).
+    expected_hits = [0, whole_blocks(min(len(os.path.commonprefix([ids[0], ids[1]])), len(ids[1]) - 1)),
+                     whole_blocks(len(ids[2]) - 1)]
+    for p, hits in zip(prompts, expected_hits):
+        before = nat.decoder.bm.num_hit_tokens
+        assert_same(ref.generate(p, GREEDY, progress=False), nat.generate(p, GREEDY, progress=False))
+        assert nat.decoder.bm.num_hit_tokens - before == hits
+        assert_same(ref.generate(p, GREEDY, progress=False), off.generate(p, GREEDY, progress=False))
+    assert expected_hits[1] >= 40 and nat.decoder.prefix_cache_hit_rate > 0.5
+    assert off.decoder.bm.num_hit_tokens == 0
+    # All in one batch: a prompt admitted in the same step reuses the blocks an earlier one's chunk fills in
+    # that step's forward; with 12-token chunks it reuses only what earlier chunks and this step's fill.
+    batch = prompts[:2] * 2
+    expected = ref.generate(batch, GREEDY, progress=False)
+    one_step = native(lm, rm, tok, use_triton=use_triton)
+    assert_same(expected, one_step.generate(batch, GREEDY, progress=False))
+    assert one_step.decoder.bm.num_hit_tokens == expected_hits[1] + whole_blocks(len(ids[0]) - 1) + \
+        whole_blocks(len(ids[1]) - 1)
+    chunked = native(lm, rm, tok, use_triton=use_triton, max_num_batched_tokens=12)
+    assert_same(expected, chunked.generate(batch, GREEDY, progress=False))
+    assert chunked.decoder.bm.num_hit_tokens > 0
+    for engine in (nat, off, one_step, chunked):
+        assert_all_free(engine)
+
+
+def test_failed_step_forgets_the_prefix_cache(monkeypatch):
+    lm, rm, tok = models()
+    nat = native(lm, rm, tok)
+    prompt = "You are a helpful assistant; answer briefly. Hi"
+    engine = nat.decoder
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(engine.runner, "prefill", boom)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        nat.generate(prompt, GREEDY, progress=False)
+    monkeypatch.undo()
+    assert_all_free(nat)
+    # The failed step had registered the blocks its prefill was to fill; they must not be hit now.
+    assert_same(ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(prompt, GREEDY, progress=False),
+                nat.generate(prompt, GREEDY, progress=False))
+    assert engine.bm.num_hit_tokens == 0
+
+
 def test_request_larger_than_the_cache_is_refused():
     lm, rm, tok = models()
     nat = native(lm, rm, tok, num_blocks=4)

@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..kernels.refs import args_choose, args_scores
 from ..params import ARGSParams
+from .detokenize import IncrementalText
 
 
 @dataclass
@@ -36,8 +38,9 @@ class Request:
     out_ids: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     finish_reason: str | None = None
-    text: str | None = None
+    text: str | None = None  # set when a stop string ended the response: the text before it
     generator: torch.Generator | None = None
+    detok: IncrementalText | None = None  # the response's text so far (with a tokenizer)
 
     def __post_init__(self):
         if self.params.mode == "stochastic":
@@ -58,35 +61,55 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return torch.topk(logp, k, dim=-1)
 
 
+def gumbel_noise(params: list[ARGSParams], generators: list, kmax: int) -> torch.Tensor | None:
+    """Gumbel noise [B, kmax] float64 for the stochastic rows (zeros elsewhere), or None when all rows are greedy.
+    Each row draws k values from its request's own CPU generator, so a choice depends on neither the batch nor
+    the device."""
+    if all(p.mode != "stochastic" for p in params):
+        return None
+    gumbel = torch.zeros(len(params), kmax, dtype=torch.float64)
+    for b, (p, gen) in enumerate(zip(params, generators)):
+        if p.mode == "stochastic":
+            u = torch.rand(p.k, generator=gen, dtype=torch.float64)
+            gumbel[b, :p.k] = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return gumbel
+
+
+def selection_inputs(params: list[ARGSParams], generators: list, kmax: int, device):
+    """The per-row tensors of ARGS selection: k [B] int32, w and temperature [B] float64 (0: greedy), gumbel.
+    w stays float64: each path casts it to its accumulation dtype, so all paths score alike."""
+    k = torch.tensor([p.k for p in params], dtype=torch.int32, device=device)
+    w = torch.tensor([p.w for p in params], dtype=torch.float64, device=device)
+    temp = torch.tensor([p.temperature if p.mode == "stochastic" else 0.0 for p in params], dtype=torch.float64,
+                        device=device)
+    gumbel = gumbel_noise(params, generators, kmax)
+    return k, w, temp, None if gumbel is None else gumbel.to(device)
+
+
 def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
     """Pick one candidate per row. logp, rewards [B, kmax] (rows with k < kmax ignore the tail) -> [B]."""
-    dtype, device = torch.promote_types(logp.dtype, rewards.dtype), logp.device
-    w = torch.tensor([r.params.w for r in reqs], dtype=dtype, device=device)
-    scores = logp.to(dtype) + w[:, None] * rewards.to(dtype)  # [B, kmax]
-    k = torch.tensor([r.params.k for r in reqs], device=device)
-    scores = scores.masked_fill(torch.arange(scores.shape[1], device=device)[None, :] >= k[:, None], float("-inf"))
-    choice = scores.argmax(dim=-1)
-    for b, req in enumerate(reqs):
-        if req.params.mode == "stochastic":
-            # Gumbel-max over the request's own k candidates, from its own CPU generator: independent of the
-            # batch and of the device.
-            u = torch.rand(req.params.k, generator=req.generator, dtype=torch.float64).to(device)
-            gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-            noisy = scores[b, :req.params.k].double() / req.params.temperature + gumbel
-            choice[b] = noisy.argmax()
-    return choice
+    k, w, temp, gumbel = selection_inputs([r.params for r in reqs], [r.generator for r in reqs], logp.shape[1],
+                                          logp.device)
+    return args_choose(args_scores(logp, rewards, k, w), temp, gumbel)
 
 
 def append_token(req: Request, token: int, reward: float, tokenizer, eos_ids: set[int]) -> None:
     """Record a chosen token and set finish_reason when a stop condition is met."""
     req.out_ids.append(token)
     req.rewards.append(reward)
+    seen = 0
+    if tokenizer is not None:
+        if req.detok is None:
+            req.detok = IncrementalText(tokenizer)
+        seen = len(req.detok.text)
+        req.detok.append(token)
     stop = req.params.stop
     if not req.params.ignore_eos and token in eos_ids:
         req.finish_reason = "stop"
     elif stop and tokenizer is not None:
-        text = tokenizer.decode(req.out_ids, skip_special_tokens=True)
-        hits = [text.find(s) for s in stop if s in text]
+        # The text before `seen` held no stop string, so a new one ends in the new text: search only the tail.
+        text, start = req.detok.text, max(0, seen - max(map(len, stop)) + 1)
+        hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
         if hits:
             req.finish_reason, req.text = "stop", text[:min(hits)]
     if not req.finished and (len(req.out_ids) >= req.params.max_new_tokens

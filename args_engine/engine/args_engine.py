@@ -17,7 +17,8 @@ from ..params import ARGSParams
 from .llm_engine import LLMEngine, TokenEvent
 
 BACKENDS = ("auto", "native", "reference", "naive")
-NATIVE_OPTIONS = {"num_blocks", "block_size", "max_num_batched_tokens", "cache_memory_gb", "use_triton", "share_trunk"}
+NATIVE_OPTIONS = {"num_blocks", "block_size", "max_num_batched_tokens", "cache_memory_gb", "use_triton", "share_trunk",
+                  "enable_prefix_caching"}
 
 
 def _eos_ids(lm, tokenizer) -> set[int]:
@@ -42,7 +43,8 @@ class ARGSEngine:
         models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
         "auto" (native when both models are Llama-family, else reference). batch_size: sequences decoded at
         once. native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
-        use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk)."""
+        use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk), enable_prefix_caching
+        (default True: prompts that begin like an earlier one reuse its cached K/V blocks)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

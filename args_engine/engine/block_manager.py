@@ -9,12 +9,11 @@ from .sequence import Sequence
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
-        # Prefix caching stays off here: the allocator registers a prompt's blocks when they are allocated, before
-        # their K/V is written, so a prompt admitted meanwhile could reuse blocks that hold nothing yet.
-        self.allocator = _C.BlockAllocator(num_blocks, block_size, False)
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.allocator = _C.BlockAllocator(num_blocks, block_size, enable_prefix_caching)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) the runner must apply
+        self.num_admitted_tokens = self.num_hit_tokens = 0  # prefix-cache statistics, over all admissions
 
     @property
     def num_free_blocks(self) -> int:
@@ -30,6 +29,16 @@ class BlockManager:
         """Blocks for the whole sequence plus the next candidate's slot; prefix-cache hits skip their prefill."""
         hits = self.allocator.allocate(seq.seq_id, seq.token_ids, seq.num_tokens + 1)
         seq.lm_cached = seq.rm_cached = hits
+        self.num_admitted_tokens += seq.num_tokens
+        self.num_hit_tokens += hits
+
+    def mark_computed(self, seq: Sequence, num_positions: int) -> None:
+        """Positions [0, num_positions) are in both caches (or will be, before anything reads them): their full
+        blocks become reusable by later prompts that start with the same tokens."""
+        self.allocator.mark_computed(seq.seq_id, num_positions)
+
+    def reset_prefix_cache(self) -> None:
+        self.allocator.reset_prefix_cache()
 
     def can_grow(self, seq: Sequence) -> bool:
         return self.allocator.can_ensure(seq.seq_id, seq.num_tokens + 1)

@@ -24,7 +24,8 @@ from .sequence import Sequence, Status
 @dataclass
 class TokenEvent:
     """One chosen token of one request. `text` is the new text since the previous event (held back while a
-    multi-byte character is incomplete); `output` is set on the request's last event."""
+    multi-byte character is incomplete or it may begin a stop string); `output` is set on the request's last
+    event."""
 
     request_id: int
     token_id: int
@@ -42,7 +43,7 @@ class LLMEngine:
     def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], *, max_num_seqs: int = 16,
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
-                 max_context: int | None = None, share_trunk: bool | None = None):
+                 max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True):
         sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                      num_blocks=1 if num_blocks is None else num_blocks)
         for name, value in sizes.items():
@@ -60,7 +61,7 @@ class LLMEngine:
             budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
             num_blocks = max(1, min(want, int(budget // per_block)))
         self.runner.allocate_caches(num_blocks)
-        self.bm = BlockManager(num_blocks, block_size)
+        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size))
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.cache_bytes_per_block = per_block
@@ -109,8 +110,22 @@ class LLMEngine:
     def num_used_blocks(self) -> int:
         return self.bm.num_blocks - self.bm.num_free_blocks
 
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Share of admitted prompt tokens (recomputed ones included) whose K/V came from the prefix cache."""
+        return self.bm.num_hit_tokens / max(1, self.bm.num_admitted_tokens)
+
     def step(self) -> list[TokenEvent]:
         prefill, decode = self.scheduler.schedule()
+        try:
+            return self._run(prefill, decode)
+        except BaseException:
+            # Blocks this step's prefill was to fill are already prefix-cache entries (see Scheduler._add_chunk):
+            # after a failed forward they may hold nothing, so no later prompt may reuse them.
+            self.bm.reset_prefix_cache()
+            raise
+
+    def _run(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence]) -> list[TokenEvent]:
         self.runner.copy_blocks(self.bm.take_copies())
         ready, logits = [], []
         if prefill:
@@ -131,6 +146,7 @@ class LLMEngine:
             logits.append(self.runner.decode(decode, tables, slots))
             for s in decode:
                 s.lm_cached = s.num_tokens
+                self.bm.mark_computed(s, s.lm_cached)  # only now: this step's admissions were scheduled before it
             ready += decode
         if not ready:
             return []
@@ -152,15 +168,15 @@ class LLMEngine:
 
     def _event(self, seq: Sequence, token: int, reward: float) -> TokenEvent:
         req, text = seq.req, ""
+        output = finish_output(req, None, self.tokenizer) if req.finished else None
         if self.tokenizer is not None:
-            full = req.text if req.text is not None else self.tokenizer.decode(req.out_ids, skip_special_tokens=True)
+            full = output.text if output is not None else req.detok.text
             sent = self._sent[seq.seq_id]
-            end = len(full) if req.finished else len(full) - _holdback(full, req.params.stop)
+            end = len(full) if output is not None else len(full) - _holdback(full, req.params.stop)
             if end > sent:
                 text, self._sent[seq.seq_id] = full[sent:end], end
-        event = TokenEvent(seq.seq_id, token, reward, text, req.finish_reason)
-        if req.finished:
-            event.output = finish_output(req, None, self.tokenizer)
+        event = TokenEvent(seq.seq_id, token, reward, text, req.finish_reason, output)
+        if output is not None:
             self.seqs.pop(seq.seq_id, None)
             self._sent.pop(seq.seq_id, None)
         return event
@@ -181,9 +197,7 @@ class LLMEngine:
 
 
 def _holdback(text: str, stop) -> int:
-    """Trailing characters not to stream yet: an incomplete multi-byte character, or what may begin a stop string."""
-    if text.endswith("\ufffd"):
-        return len(text) - len(text.rstrip("\ufffd"))
+    """Trailing characters not to stream yet: what may begin a stop string."""
     for n in range(min(len(text), max((len(s) for s in stop or ()), default=0)), 0, -1):
         if any(s.startswith(text[-n:]) for s in stop):
             return n

@@ -12,6 +12,7 @@ import torch
 from ..models.hf import RewardModel
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
+from ..decoding.common import selection_inputs
 from .sequence import Sequence
 
 
@@ -110,18 +111,7 @@ class ModelRunner:
         pos = torch.tensor([s.num_tokens for s in seqs], device=self.device, dtype=torch.int32)
         hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, kmax, H]
         rewards = self.rm_head(hidden).squeeze(-1)  # [B, kmax]
-        k = torch.tensor([p.k for p in params], device=self.device, dtype=torch.int32)
-        w = torch.tensor([p.w for p in params], device=self.device, dtype=logp.dtype)
-        temp = torch.tensor([p.temperature if p.mode == "stochastic" else 0.0 for p in params], device=self.device,
-                            dtype=torch.float64)
-        gumbel = None
-        if any(p.mode == "stochastic" for p in params):
-            gumbel = torch.zeros(len(seqs), kmax, dtype=torch.float64)
-            for b, s in enumerate(seqs):
-                if s.params.mode == "stochastic":  # each request's own generator: independent of the batch
-                    u = torch.rand(s.params.k, generator=s.req.generator, dtype=torch.float64)
-                    gumbel[b, :s.params.k] = -torch.log(-torch.log(u.clamp_min(1e-300)))
-            gumbel = self._dev(gumbel)
+        k, w, temp, gumbel = selection_inputs(params, [s.req.generator for s in seqs], kmax, self.device)
         choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
                                                       self.rm_kv[0], self.rm_kv[1], slots)
         if self.shared:

@@ -46,21 +46,25 @@ class Scheduler:
             if budget <= 0:
                 break
             if not seq.prefilled:
-                n = min(seq.num_tokens - seq.lm_cached, budget)
-                prefill.append((seq, n))
-                budget -= n
+                budget -= self._add_chunk(prefill, seq, budget)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if not self.bm.can_admit(seq):
                 break
             self.waiting.popleft()
-            self.bm.admit(seq)
+            self.bm.admit(seq)  # prefix-cache hits advance lm_cached / rm_cached
             seq.status = Status.RUNNING
             self.running.append(seq)
-            n = min(seq.num_tokens - seq.lm_cached, budget)
-            prefill.append((seq, n))
-            budget -= n
+            budget -= self._add_chunk(prefill, seq, budget)
         return prefill, decode
+
+    def _add_chunk(self, prefill: list[tuple[Sequence, int]], seq: Sequence, budget: int) -> int:
+        n = min(seq.num_tokens - seq.lm_cached, budget)
+        prefill.append((seq, n))
+        # The prefill forward stores every chunk's K/V (layer by layer) before any chunk's attention reads the
+        # cache, so a prompt admitted later in this same step may already reuse the blocks this chunk fills.
+        self.bm.mark_computed(seq, seq.lm_cached + n)
+        return n
 
     def preempt(self, seq: Sequence) -> None:
         self.bm.free(seq)

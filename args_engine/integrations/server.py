@@ -201,6 +201,8 @@ def _metrics(loop: EngineLoop) -> str:
         ("args_engine_requests_waiting", "gauge", "Requests waiting for admission", llm.num_waiting),
         ("args_engine_cache_blocks_used", "gauge", "Paged cache blocks in use", llm.num_used_blocks),
         ("args_engine_cache_blocks_total", "gauge", "Paged cache blocks in all", llm.num_blocks),
+        ("args_engine_prefix_cache_hit_rate", "gauge", "Share of admitted prompt tokens served by the prefix cache",
+         round(llm.prefix_cache_hit_rate, 4)),
     ]
     return "".join(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {value}\n"
                    for name, kind, help_, value in rows)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from .. import ops as cpp_ops
 from ..decoding.common import topk_logprobs
+from ..kernels.refs import args_select_ref, store_kv_ref
 
 
 def triton_available(device: torch.device) -> bool:
@@ -78,8 +79,7 @@ class PagedOps:
         elif key_cache.is_cuda:
             cpp_ops.store_kv(key.contiguous(), value.contiguous(), key_cache, value_cache, slots)
         else:
-            key_cache.view(-1, *key_cache.shape[2:])[slots] = key
-            value_cache.view(-1, *value_cache.shape[2:])[slots] = value
+            store_kv_ref(key, value, key_cache, value_cache, slots)
 
     def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
         fn = self._k["candidate_attention"] if self.use_triton else candidate_attention_torch
@@ -98,18 +98,5 @@ class PagedOps:
         if self.use_triton:
             return self._k["args_select"](logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value,
                                           key_cache, value_cache, slots)
-        dtype = torch.promote_types(logp.dtype, rewards.dtype)
-        scores = logp.to(dtype) + w.to(dtype)[:, None] * rewards.to(dtype)  # [B, K]
-        cols = torch.arange(scores.shape[1], device=scores.device)
-        scores = scores.masked_fill(cols[None, :] >= k[:, None], float("-inf"))
-        choice = scores.argmax(dim=-1)
-        sampled = temperature > 0
-        if gumbel is not None and bool(sampled.any()):
-            noisy = scores.double() / temperature.double().clamp_min(1e-30)[:, None] + gumbel.double()
-            choice = torch.where(sampled, noisy.argmax(dim=-1), choice)
-        rows = torch.arange(len(choice), device=choice.device)
-        keep = slots >= 0
-        for cand, cache in ((cand_key, key_cache), (cand_value, value_cache)):
-            flat = cache.view(cache.shape[0], -1, *cache.shape[3:])  # [L, slots, Hkv, D]
-            flat[:, slots[keep]] = cand[:, rows[keep], choice[keep]]
-        return choice, cand_ids[rows, choice], rewards[rows, choice]
+        return args_select_ref(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache,
+                               value_cache, slots)
