@@ -127,31 +127,34 @@ class LLMEngine:
 
     def _run(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence]) -> list[TokenEvent]:
         self.runner.copy_blocks(self.bm.take_copies())
-        ready, logits = [], []
+        P = len(prefill)
+        # One block table for every sequence of the step (tables do not change within a step): the prefill
+        # rows first, then the decode rows; the ARGS step takes the rows of the sequences that are ready.
+        tables = self.runner._dev(self.bm.block_tables([s for s, _ in prefill] + decode))  # [P + D, max_blocks]
+        rows, logits = [], []  # rows of `tables` that are ready for an ARGS step
         if prefill:
-            seqs = [s for s, _ in prefill]
-            tables = self.runner._dev(self.bm.block_tables(seqs))
             slot_seqs = [s for s, n in prefill for _ in range(n)]
             slot_pos = [p for s, n in prefill for p in range(s.lm_cached, s.lm_cached + n)]
             slots = self.runner._dev(self.bm.slots(slot_seqs, slot_pos))
-            logits.append(self.runner.prefill(prefill, tables, slots))
-            for s, n in prefill:
+            logits.append(self.runner.prefill(prefill, tables[:P], slots))
+            for i, (s, n) in enumerate(prefill):
                 s.lm_cached += n
                 s.rm_cached += n
                 if s.lm_cached == s.num_tokens:
-                    ready.append(s)
+                    rows.append(i)
         if decode:
-            tables = self.runner._dev(self.bm.block_tables(decode))
             slots = self.runner._dev(self.bm.slots(decode, [s.num_tokens - 1 for s in decode]))
-            logits.append(self.runner.decode(decode, tables, slots))
+            logits.append(self.runner.decode(decode, tables[P:], slots))
             for s in decode:
                 s.lm_cached = s.num_tokens
                 self.bm.mark_computed(s, s.lm_cached)  # only now: this step's admissions were scheduled before it
-            ready += decode
-        if not ready:
+            rows += range(P, P + len(decode))
+        if not rows:
             return []
+        ready = [prefill[i][0] if i < P else decode[i - P] for i in rows]
         logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # [B, V], rows in `ready` order
-        tables = self.runner._dev(self.bm.block_tables(ready))
+        if len(rows) < len(tables):
+            tables = tables[torch.tensor(rows, device=tables.device)]
         slots = self.runner._dev(self.bm.slots(ready, [s.num_tokens for s in ready]))
         tokens, rewards = self.runner.args_step(ready, logits, tables, slots)
         events = []
