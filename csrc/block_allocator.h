@@ -40,7 +40,8 @@ class BlockAllocator {
   // before anything reads them: the full blocks up to there become prefix-cache entries. Only such
   // blocks are ever hit.
   void mark_computed(int64_t seq_id, int64_t num_computed);
-  // Forgets every prefix-cache entry (after a failed forward, marked blocks may hold nothing).
+  // Forgets every prefix-cache entry (after a failed forward, marked blocks may hold nothing). Blocks of
+  // live sequences are not offered again: only sequences allocated afterwards fill the cache anew.
   void reset_prefix_cache();
   void fork(int64_t parent_id, int64_t child_id);
   void free(int64_t seq_id);

@@ -78,3 +78,31 @@ def test_windows_stay_short(smol_tokenizer):
     inc.flush()
     assert inc.text == smol_tokenizer.decode(ids, skip_special_tokens=True)
     assert len(ids) > 400 and max(counting.window_sizes) <= 8  # a full re-decode would read all of them
+
+
+@pytest.mark.slow
+def test_genuine_replacement_characters_do_not_stall(smol_tokenizer):
+    from args_engine.decoding.detokenize import MAX_PENDING_TOKENS
+
+    ids = smol_tokenizer.encode("x \ufffd\ufffd\ufffd\ufffd\ufffd\ufffd y \ufffd", add_special_tokens=False)
+    inc = IncrementalText(smol_tokenizer)
+    for t in ids:
+        inc.append(t)
+        assert len(inc.ids) - inc._read < MAX_PENDING_TOKENS  # held back at most a character's worth
+    assert inc.text + inc.flush() == smol_tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_stop_string_right_before_an_incomplete_character(smol_tokenizer):
+    # A token that decodes to " " plus the first byte of a multi-byte character: the text before it is held back
+    # until the character completes, but a stop string ending in its space must still end the response there.
+    from args_engine.decoding.common import Request, append_token
+    from args_engine.params import ARGSParams
+
+    split = next(i for i in range(len(smol_tokenizer)) if smol_tokenizer.decode([i]).startswith(" ")
+                 and smol_tokenizer.decode([i]).endswith("\ufffd") and len(smol_tokenizer.decode([i])) == 2)
+    ids = smol_tokenizer.encode("Answer: x", add_special_tokens=False) + [split]
+    req = Request([1], ARGSParams(stop=["x "], max_new_tokens=len(ids)), max_len=1000)
+    for t in ids:
+        append_token(req, t, 0.0, smol_tokenizer, set())
+    assert (req.finish_reason, req.text) == ("stop", "Answer: ")

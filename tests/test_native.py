@@ -123,6 +123,7 @@ def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
     prompts = [prefix + "Hi", prefix + "Tell me a joke.", prefix + "Hi"]
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok, use_triton=use_triton)
+    assert nat.decoder.runner.shared == same_trunk
     off = native(lm, rm, tok, use_triton=use_triton, enable_prefix_caching=False)
     ids = [nat.make_request(p, GREEDY).prompt_ids for p in prompts]
     whole_blocks = lambda n: n // 4 * 4  # noqa: E731  (block_size 4)
@@ -152,24 +153,43 @@ def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
         assert_all_free(engine)
 
 
-def test_failed_step_forgets_the_prefix_cache(monkeypatch):
+@pytest.mark.parametrize("same_trunk", [False, True])
+def test_failed_step_recovers_and_forgets_the_prefix_cache(monkeypatch, same_trunk):
     lm, rm, tok = models()
+    if same_trunk:
+        rm.model.load_state_dict(lm.model.state_dict())
+    prefix = "You are a helpful assistant; answer briefly. "
+    prompts = [prefix + "Hi", prefix + "Tell me a joke."]
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok)
-    prompt = "You are a helpful assistant; answer briefly. Hi"
-    engine = nat.decoder
+    engine, real_prefill = nat.decoder, nat.decoder.runner.prefill
+    assert engine.runner.shared == same_trunk
+    first = nat.make_request(prompts[0], GREEDY)
+    engine.add_request(first)
+    for _ in range(3):  # prompt 1 is prefilled and decoding; its blocks are in the prefix cache
+        engine.step()
 
-    def boom(*args, **kwargs):
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(engine.runner, "prefill", real_prefill)
         raise RuntimeError("forward failed")
 
-    monkeypatch.setattr(engine.runner, "prefill", boom)
+    # Prompt 2 is admitted with hits on prompt 1's blocks, and its prefill fails: it has marked the blocks it
+    # was to fill, so the cache must forget them, and every running sequence must start over.
+    monkeypatch.setattr(engine.runner, "prefill", fail_once)
+    second = nat.make_request(prompts[1], GREEDY)
+    engine.add_request(second)
     with pytest.raises(RuntimeError, match="forward failed"):
-        nat.generate(prompt, GREEDY, progress=False)
-    monkeypatch.undo()
+        engine.step()
+    assert engine.num_running == 0 and engine.num_waiting == 2 and engine.num_used_blocks == 0
+    while engine.has_unfinished():
+        engine.step()
+    for req, p in zip((first, second), prompts):
+        assert req.out_ids == ref.generate(p, GREEDY, progress=False)[0].token_ids
     assert_all_free(nat)
-    # The failed step had registered the blocks its prefill was to fill; they must not be hit now.
-    assert_same(ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(prompt, GREEDY, progress=False),
-                nat.generate(prompt, GREEDY, progress=False))
-    assert engine.bm.num_hit_tokens == 0
+    third = nat.make_request(prompts[1], GREEDY)  # the cache works again after the failure
+    hits = engine.bm.num_hit_tokens
+    nat.decoder.run([third])
+    assert engine.bm.num_hit_tokens > hits and third.out_ids == second.out_ids
 
 
 def test_request_larger_than_the_cache_is_refused():

@@ -107,8 +107,9 @@ def append_token(req: Request, token: int, reward: float, tokenizer, eos_ids: se
     if not req.params.ignore_eos and token in eos_ids:
         req.finish_reason = "stop"
     elif stop and tokenizer is not None:
-        # The text before `seen` held no stop string, so a new one ends in the new text: search only the tail.
-        text, start = req.detok.text, max(0, seen - max(map(len, stop)) + 1)
+        # The text before `seen` held no stop string, so a new one ends in the new text: search only the tail,
+        # including text held back with an incomplete character (a stop string may end just before it).
+        text, start = req.detok.text + req.detok.pending, max(0, seen - max(map(len, stop)) + 1)
         hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
         if hits:
             req.finish_reason, req.text = "stop", text[:min(hits)]

@@ -9,13 +9,20 @@ multi-byte character ("\ufffd" at the end) until the bytes that complete it arri
 from __future__ import annotations
 
 
+# A UTF-8 character has at most 4 bytes and a token carries at least one: a window still ending in "\ufffd"
+# after this many unemitted tokens holds a genuine replacement character or invalid bytes, not a partial one.
+MAX_PENDING_TOKENS = 4
+
+
 class IncrementalText:
-    """`text` is the decoded response so far, up to the last complete character; `append` returns what it added."""
+    """`text` is the decoded response so far, up to the last complete character; `append` returns what it added.
+    `pending` is visible text of tokens held back with an incomplete character (stop strings may end in it)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.text = ""
+        self.pending = ""
         self._prefix = 0  # window start: the context token(s) before the unemitted ones
         self._read = 0  # tokens[:_read] are in `text`
 
@@ -35,9 +42,15 @@ class IncrementalText:
             return ""
         context = self._decode(self.ids[self._prefix:self._read])
         window = self._decode(self.ids[self._prefix:])
-        if not final and (len(window) <= len(context) or window.endswith("\ufffd")):
+        if not window.startswith(context):  # a tokenizer whose text is not additive: fall back to a full decode
+            full = self._decode(self.ids)
+            window, context = (full, self.text) if full.startswith(self.text) else (self.text, self.text)
+        new = window[len(context):]
+        incomplete = new.endswith("\ufffd") and len(self.ids) - self._read < MAX_PENDING_TOKENS
+        if not final and (not new or incomplete):
+            self.pending = new.rstrip("\ufffd")
             return ""  # nothing visible yet, or a character still incomplete
-        new = window[len(context):] if window.startswith(context) else self._decode(self.ids)[len(self.text):]
         self.text += new
+        self.pending = ""
         self._prefix, self._read = self._read, len(self.ids)  # the emitted tokens are the next window's context
         return new

@@ -116,12 +116,17 @@ class LLMEngine:
         return self.bm.num_hit_tokens / max(1, self.bm.num_admitted_tokens)
 
     def step(self) -> list[TokenEvent]:
-        prefill, decode = self.scheduler.schedule()
+        """Schedule and run one step -> the tokens it chose. If it raises, every running sequence is preempted
+        (its blocks freed, recomputed when it is admitted again) and the prefix cache is emptied: the blocks this
+        step's prefill was to fill were already prefix-cache entries (see Scheduler._add_chunk) and may hold
+        nothing. The requests stay queued; the caller may step again or abort them."""
         try:
+            prefill, decode = self.scheduler.schedule()
             return self._run(prefill, decode)
         except BaseException:
-            # Blocks this step's prefill was to fill are already prefix-cache entries (see Scheduler._add_chunk):
-            # after a failed forward they may hold nothing, so no later prompt may reuse them.
+            for seq in list(self.scheduler.running):
+                self.scheduler.preempt(seq)
+                self.runner.next_logits.pop(seq.seq_id, None)
             self.bm.reset_prefix_cache()
             raise
 
