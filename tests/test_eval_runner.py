@@ -85,6 +85,23 @@ def test_cli_eval_contract(tmp_path, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize("backend", ["auto", "native", "reference"])
+def test_eval_engine_runs_without_the_prefix_cache(tmp_path, backend):
+    # An evaluation's numbers must not depend on which prompts ran before it.
+    from args_engine.eval.runner import load_models
+    from args_engine.params import ARGSParams
+
+    for name, model in (("lm", tiny_lm(dtype=torch.float32)), ("rm", tiny_rm(dtype=torch.float32))):
+        model.save_pretrained(tmp_path / name)
+        char_tokenizer().save_pretrained(tmp_path / name)
+    engine = load_models(str(tmp_path / "lm"), str(tmp_path / "rm"), backend=backend).engine
+    assert engine.backend == ("reference" if backend == "reference" else "native")
+    if engine.backend == "native":
+        for _ in range(2):
+            engine.generate("The same prompt, twice over.", ARGSParams(k=3, max_new_tokens=2), progress=False)
+        assert engine.decoder.bm.num_hit_tokens == 0
+
+
 def test_runs_that_split_the_methods_merge_into_one_table(tmp_path):
     models, judge = tiny_models(batch_size=3), tiny_judge()
     for name, spec in (("a", "args-greedy:k=4:w=2"), ("b", "topk:k=5")):

@@ -20,13 +20,20 @@ def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_si
                 backend: str = "auto") -> EvalModels:
     """LM, RM and tokenizer loaded once; the ARGS engine is built on the same objects (no second copy)."""
     from ..engine import ARGSEngine
-    from ..models.hf import load_lm, load_rm, resolve_dtype
+    from ..models.hf import RewardModel, load_lm, load_rm, resolve_dtype
+    from ..models.llama import native_unsupported_reason
 
     dtype = resolve_dtype(dtype)
     lm_model, tok = load_lm(lm, device, dtype)
     rm_model, rm_tok = load_rm(rm, device, dtype)
+    rm_model = RewardModel(rm_model)
+    native = backend == "native" or (backend == "auto" and not (native_unsupported_reason(lm_model)
+                                                                or native_unsupported_reason(rm_model.model)))
+    # No prefix cache: a reused block's K/V was computed in another batch, which changes float32's last bits, and
+    # an evaluation's numbers must not depend on which prompts ran before.
+    options = {"enable_prefix_caching": False} if native else {}
     engine = ARGSEngine(lm_model, rm_model, tokenizer=tok, rm_tokenizer=rm_tok, backend=backend,
-                        batch_size=batch_size)
+                        batch_size=batch_size, **options)
     return from_engine(engine)
 
 
