@@ -26,6 +26,11 @@ def server():
         yield engine, app, url, client
 
 
+def oracle(engine):
+    """A second engine on the same models: the server's loop thread steps the first one."""
+    return ARGSEngine(engine.lm, engine.rm, tokenizer=engine.tokenizer, backend="native", block_size=4)
+
+
 def wait_free(engine, timeout=20.0):
     deadline = time.monotonic() + timeout
     while engine.decoder.num_used_blocks and time.monotonic() < deadline:
@@ -37,7 +42,7 @@ def test_completion_equals_engine(server):
     engine, _, _, client = server
     r = client.completions.create(model="tiny", prompt="Hello there", max_tokens=12, extra_body=ARGS)
     ids = engine.tokenizer("Hello there")["input_ids"]
-    expected = engine.generate([ids], ARGSParams(k=5, w=1.5, max_new_tokens=12), progress=False)[0]
+    expected = oracle(engine).generate([ids], ARGSParams(k=5, w=1.5, max_new_tokens=12), progress=False)[0]
     c = r.choices[0]
     assert r.object == "text_completion" and r.model == "tiny" and r.id.startswith("cmpl-")
     assert c.text == expected.text and c.finish_reason == expected.finish_reason
@@ -80,9 +85,30 @@ def test_n_stop_and_stochastic_seed(server):
         assert r.choices[0].finish_reason == "stop"
 
 
+def test_best_of_returns_the_highest_reward_samples(server):
+    engine, _, _, client = server
+    extra = {**ARGS, "args_mode": "stochastic"}
+    r = client.completions.create(model="tiny", prompt=["Hi", "Tell me a joke."], max_tokens=8, n=2, best_of=5,
+                                  temperature=0.9, seed=11, extra_body=extra)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    ref = oracle(engine)
+    for p, prompt in enumerate(["Hi", "Tell me a joke."]):
+        ids = engine.tokenizer(prompt)["input_ids"]
+        samples = [ref.generate([ids], ARGSParams(k=5, w=1.5, mode="stochastic", temperature=0.9, seed=11 + j,
+                                                     max_new_tokens=8), progress=False)[0] for j in range(5)]
+        best = sorted(samples, key=lambda o: -o.reward)[:2]
+        got = r.choices[2 * p:2 * p + 2]
+        assert [c.text for c in got] == [o.text for o in best]
+        assert [c.model_extra["reward"] for c in got] == pytest.approx([o.reward for o in best], rel=1e-5, abs=1e-5)
+    assert r.usage.completion_tokens >= 4  # counts every sample drawn, as OpenAI does
+    assert wait_free(engine) == 0
+
+
 @pytest.mark.parametrize("extra, param", [({"args_k": 0}, "args_k"), ({"args_mode": "beam"}, "args_mode"),
                                           ({"args_w": "x"}, "args_w"), ({"max_tokens": -1}, "max_tokens"),
-                                          ({"args_mode": "stochastic", "temperature": 0}, "temperature")])
+                                          ({"args_mode": "stochastic", "temperature": 0}, "temperature"),
+                                          ({"best_of": 3}, "best_of"), ({"n": 2, "best_of": 1}, "best_of"),
+                                          ({"args_mode": "stochastic", "best_of": 2, "stream": True}, "best_of")])
 def test_bad_parameters_get_openai_400(server, extra, param):
     _, _, _, client = server
     with pytest.raises(openai.BadRequestError) as e:

@@ -41,10 +41,14 @@ def _get(body: dict, name: str, types, default=None):
 
 
 def parse_params(body: dict, default_max_tokens: int = 128) -> tuple[list[ARGSParams], int]:
-    """-> (one ARGSParams per choice, n). Stochastic choices get seeds seed, seed + 1, ... (fresh when no seed)."""
+    """-> (one ARGSParams per sample, n). best_of samples are drawn per prompt (default n); the n with the highest
+    final reward become the choices. Stochastic samples get seeds seed, seed + 1, ... (fresh when no seed)."""
     n = _get(body, "n", int, 1)
     if n < 1 or n > 64:
         raise BadRequest(f"n must be an integer in [1, 64], got {n}", "n")
+    best_of = _get(body, "best_of", int, n)
+    if best_of < n or best_of > 64:
+        raise BadRequest(f"best_of must be an integer in [n={n}, 64], got {best_of}", "best_of")
     stop = _get(body, "stop", (str, list))
     stop = [stop] if isinstance(stop, str) else stop
     seed = _get(body, "seed", int)
@@ -53,8 +57,12 @@ def parse_params(body: dict, default_max_tokens: int = 128) -> tuple[list[ARGSPa
     kw = dict(k=_get(body, "args_k", int, 10), w=_get(body, "args_w", (int, float), 1.0), mode=mode,
               temperature=temperature, max_new_tokens=_get(body, "max_tokens", int, default_max_tokens),
               stop=stop or None)
+    if best_of > n and mode != "stochastic":
+        raise BadRequest("best_of > n needs args_mode='stochastic': greedy ARGS samples are all the same", "best_of")
+    if best_of > n and body.get("stream"):
+        raise BadRequest("best_of > n cannot be streamed: the best samples are known only at the end", "best_of")
     try:
-        return [ARGSParams(seed=None if seed is None else seed + i, **kw) for i in range(n)], n
+        return [ARGSParams(seed=None if seed is None else seed + i, **kw) for i in range(best_of)], n
     except ValueError as e:
         raise BadRequest(str(e), param_of(str(e))) from e
 

@@ -6,7 +6,8 @@
 Endpoints: POST /v1/completions, POST /v1/chat/completions (JSON or SSE with "stream": true), GET /v1/models,
 /health, /metrics (Prometheus text). ARGS settings ride as extra body fields: args_k, args_w, args_mode
 ("greedy" | "stochastic"; temperature applies to stochastic). Every choice also carries `rewards` (the RM score
-after each token) and `reward`; stream chunks carry the token's `reward`. All clients share one engine loop, so
+after each token) and `reward`; stream chunks carry the token's `reward`. `best_of` (stochastic, not streamed)
+draws that many samples per prompt and returns the n with the highest final reward, best first. All clients share one engine loop, so
 concurrent requests decode in one continuous batch; a streaming client that disconnects aborts its requests.
 """
 from __future__ import annotations
@@ -123,7 +124,7 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, request: Request, body: d
         ids, events = await loop.add(reqs)
     except ValueError as e:
         raise BadRequest(str(e), "max_tokens") from e
-    index = {rid: i for i, rid in enumerate(ids)}  # choice index = prompt * n + sample
+    index = {rid: i for i, rid in enumerate(ids)}  # prompt * len(params) + sample
     rid = new_id("chatcmpl" if chat else "cmpl")
     prompt_tokens = sum(len(r.prompt_ids) for r in reqs)
     if stream:
@@ -144,8 +145,14 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, request: Request, body: d
                 outputs[index[ev.request_id]] = ev.output
     finally:
         loop.abort(ids)  # no-op for finished requests; frees the rest if this handler was cancelled
+    best = []  # per prompt, its n samples of highest final reward (all of them when best_of == n)
+    for p in range(len(prompts)):
+        samples = [outputs[p * len(params) + j] for j in range(len(params))]
+        ranked = sorted(samples, key=lambda o: float("inf") if o.reward is None else -o.reward) \
+            if len(params) > n else samples  # stable: equal rewards keep sample order
+        best += ranked[:n]
     choices = [choice(i, o.text, _reason(o.finish_reason), chat, rewards=o.rewards, reward=o.reward)
-               for i, o in sorted(outputs.items())]
+               for i, o in enumerate(best)]
     completion_tokens = sum(len(o.token_ids) for o in outputs.values())
     kind = "chat.completion" if chat else "text_completion"
     return envelope(kind, rid, model, choices, usage(prompt_tokens, completion_tokens))
