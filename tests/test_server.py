@@ -88,6 +88,7 @@ def test_n_stop_and_stochastic_seed(server):
 def test_best_of_returns_the_highest_reward_samples(server):
     engine, _, _, client = server
     extra = {**ARGS, "args_mode": "stochastic"}
+    hits = engine.decoder.bm.num_hit_tokens
     r = client.completions.create(model="tiny", prompt=["Hi", "Tell me a joke."], max_tokens=8, n=2, best_of=5,
                                   temperature=0.9, seed=11, extra_body=extra)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
@@ -101,6 +102,9 @@ def test_best_of_returns_the_highest_reward_samples(server):
         assert [c.text for c in got] == [o.text for o in best]
         assert [c.model_extra["reward"] for c in got] == pytest.approx([o.reward for o in best], rel=1e-5, abs=1e-5)
     assert r.usage.completion_tokens >= 4  # counts every sample drawn, as OpenAI does
+    # the 5 samples of a prompt are admitted together and share its full blocks
+    prompt_blocks = sum((len(engine.tokenizer(p)["input_ids"]) - 1) // 4 * 4 for p in ["Hi", "Tell me a joke."])
+    assert engine.decoder.bm.num_hit_tokens - hits >= 4 * prompt_blocks > 0
     assert wait_free(engine) == 0
 
 
