@@ -75,6 +75,8 @@ class PagedLlama:
         for li, layer in enumerate(self.layers):
             x = layer.input_layernorm(h)
             q, k, v = self._qkv(layer, x, cos, sin)
+            # Every chunk stores before any chunk attends: a prompt admitted this step may hit blocks another
+            # chunk of this step fills (Scheduler._add_chunk relies on it).
             self.ops.store_kv(k, v, k_cache[li], v_cache[li], slots)
             out = torch.empty_like(q)
             for off, n, start, table in chunks:
