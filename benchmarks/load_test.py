@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
             result = run(url, args)
         result["server"] = f"in-process, lm={args.lm or 'default'}, rm={args.rm or 'default'}, " \
                            f"device={args.device}, dtype={args.dtype}, batch_size={args.batch_size}"
+        result["prefix_cache_hit_rate"] = round(engine.decoder.prefix_cache_hit_rate, 4)  # the server's default: on
     import torch
     machine = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else \
         f"cpu-{torch.get_num_threads()}threads-{platform.machine()}"
