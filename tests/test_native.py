@@ -113,14 +113,22 @@ def test_preemption_when_blocks_run_out(use_triton):
     assert_all_free(nat)
 
 
-@pytest.mark.parametrize("use_triton", USE_TRITON)
-@pytest.mark.parametrize("same_trunk", [False, True])
-def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
+SHARED_PREFIX_PROMPTS = ["You are a helpful assistant; answer briefly. " + q for q in ("Hi", "Tell me a joke.")]
+
+
+def models_on_trunks(same_trunk: bool):
+    """same_trunk: the RM is a head on the LM's own trunk (like the default RM), so one cache serves both."""
     lm, rm, tok = models()
     if same_trunk:
         rm.model.load_state_dict(lm.model.state_dict())
-    prefix = "You are a helpful assistant; answer briefly. "
-    prompts = [prefix + "Hi", prefix + "Tell me a joke.", prefix + "Hi"]
+    return lm, rm, tok
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+@pytest.mark.parametrize("same_trunk", [False, True])
+def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
+    lm, rm, tok = models_on_trunks(same_trunk)
+    prompts = SHARED_PREFIX_PROMPTS + SHARED_PREFIX_PROMPTS[:1]
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok, use_triton=use_triton)
     assert nat.decoder.runner.shared == same_trunk
@@ -155,11 +163,8 @@ def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
 
 @pytest.mark.parametrize("same_trunk", [False, True])
 def test_failed_step_recovers_and_forgets_the_prefix_cache(monkeypatch, same_trunk):
-    lm, rm, tok = models()
-    if same_trunk:
-        rm.model.load_state_dict(lm.model.state_dict())
-    prefix = "You are a helpful assistant; answer briefly. "
-    prompts = [prefix + "Hi", prefix + "Tell me a joke."]
+    lm, rm, tok = models_on_trunks(same_trunk)
+    prompts = SHARED_PREFIX_PROMPTS
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok)
     engine, real_prefill = nat.decoder, nat.decoder.runner.prefill
