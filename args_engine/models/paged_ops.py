@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .. import ops as cpp_ops
 from ..decoding.common import topk_logprobs
-from ..kernels.refs import args_select_ref, store_kv_ref
+from ..kernels.refs import args_select_ref
 
 
 def triton_available(device: torch.device) -> bool:
@@ -78,8 +78,9 @@ class PagedOps:
             self._k["store_kv"](key, value, key_cache, value_cache, slots)
         elif key_cache.is_cuda:
             cpp_ops.store_kv(key.contiguous(), value.contiguous(), key_cache, value_cache, slots)
-        else:
-            store_kv_ref(key, value, key_cache, value_cache, slots)
+        else:  # the engine never passes slot -1, so no masking (store_kv_ref's) on this per-layer path
+            key_cache.view(-1, *key_cache.shape[2:])[slots] = key
+            value_cache.view(-1, *value_cache.shape[2:])[slots] = value
 
     def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
         fn = self._k["candidate_attention"] if self.use_triton else candidate_attention_torch
