@@ -39,11 +39,8 @@ class Bench:
         self.args = args
         self.native = ARGSEngine.from_pretrained(device=args.device, backend="native", batch_size=16,
                                                  enable_prefix_caching=False)
-        shared = dict(lm=self.native.lm, rm=self.native.rm, tokenizer=self.native.tokenizer)
-        self.ref = ARGSEngine(**shared, backend="reference")
-        # the default RM is a head on the LM's trunk, so native shares one trunk; this one runs two, like any pair
-        self.native_two = ARGSEngine(**shared, backend="native", share_trunk=False, enable_prefix_caching=False)
-        self.shared = shared
+        self.shared = dict(lm=self.native.lm, rm=self.native.rm, tokenizer=self.native.tokenizer)
+        self.ref = ARGSEngine(**self.shared, backend="reference")
         self.lm, self.rm, self.tok = self.native.lm, self.native.rm, self.native.tokenizer
 
     def params(self, n: int, k: int = 10) -> ARGSParams:
@@ -72,13 +69,15 @@ class Bench:
 
     def e2e(self) -> dict:
         rows = {}
+        # the default RM is a head on the LM's trunk, so native shares one trunk; this one runs two, like any pair
+        native_two = ARGSEngine(**self.shared, backend="native", share_trunk=False, enable_prefix_caching=False)
         for target in tqdm(self.args.prompt_lengths, desc="e2e"):
             ids, n = long_prompt(self.tok, target), self.args.new_tokens
             self.hf_greedy(ids, 4)  # warm-up
             row = {"prompt_tokens": len(ids), "hf_greedy": self.hf_greedy(ids, n)}
             row["reference"], ref_out = self.engine(self.ref, [ids], n)
             row["native"], nat_out = self.engine(self.native, [ids], n)
-            row["native_two_trunks"], _ = self.engine(self.native_two, [ids], n)
+            row["native_two_trunks"], _ = self.engine(native_two, [ids], n)
             row["original_style"], orig_out, _ = self.original([ids], n)
             row["same_tokens"] = ref_out[0].token_ids == nat_out[0].token_ids == orig_out[0]
             row["native_over_hf_greedy"] = row["native"] / row["hf_greedy"]
@@ -134,8 +133,7 @@ class Bench:
         return out
 
     def prefix_cache(self) -> dict:
-        engines = {on: ARGSEngine(**self.shared, backend="native", batch_size=16, enable_prefix_caching=on)
-                   for on in (False, True)}
+        engines = {False: self.native, True: ARGSEngine(**self.shared, backend="native", batch_size=16)}
         # A chat's next turn: the earlier turns (about half the prompt) were the previous request.
         earlier, turn = long_prompt(self.tok, self.args.prompt_lengths[-1] // 2), long_prompt(
             self.tok, self.args.prompt_lengths[-1])

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,10 +122,9 @@ def main(argv=None) -> dict:
         result["server"] = f"in-process, lm={args.lm or 'default'}, rm={args.rm or 'default'}, " \
                            f"device={args.device}, dtype={args.dtype}, batch_size={args.batch_size}"
         result["prefix_cache_hit_rate"] = round(engine.decoder.prefix_cache_hit_rate, 4)  # the server's default: on
-    import torch
-    machine = torch.cuda.get_device_name().replace(" ", "-") if torch.cuda.is_available() else \
-        f"cpu-{torch.get_num_threads()}threads-{platform.machine()}"
-    result["machine"] = machine
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+    from common import machine_name
+    machine = result["machine"] = machine_name()
     print(f"{result['requests']} requests, {result['tokens']} tokens in {result['elapsed_s']} s with "
           f"{args.clients} clients: {result['requests_per_s']} req/s, {result['tokens_per_s']} tok/s")
     print(f"TTFT ms p50 {result['ttft_ms']['p50']} p99 {result['ttft_ms']['p99']}; "
