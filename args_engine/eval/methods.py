@@ -13,7 +13,7 @@ bon, k per generated token for ARGS.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,10 +42,6 @@ class MethodSpec:
     def label(self) -> str:
         keys = [key for key in ("k", "w", "T", "n") if getattr(self, key) is not None]
         return ":".join([self.kind] + [f"{key}={getattr(self, key):g}" for key in keys])
-
-    @property
-    def is_args(self) -> bool:
-        return self.kind.startswith("args-")
 
 
 def parse_method(text: str) -> MethodSpec:
@@ -179,7 +175,3 @@ def _run_bon(spec, models, prompts, max_new_tokens, batch_size, on_batch, start)
     return MethodRun([texts[j] for j in pick], [len(ids[j]) for j in pick], sum(map(len, ids)), len(expanded),
                      time.perf_counter() - start, rewards=[rewards[j] for j in pick],
                      extra=[{"bon_sample_rewards": rewards[i * N:(i + 1) * N]} for i in range(len(prompts))])
-
-
-def with_seed(spec: MethodSpec, seed: int) -> MethodSpec:
-    return replace(spec, seed=seed)

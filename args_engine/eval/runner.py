@@ -38,10 +38,7 @@ def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_si
 
 
 def from_engine(engine) -> EvalModels:
-    from ..engine.args_engine import _eos_ids
-
-    return EvalModels(engine.lm, engine.tokenizer, engine.rm, engine, _eos_ids(engine.lm, engine.tokenizer),
-                      engine.pad_id)
+    return EvalModels(engine.lm, engine.tokenizer, engine.rm, engine, engine.eos_ids, engine.pad_id)
 
 
 def _describe(source) -> str:
