@@ -3,7 +3,7 @@ ARGS_ENGINE_SKIP_CUDA=1). Install torch first, then: pip install --no-build-isol
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 import torch
@@ -23,10 +23,12 @@ if use_cuda:
 else:
     ext = CppExtension("args_engine._C", cpp_sources, extra_compile_args=["-O3"])
 
+# Packages are found, not listed; the repo's kernels/ ships as args_engine.kernels (a top-level `kernels`
+# would be taken for the Hugging Face `kernels` package, which transformers probes).
+packages = sorted(set(find_packages(include=["args_engine", "args_engine.*"])) | {"args_engine.kernels"})
+
 setup(
-    packages=["args_engine", "args_engine.engine", "args_engine.models", "args_engine.decoding",
-              "args_engine.reward", "args_engine.eval",
-              "args_engine.kernels"],
+    packages=packages,
     package_dir={"args_engine.kernels": "kernels"},
     package_data={"args_engine": ["assets/*.safetensors"]},
     ext_modules=[ext],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 DEMO_PROMPTS = [
@@ -16,18 +17,8 @@ DEMO_PROMPTS = [
 def _read_prompts(args) -> list:
     prompts = list(args.prompt)
     if args.prompts_file:
-        from .reward.data import split_last_reply
-        with open(args.prompts_file, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if "prompt" in row:
-                    prompts.append(row["prompt"])
-                elif "chosen" in row:  # an HH-RLHF row: the dialogue before the last reply
-                    prompts.append(split_last_reply(row["chosen"])[0])
-                else:
-                    raise SystemExit(f"{args.prompts_file}:{n}: a row needs a 'prompt' (or HH-RLHF 'chosen') field")
+        from .eval.prompts import read_prompts_file
+        prompts += read_prompts_file(args.prompts_file)
     return prompts or list(DEMO_PROMPTS)
 
 
@@ -133,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="decode prompts with ARGS")
     g.add_argument("prompt", nargs="*", help="prompt texts (default: three demo prompts)")
-    g.add_argument("--prompts-file", help="JSONL with a 'prompt' field (or HH-RLHF rows with 'chosen')")
+    g.add_argument("--prompts-file", help="JSONL or JSONL.gz with a 'prompt' field (or HH-RLHF rows with 'chosen')")
     g.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
     g.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
     g.add_argument("--k", type=int, default=10)
@@ -181,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.methods import DEFAULT_METHODS
 
     e = sub.add_parser("eval", help="evaluate decoding methods (reward, judge win-tie, diversity, coherence, speed)")
-    e.add_argument("--prompts-file", help="JSONL with 'prompt' (or HH-RLHF 'chosen'); default: the HH evaluation "
+    e.add_argument("--prompts-file", help="JSONL(.gz) with 'prompt' (or HH-RLHF 'chosen'); default: the HH evaluation "
                                           "split (300 prompts that trained neither the RM nor the judge)")
     e.add_argument("--limit", type=int, help="use only the first N prompts")
     e.add_argument("--max-new-tokens", type=int, default=128)
@@ -213,8 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """The engine's own log lines (e.g. the KV cache size) on stderr, once."""
+    log = logging.getLogger("args_engine")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("args-engine: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from args_engine.progress import progress_bar
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.reward.data import load_pairs, split_last_reply, split_pairs
@@ -71,7 +71,7 @@ class Bench:
         rows = {}
         # the default RM is a head on the LM's trunk, so native shares one trunk; this one runs two, like any pair
         native_two = ARGSEngine(**self.shared, backend="native", share_trunk=False, enable_prefix_caching=False)
-        for target in tqdm(self.args.prompt_lengths, desc="e2e"):
+        for target in progress_bar(self.args.prompt_lengths, desc="e2e"):
             ids, n = long_prompt(self.tok, target), self.args.new_tokens
             self.hf_greedy(ids, 4)  # warm-up
             row = {"prompt_tokens": len(ids), "hf_greedy": self.hf_greedy(ids, n)}
@@ -121,12 +121,12 @@ class Bench:
     def sweep(self) -> dict:
         n = self.args.sweep_new_tokens
         out = {"new_tokens": n, "prompt_length": [], "k": []}
-        for target in tqdm(self.args.sweep_lengths, desc="sweep length"):
+        for target in progress_bar(self.args.sweep_lengths, desc="sweep length"):
             ids = long_prompt(self.tok, target)
             out["prompt_length"].append({"prompt_tokens": len(ids), "native": self.engine(self.native, [ids], n)[0],
                                          "original_style": self.original([ids], n)[0]})
         ids = long_prompt(self.tok, 512)
-        for k in tqdm(self.args.sweep_ks, desc="sweep k"):
+        for k in progress_bar(self.args.sweep_ks, desc="sweep k"):
             out["k"].append({"k": k, "native": self.engine(self.native, [ids], n, k)[0],
                              "original_style": self.original([ids], n, k)[0]})
         print(json.dumps(out))

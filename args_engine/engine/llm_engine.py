@@ -8,6 +8,7 @@ they finish, and stream their tokens as they are chosen.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ from .block_manager import BlockManager
 from .model_runner import ModelRunner, cache_bytes_per_block
 from .scheduler import Scheduler
 from .sequence import Sequence, Status
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,10 +60,14 @@ class LLMEngine:
         self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk)
         per_block = cache_bytes_per_block(self.runner.models, block_size)
         if num_blocks is None:
+            # what the engine can use: max_num_seqs full contexts, within the memory budget
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
             budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
             num_blocks = max(1, min(want, int(budget // per_block)))
         self.runner.allocate_caches(num_blocks)
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens, %.0f MiB on %s (%s)", num_blocks, block_size,
+                    num_blocks * block_size, num_blocks * per_block / 2**20, device,
+                    "one cache for LM and RM: shared trunk" if self.runner.shared else "LM + RM")
         self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size))
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
@@ -212,8 +219,11 @@ def _holdback(text: str, stop) -> int:
     return 0
 
 
+CPU_CACHE_BUDGET_GB = 1.0  # default cap on CPU: host memory is shared with everything else on the machine
+
+
 def _default_cache_budget(device: torch.device) -> float:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return 0.8 * free
-    return 2 * 2**30
+    return CPU_CACHE_BUDGET_GB * 2**30

@@ -7,9 +7,12 @@ hidden state from the RM forward is exactly what the LM would compute for that t
 logits come from lm_head directly, and the LM decode forward disappears (one trunk forward per step)."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
-from ..models.hf import RewardModel
+from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
 from ..decoding.common import selection_inputs
@@ -20,20 +23,13 @@ def cache_bytes_per_block(models: list[PagedLlama], block_size: int) -> int:
     return sum(2 * m.num_layers * block_size * m.num_kv_heads * m.head_dim * m.dtype.itemsize for m in models)
 
 
-def shares_trunk(lm, rm_model) -> bool:
-    """True when the RM's trunk has exactly the LM's trunk weights (and configuration)."""
-    a, b = lm.base_model, rm_model.base_model
-    if a is b:
-        return True
-    if type(a) is not type(b) or a.config.to_dict().keys() != b.config.to_dict().keys():
-        return False
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "rope_theta",
-            "rms_norm_eps", "max_position_embeddings", "rope_scaling", "rope_parameters", "sliding_window")
-    if any(getattr(a.config, k, None) != getattr(b.config, k, None) for k in keys):
-        return False
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero-filled cache. On CPU it comes from calloc (numpy), so the OS commits a page only when a block is
+    first written: resident memory follows the blocks in use, not the cache's size."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = dtype.itemsize * math.prod(shape)
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
 class ModelRunner:
@@ -56,7 +52,7 @@ class ModelRunner:
         """k, v [L, num_blocks, block_size, Hkv, D] for each model (one for both with a shared trunk)."""
         def alloc(m: PagedLlama):
             shape = (m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
-            return tuple(torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(2))
+            return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
         self.lm_kv = alloc(self.lm)
         self.rm_kv = self.lm_kv if self.shared else alloc(self.rm)
 

@@ -6,11 +6,10 @@ validated on (`assert_disjoint_from_training`), and refused on any overlap.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
-from ..reward.data import assert_disjoint_from_training, load_pairs, split_last_reply, split_pairs
+from ..reward.data import assert_disjoint_from_training, load_pairs, read_jsonl, split_last_reply, split_pairs
 
 Messages = list[dict[str, str]]
 
@@ -26,27 +25,30 @@ def as_messages(prompt) -> Messages:
     raise ValueError(f"a prompt is a string or a list of {{role, content}} messages, got {prompt!r:.80}")
 
 
-def load_prompts_file(path: str | Path) -> list[Messages]:
-    """JSONL rows with "prompt" (a string or a message list) or HH-RLHF rows with "chosen" (the dialogue up to
-    its last "Assistant:" becomes the prompt)."""
+def read_prompts_file(path: str | Path) -> list[str | Messages]:
+    """The prompts of a .jsonl or .jsonl.gz file, as written: rows with "prompt" (a string or a message list)
+    or HH-RLHF rows with "chosen" (the dialogue up to its last "Assistant:" becomes a message list). A bad row
+    raises ValueError naming the file and line."""
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            try:
-                if "prompt" in row:
-                    prompts.append(as_messages(row["prompt"]))
-                elif "chosen" in row:
-                    prompts.append(split_last_reply(row["chosen"])[0])
-                else:
-                    raise ValueError("a row needs a 'prompt' (or HH-RLHF 'chosen') field")
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: {e}") from None
+    for n, row in read_jsonl(path):
+        try:
+            if "prompt" in row:
+                as_messages(row["prompt"])  # validates: a non-empty string or a message list
+                prompts.append(row["prompt"])
+            elif isinstance(row.get("chosen"), str):
+                prompts.append(split_last_reply(row["chosen"])[0])
+            else:
+                raise ValueError("a row needs a 'prompt' (or HH-RLHF 'chosen') field")
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: {e}") from None
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts
+
+
+def load_prompts_file(path: str | Path) -> list[Messages]:
+    """read_prompts_file, every prompt as a message list (a string becomes one user turn)."""
+    return [as_messages(p) for p in read_prompts_file(path)]
 
 
 def default_prompts(data_path: str | Path | None = None) -> list[Messages]:

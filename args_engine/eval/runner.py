@@ -6,7 +6,7 @@ import platform
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .compare import WIN_TIE_RULE, summarize
 from .judge import Judge, check_independent
@@ -20,12 +20,11 @@ def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_si
                 backend: str = "auto") -> EvalModels:
     """LM, RM and tokenizer loaded once; the ARGS engine is built on the same objects (no second copy)."""
     from ..engine import ARGSEngine
-    from ..models.hf import RewardModel, load_lm, load_rm, resolve_dtype
+    from ..models.hf import RewardModel, load_pair, resolve_dtype
     from ..models.llama import native_unsupported_reason
 
     dtype = resolve_dtype(dtype)
-    lm_model, tok = load_lm(lm, device, dtype)
-    rm_model, rm_tok = load_rm(rm, device, dtype)
+    lm_model, tok, rm_model, rm_tok = load_pair(lm, rm, device, dtype)
     rm_model = RewardModel(rm_model)
     native = backend == "native" or (backend == "auto" and not (native_unsupported_reason(lm_model)
                                                                 or native_unsupported_reason(rm_model.model)))
@@ -75,7 +74,7 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
                "methods": {}}
     greedy_rows = None
     for spec in methods:
-        with tqdm(total=len(prompts), desc=spec.label, unit="prompt", disable=not progress) as bar:
+        with progress_bar(total=len(prompts), desc=spec.label, unit="prompt", enabled=progress) as bar:
             run = run_method(spec, models, prompts, max_new_tokens, batch_size, on_batch=bar.update)
             texts = [clean_response(t) for t in run.texts]
             bar.set_postfix_str("scoring")

