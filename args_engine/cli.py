@@ -38,7 +38,8 @@ def cmd_generate(args) -> None:
     params = ARGSParams(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None)
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                                        backend=args.backend, raw=args.raw, batch_size=args.batch_size)
+                                        backend=args.backend, raw=args.raw, batch_size=args.batch_size,
+                                        **_native_options(args))
     outs = engine.generate(prompts, params)
     greedy = None
     if args.compare:
@@ -61,13 +62,31 @@ def cmd_generate(args) -> None:
               f"{o.tokens_per_s:.1f} tok/s):\n{o.text}\n")
 
 
+def _native_options(args) -> dict:
+    """The native engine's cache and token-budget flags that were given."""
+    opts = {name: getattr(args, name) for name in ("num_blocks", "block_size", "max_num_batched_tokens",
+                                                   "cache_memory_gb") if getattr(args, name) is not None}
+    if args.no_prefix_caching:
+        opts["enable_prefix_caching"] = False
+    return opts
+
+
 def cmd_serve(args) -> None:
+    import os
+
     from .engine import ARGSEngine
     from .integrations.server import serve
+    from .integrations.server_config import ServerConfig
 
+    config = ServerConfig(served_model_names=args.served_model_name or [], default_max_tokens=args.default_max_tokens,
+                          max_k=args.max_k, max_choices=args.max_choices, max_num_waiting=args.max_num_waiting,
+                          max_stop=args.max_stop, max_stop_chars=args.max_stop_chars,
+                          max_body_bytes=args.max_body_bytes, max_consecutive_failures=args.max_consecutive_failures,
+                          api_key=args.api_key or os.environ.get("ARGS_ENGINE_API_KEY") or None,
+                          auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [])
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                                        backend="native", batch_size=args.batch_size)
-    serve(engine, host=args.host, port=args.port, model_name=args.model_name, log_level=args.log_level)
+                                        backend="native", batch_size=args.batch_size, **_native_options(args))
+    serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def cmd_train_rm(args) -> None:
@@ -141,17 +160,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", action="store_true", help="also decode plain greedy and show both rewards")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="float32")
+    _add_native_options(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, ...)")
     s.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
     s.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--batch-size", type=int, default=16, help="sequences decoded at once (continuous batching)")
-    s.add_argument("--model-name", default="args-engine", help="the model id clients see in /v1/models")
+    _add_native_options(s)
+    s.add_argument("--served-model-name", action="append",
+                   help="a model id clients may name (repeatable; default: the LM's name and 'args-engine'); "
+                        "other ids get 404")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $ARGS_ENGINE_API_KEY, else open)")
+    s.add_argument("--auth-health-metrics", action="store_true", help="require the key on /health and /metrics too")
+    s.add_argument("--allowed-origins", action="append",
+                   help="CORS origin allowed to call the API from a browser (repeatable; '*' for any; default none)")
+    s.add_argument("--default-max-tokens", type=int, default=128, help="max_tokens when a request gives none")
+    s.add_argument("--max-k", type=int, default=64, help="largest args_k a request may ask for")
+    s.add_argument("--max-choices", type=int, default=64, help="most prompts x best_of (or n) in one request")
+    s.add_argument("--max-num-waiting", type=int, default=256,
+                   help="requests waiting for admission before new ones get 429")
+    s.add_argument("--max-stop", type=int, default=4, help="most stop strings per request")
+    s.add_argument("--max-stop-chars", type=int, default=64, help="longest stop string")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    s.add_argument("--max-consecutive-failures", type=int, default=3,
+                   help="failed engine steps in a row before /health answers 503")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
 
@@ -212,6 +249,17 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("args-engine: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+
+
+def _add_native_options(parser) -> None:
+    o = parser.add_argument_group("native engine cache and token budget")
+    o.add_argument("--num-blocks", type=int, help="KV cache blocks (default: sized from --cache-memory-gb)")
+    o.add_argument("--block-size", type=int, help="tokens per cache block (default 16)")
+    o.add_argument("--max-num-batched-tokens", type=int,
+                   help="tokens one step may process, each sequence's k candidates included (default 2048)")
+    o.add_argument("--cache-memory-gb", type=float,
+                   help="KV cache budget (default: 80%% of free GPU memory on CUDA, 1 GiB on CPU)")
+    o.add_argument("--no-prefix-caching", action="store_true", help="do not reuse the blocks of shared prompt starts")
 
 
 def main(argv=None) -> None:

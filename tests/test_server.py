@@ -9,7 +9,8 @@ import torch
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.integrations.server import create_app
-from server_util import ServerThread
+from args_engine.integrations.server_config import ServerConfig
+from server_util import ServerThread, post
 from tiny import char_tokenizer, tiny_lm, tiny_rm
 
 ARGS = {"args_k": 5, "args_w": 1.5}
@@ -20,7 +21,7 @@ def server():
     tok = char_tokenizer()
     engine = ARGSEngine(tiny_lm(dtype=torch.float32), tiny_rm(dtype=torch.float32), tokenizer=tok,
                         backend="native", block_size=4, batch_size=8)
-    app = create_app(engine, model_name="tiny")
+    app = create_app(engine, ServerConfig(served_model_names=["tiny"]))
     with ServerThread(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
         yield engine, app, url, client
@@ -76,13 +77,15 @@ def test_n_stop_and_stochastic_seed(server):
     a, b = client.completions.create(**body), client.completions.create(**body)
     assert [c.index for c in a.choices] == list(range(6))
     assert [c.text for c in a.choices] == [c.text for c in b.choices]  # same seed, same text
-    greedy = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, n=2, extra_body=ARGS)
+    greedy = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, n=2,
+                                       extra_body={**ARGS, "args_mode": "greedy"})
     assert greedy.choices[0].text == greedy.choices[1].text
-    stop = greedy.choices[0].text[2:4]
-    if stop:
-        r = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, stop=[stop], extra_body=ARGS)
-        assert r.choices[0].text == greedy.choices[0].text[:greedy.choices[0].text.find(stop)]
-        assert r.choices[0].finish_reason == "stop"
+    text = greedy.choices[0].text
+    assert len(text) >= 4 and greedy.choices[0].finish_reason == "length"  # the stop check below always runs
+    stop = text[2:4]
+    r = client.completions.create(model="tiny", prompt="Hi", max_tokens=8, stop=[stop], extra_body=ARGS)
+    assert r.choices[0].text == text[:text.find(stop)]
+    assert r.choices[0].finish_reason == "stop"
 
 
 def test_best_of_returns_the_highest_reward_samples(server):
@@ -102,6 +105,7 @@ def test_best_of_returns_the_highest_reward_samples(server):
         assert [c.text for c in got] == [o.text for o in best]
         assert [c.model_extra["reward"] for c in got] == pytest.approx([o.reward for o in best], rel=1e-5, abs=1e-5)
     assert r.usage.completion_tokens >= 4  # counts every sample drawn, as OpenAI does
+    assert r.usage.prompt_tokens == sum(len(engine.tokenizer(p)["input_ids"]) for p in ["Hi", "Tell me a joke."])
     # the 5 samples of a prompt are admitted together and share its full blocks
     prompt_blocks = sum((len(engine.tokenizer(p)["input_ids"]) - 1) // 4 * 4 for p in ["Hi", "Tell me a joke."])
     assert engine.decoder.bm.num_hit_tokens - hits >= 4 * prompt_blocks > 0
@@ -114,35 +118,52 @@ def test_best_of_returns_the_highest_reward_samples(server):
                                           ({"best_of": 3}, "best_of"), ({"n": 2, "best_of": 1}, "best_of"),
                                           ({"args_mode": "stochastic", "best_of": 2, "stream": True}, "best_of")])
 def test_bad_parameters_get_openai_400(server, extra, param):
-    _, _, _, client = server
-    with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="tiny", prompt="Hi", extra_body=extra)
-    assert e.value.status_code == 400
-    err = e.value.body if "message" in e.value.body else e.value.body["error"]
+    _, _, url, client = server
+    status, body, _ = post(url, "/v1/completions", {"model": "tiny", "prompt": "Hi", **extra})
+    assert status == 400 and set(body) == {"error"}  # the raw JSON: the envelope itself, not the client's view
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+    with pytest.raises(openai.BadRequestError):  # and the official client raises on it
+        client.completions.create(model="tiny", prompt="Hi", extra_body=extra)
 
 
 def test_models_health_metrics(server):
     engine, _, url, client = server
     assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
     assert json.load(urllib.request.urlopen(url + "/health"))["status"] == "ok"
     client.completions.create(model="tiny", prompt="Hi", max_tokens=4, extra_body=ARGS)
     text = urllib.request.urlopen(url + "/metrics").read().decode()
-    values = dict(line.split() for line in text.splitlines() if line and not line.startswith("#"))
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert "# TYPE args_engine_requests_total counter" in text
-    assert int(values["args_engine_requests_total"]) >= 1 and int(values["args_engine_generated_tokens_total"]) >= 1
-    assert int(values["args_engine_cache_blocks_total"]) == engine.decoder.num_blocks
-    for name in ("tokens_per_second", "requests_running", "requests_waiting", "cache_blocks_used"):
+    assert float(values["args_engine_requests_total"]) >= 1
+    assert float(values["args_engine_generated_tokens_total"]) >= 1
+    assert float(values["args_engine_prompt_tokens_total"]) >= 1
+    assert float(values["args_engine_cache_blocks_total"]) == engine.decoder.num_blocks
+    assert float(values["args_engine_time_to_first_token_seconds_count"]) >= 1
+    assert float(values["args_engine_inter_token_latency_seconds_count"]) >= 1
+    assert float(values["args_engine_queue_time_seconds_count"]) >= 1
+    for name in ("tokens_per_second", "requests_running", "requests_waiting", "cache_blocks_used",
+                 "preemptions_total", "step_failures_total", "prefix_cache_hit_tokens_total",
+                 "prefix_cache_miss_tokens_total", "healthy"):
         assert f"args_engine_{name}" in values
 
 
 def test_concurrent_requests_share_the_batch(server):
     import concurrent.futures as cf
     engine, _, _, client = server
+    llm = engine.decoder
     prompts = ["Hi", "Hello there", "x", "Tell me a joke.", "abc"]
-    with cf.ThreadPoolExecutor(5) as pool:
-        got = list(pool.map(lambda p: client.completions.create(model="tiny", prompt=p, max_tokens=10,
-                                                                extra_body=ARGS).choices[0].text, prompts))
+    step, batch_sizes = llm.step, []
+    llm.step = lambda: (batch_sizes.append(llm.num_running), time.sleep(0.01), step())[2]
+    try:
+        with cf.ThreadPoolExecutor(5) as pool:
+            got = list(pool.map(lambda p: client.completions.create(model="tiny", prompt=p, max_tokens=10,
+                                                                    extra_body=ARGS).choices[0].text, prompts))
+    finally:
+        llm.step = step
+    assert max(batch_sizes) >= 3  # they ran in one batch, not one after another
     alone = [client.completions.create(model="tiny", prompt=p, max_tokens=10, extra_body=ARGS).choices[0].text
              for p in prompts]
     assert got == alone  # greedy output does not depend on the batch
@@ -155,7 +176,7 @@ def test_disconnect_mid_stream_frees_blocks(server):
     step = llm.step
     llm.step = lambda: (time.sleep(0.03), step())[1]  # slow steps so the client leaves mid-decode
     try:
-        aborted = loop.aborted_total
+        aborted = loop.metrics.registry.get_sample_value("args_engine_requests_aborted_total")
         stream = client.completions.create(model="tiny", prompt="Hi", max_tokens=200, stream=True,
                                            extra_body={**ARGS, "args_w": 0.0})
         for i, _ in enumerate(stream):
@@ -164,7 +185,7 @@ def test_disconnect_mid_stream_frees_blocks(server):
         assert llm.num_used_blocks > 0
         stream.close()
         assert wait_free(engine) == 0
-        assert loop.aborted_total == aborted + 1
+        assert loop.metrics.registry.get_sample_value("args_engine_requests_aborted_total") == aborted + 1
     finally:
         llm.step = step
 
@@ -191,7 +212,7 @@ def test_cli_serve(tmp_path):
             except openai.APIConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.3)
-        assert models.data[0].id == "args-engine"
+        assert [m.id for m in models.data] == ["lm", "args-engine"]  # the LM directory's name, then the alias
         r = client.chat.completions.create(model="args-engine", messages=[{"role": "user", "content": "Hi"}],
                                            max_tokens=5)
         assert r.usage.completion_tokens >= 1

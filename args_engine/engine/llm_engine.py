@@ -74,6 +74,7 @@ class LLMEngine:
         self.cache_bytes_per_block = per_block
         self.seqs: dict[int, Sequence] = {}
         self._sent: dict[int, int] = {}  # chars of text already streamed per request
+        self.failed_request_ids: list[int] = []  # the requests in the last step that raised
 
     @property
     def num_blocks(self) -> int:
@@ -126,11 +127,13 @@ class LLMEngine:
         """Schedule and run one step -> the tokens it chose. If it raises, every running sequence is preempted
         (its blocks freed, recomputed when it is admitted again) and the prefix cache is emptied: the blocks this
         step's prefill was to fill were already prefix-cache entries (see Scheduler._add_chunk) and may hold
-        nothing. The requests stay queued; the caller may step again or abort them."""
+        nothing. The requests stay queued; the caller may step again or abort them: `failed_request_ids` names
+        the ones that were in the failed step (a server fails those and lets the waiting ones go on)."""
         try:
             prefill, decode = self.scheduler.schedule()
             return self._run(prefill, decode)
         except BaseException:
+            self.failed_request_ids = [seq.seq_id for seq in self.scheduler.running]
             for seq in list(self.scheduler.running):
                 self.scheduler.preempt(seq)
                 self.runner.next_logits.pop(seq.seq_id, None)

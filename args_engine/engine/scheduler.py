@@ -1,5 +1,6 @@
 """Which sequences run this step: decode every prefilled sequence, then spend the rest of the token budget on
-prefill chunks (continuing ones first, then new admissions while free blocks last). When a running sequence
+prefill chunks (continuing ones first, then new admissions while free blocks last). A sequence's ARGS step
+counts 1 + k tokens against the budget: its LM token and the k candidates the RM reads. When a running sequence
 cannot get the block for its next token, the newest running sequence is preempted: its blocks are freed and it
 is recomputed later. Never touches tensors."""
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Scheduler:
             if seq.status is Status.RUNNING:
                 self.bm.grow(seq)
                 decode.append(seq)
-                budget -= 1
+                budget -= 1 + seq.params.k  # its LM token and the k candidates the RM reads
 
         prefill: list[tuple[Sequence, int]] = []
         for seq in self.running:
@@ -59,12 +60,14 @@ class Scheduler:
         return prefill, decode
 
     def _add_chunk(self, prefill: list[tuple[Sequence, int]], seq: Sequence, budget: int) -> int:
+        """Schedule the next chunk of seq's prompt -> the budget it takes (its k candidates too, when the chunk
+        completes the prompt: the ARGS step for its first token runs in this step)."""
         n = min(seq.num_tokens - seq.lm_cached, budget)
         prefill.append((seq, n))
         # The prefill forward stores every chunk's K/V (layer by layer) before any chunk's attention reads the
         # cache, so a prompt admitted later in this same step may already reuse the blocks this chunk fills.
         self.bm.mark_computed(seq, seq.lm_cached + n)
-        return n
+        return n + (seq.params.k if seq.lm_cached + n == seq.num_tokens else 0)
 
     def preempt(self, seq: Sequence) -> None:
         self.bm.free(seq)

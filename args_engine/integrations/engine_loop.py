@@ -3,11 +3,16 @@
 Handlers never touch the engine: they send commands (add requests, abort them) through a thread-safe queue and
 read their requests' TokenEvents from asyncio queues. The thread applies commands between steps, so requests
 from all clients join the same continuous batch.
+
+Failures stay contained: a step that raises fails only the requests that were in it (the waiting ones go on),
+and after `max_consecutive_failures` failed steps in a row the loop reports itself unhealthy. Should the thread
+itself die, every request it holds, and every later one, gets EngineUnavailable instead of hanging.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import queue
 import threading
 import time
@@ -15,23 +20,46 @@ from concurrent.futures import Future
 
 from ..decoding.common import Request
 from ..engine.llm_engine import LLMEngine
+from ..engine.sequence import Status
+from .metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine loop is not serving (not started, stopped, or its thread died): HTTP 503."""
+
+
+class QueueFull(RuntimeError):
+    """Too many requests wait for admission: HTTP 429."""
+
+
+class RequestFailed(RuntimeError):
+    """Put in a request's event queue when its step failed: HTTP 500 (or an error chunk when streaming)."""
 
 
 class EngineLoop:
-    """Owns `llm` (an LLMEngine) on a daemon thread. Counters feed /metrics."""
+    """Owns `llm` (an LLMEngine) on a daemon thread. `max_num_waiting`: requests allowed to wait for admission
+    (None: no bound); beyond it add() raises QueueFull."""
 
-    def __init__(self, llm: LLMEngine, rate_window_s: float = 10.0):
+    def __init__(self, llm: LLMEngine, max_num_waiting: int | None = None, max_consecutive_failures: int = 3,
+                 rate_window_s: float = 10.0):
         self.llm = llm
+        self.max_num_waiting, self.max_consecutive_failures = max_num_waiting, max_consecutive_failures
+        self.rate_window_s = rate_window_s
+        self.metrics = ServerMetrics(self)
+        self.consecutive_failures = 0
+        self.last_failure: str | None = None
+        self.dead: BaseException | None = None  # set when the thread died
         self._cmds: queue.Queue = queue.Queue()
         self._sinks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._queued_at: dict[int, float] = {}  # admission time, until the first scheduled step
+        self._first_token_due: dict[int, float] = {}  # admission time, until the first token
+        self._last_token_at: dict[int, float] = {}
+        self._recent: collections.deque = collections.deque()  # (time, tokens) of recent steps
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.requests_total = 0
-        self.tokens_total = 0
-        self.aborted_total = 0
-        self._recent: collections.deque = collections.deque()  # (time, tokens) of recent steps
-        self._window = rate_window_s
-        self.error: BaseException | None = None
+        self._lock = threading.Lock()  # orders a command's enqueueing against the thread's death
 
     # --- called from the event loop ---------------------------------------------------------------------
     def start(self) -> None:
@@ -46,27 +74,62 @@ class EngineLoop:
             self._thread.join(timeout=30)
             self._thread = None
 
+    def health(self) -> tuple[bool, str]:
+        """-> (healthy, reason)."""
+        if self.dead is not None:
+            return False, f"the engine loop died: {type(self.dead).__name__}: {self.dead}"
+        if self._thread is None or not self._thread.is_alive():
+            return False, "the engine loop is not running"
+        if self.consecutive_failures >= self.max_consecutive_failures:
+            return False, f"the last {self.consecutive_failures} engine steps failed: {self.last_failure}"
+        return True, "ok"
+
     async def add(self, reqs: list[Request]) -> tuple[list[int], asyncio.Queue]:
-        """Queue `reqs` in the engine -> (their request ids, one queue of all their TokenEvents; an exception
-        object in it means the engine failed). Raises ValueError (nothing added) when the engine refuses one."""
+        """Queue `reqs` in the engine -> (their request ids, one queue of all their TokenEvents; a RequestFailed
+        or EngineUnavailable object in it ends the stream). Raises ValueError (nothing added) when the engine
+        refuses one, QueueFull, or EngineUnavailable. If the caller is cancelled meanwhile, whatever was added is
+        aborted."""
         done: Future = Future()
         events: asyncio.Queue = asyncio.Queue()  # made here: it belongs to the caller's event loop
-        self._cmds.put(("add", reqs, asyncio.get_running_loop(), events, done))
-        return await asyncio.wrap_future(done)
+        self._send(("add", reqs, asyncio.get_running_loop(), events, done))
+        try:
+            return await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(self._abort_added)
+            raise
 
     def abort(self, ids: list[int]) -> None:
         """Drop requests (finished or not); their blocks are freed before the next step."""
-        self._cmds.put(("abort", list(ids)))
+        self._send(("abort", list(ids)), quiet=True)
 
     def tokens_per_s(self) -> float:
         now = time.monotonic()
-        recent = [(t, n) for t, n in list(self._recent) if now - t <= self._window]
-        return sum(n for _, n in recent) / self._window if recent else 0.0
+        recent = [(t, n) for t, n in list(self._recent) if now - t <= self.rate_window_s]
+        return sum(n for _, n in recent) / self.rate_window_s if recent else 0.0
+
+    def _send(self, cmd, quiet: bool = False) -> None:
+        with self._lock:
+            if self.dead is None and self._thread is not None:
+                self._cmds.put(cmd)
+                return
+        if not quiet:
+            raise EngineUnavailable(self.health()[1])
+
+    def _abort_added(self, done: Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.abort(done.result()[0])
 
     # --- the loop thread --------------------------------------------------------------------------------
     def _apply(self, cmd) -> None:
         if cmd[0] == "add":
             _, reqs, loop, events, done = cmd
+            if not done.set_running_or_notify_cancel():  # the caller went away before this ran
+                return
+            if self.max_num_waiting is not None and self.llm.num_waiting + len(reqs) > self.max_num_waiting:
+                self.metrics.rejected.inc(len(reqs))
+                done.set_exception(QueueFull(f"{self.llm.num_waiting} requests are waiting (at most "
+                                             f"{self.max_num_waiting}); retry later"))
+                return
             ids = []
             try:
                 for r in reqs:
@@ -76,45 +139,103 @@ class EngineLoop:
                     self.llm.abort(rid)
                 done.set_exception(e)
                 return
-            for rid in ids:
+            now = time.monotonic()
+            for rid, r in zip(ids, reqs):
                 self._sinks[rid] = (loop, events)
-            self.requests_total += len(ids)
+                self._queued_at[rid] = self._first_token_due[rid] = now
+            self.metrics.requests.inc(len(ids))
+            self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in reqs))
             done.set_result((ids, events))
         elif cmd[0] == "abort":
             for rid in cmd[1]:
                 if self._sinks.pop(rid, None) is not None:
-                    self.aborted_total += 1
+                    self.metrics.aborted.inc()
+                self._forget(rid)
                 self.llm.abort(rid)
 
+    def _forget(self, rid: int) -> None:
+        for times in (self._queued_at, self._first_token_due, self._last_token_at):
+            times.pop(rid, None)
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:  # block while idle; between steps only drain what is there
-                cmd = self._cmds.get(timeout=0.1) if not self.llm.has_unfinished() else self._cmds.get_nowait()
-                self._apply(cmd)
-                while True:
-                    self._apply(self._cmds.get_nowait())
-            except queue.Empty:
-                pass
-            if not self.llm.has_unfinished():
-                continue
-            try:
-                events = self.llm.step()
-            except Exception as e:  # noqa: BLE001 -- fail the running requests, keep serving
-                self.error = e
-                for rid, (loop, q) in list(self._sinks.items()):
-                    loop.call_soon_threadsafe(q.put_nowait, e)  # once per request: each reader stops at it
-                    self.llm.abort(rid)
-                self._sinks.clear()
-                continue
-            now = time.monotonic()
-            self.tokens_total += len(events)
-            self._recent.append((now, len(events)))
-            while self._recent and now - self._recent[0][0] > self._window:
-                self._recent.popleft()
-            for ev in events:
-                sink = self._sinks.get(ev.request_id)
-                if sink is None:
-                    continue
-                if ev.finished:
-                    del self._sinks[ev.request_id]
-                sink[0].call_soon_threadsafe(sink[1].put_nowait, ev)
+        try:
+            while not self._stop.is_set():
+                self._drain_commands()
+                if self.llm.has_unfinished():
+                    self._step()
+        except BaseException as e:  # noqa: BLE001 -- the thread must not die silently
+            logger.exception("the engine loop died; every request now gets HTTP 503")
+            with self._lock:
+                self.dead = e
+            self._fail(list(self._sinks), EngineUnavailable(f"the engine loop died: {type(e).__name__}: {e}"))
+            while True:  # commands sent before the death was known
+                try:
+                    cmd = self._cmds.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd[0] == "add" and cmd[-1].set_running_or_notify_cancel():
+                    cmd[-1].set_exception(EngineUnavailable(self.health()[1]))
+
+    def _drain_commands(self) -> None:
+        try:  # block while idle; between steps only take what is there
+            cmd = self._cmds.get(timeout=0.1) if not self.llm.has_unfinished() else self._cmds.get_nowait()
+            self._apply(cmd)
+            while True:
+                self._apply(self._cmds.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _step(self) -> None:
+        try:
+            events = self.llm.step()
+        except Exception as e:  # noqa: BLE001 -- fail the requests of this step, keep serving the others
+            self.consecutive_failures += 1
+            self.last_failure = f"{type(e).__name__}: {e}"
+            self.metrics.step_failures.inc()
+            failed = self.llm.failed_request_ids
+            logger.error("engine step failed (%d in a row), failing its %d requests: %s",
+                         self.consecutive_failures, len(failed), self.last_failure)
+            if self.consecutive_failures == self.max_consecutive_failures:
+                logger.error("unhealthy: the last %d engine steps failed", self.consecutive_failures)
+            self._fail(failed, RequestFailed(f"engine step failed: {self.last_failure}"))
+            return
+        self.consecutive_failures = 0
+        now = time.monotonic()
+        self.metrics.generated_tokens.inc(len(events))
+        self._recent.append((now, len(events)))
+        while self._recent and now - self._recent[0][0] > self.rate_window_s:
+            self._recent.popleft()
+        scheduled = [rid for rid in self._queued_at
+                     if rid not in self.llm.seqs or self.llm.seqs[rid].status is not Status.WAITING]
+        for rid in scheduled:
+            self.metrics.queue_time.observe(now - self._queued_at.pop(rid))
+        for ev in events:
+            rid = ev.request_id
+            if rid in self._first_token_due:
+                self.metrics.ttft.observe(now - self._first_token_due.pop(rid))
+            elif rid in self._last_token_at:
+                self.metrics.itl.observe(now - self._last_token_at[rid])
+            self._last_token_at[rid] = now
+            sink = self._sinks.get(rid)
+            if ev.finished:
+                self._sinks.pop(rid, None)
+                self._forget(rid)
+            if sink is not None and not _deliver(sink, ev):
+                self._apply(("abort", [rid]))  # its reader's event loop is gone
+
+    def _fail(self, ids: list[int], error: Exception) -> None:
+        for rid in ids:
+            sink = self._sinks.pop(rid, None)
+            if sink is not None:
+                _deliver(sink, error)  # each reader stops at it
+            self._forget(rid)
+            self.llm.abort(rid)
+
+
+def _deliver(sink: tuple[asyncio.AbstractEventLoop, asyncio.Queue], item) -> bool:
+    """Hand `item` to a reader's queue on its event loop -> False when that loop is closed."""
+    try:
+        sink[0].call_soon_threadsafe(sink[1].put_nowait, item)
+        return True
+    except RuntimeError:
+        return False

@@ -1,18 +1,20 @@
 """OpenAI request parsing and response shapes for the server: body dict -> ARGSParams, outputs -> JSON."""
 from __future__ import annotations
 
-import time
+import math
 import uuid
 
 from ..params import ARGSParams
+from .server_config import ServerConfig
 
 
 class BadRequest(ValueError):
-    """A client error: HTTP 400 with an OpenAI-style error body naming `param`."""
+    """A client error: HTTP `status` (400 unless said) with an OpenAI-style error body naming `param`."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
-        self.param = param
+        self.param, self.status, self.code, self.headers = param, status, code, headers
 
 
 def error_body(message: str, param: str | None = None, type_: str = "invalid_request_error",
@@ -40,40 +42,71 @@ def _get(body: dict, name: str, types, default=None):
     return value
 
 
-def parse_params(body: dict, default_max_tokens: int = 128) -> tuple[list[ARGSParams], int]:
-    """-> (one ARGSParams per sample, n). best_of samples are drawn per prompt (default n); the n with the highest
-    final reward become the choices. Stochastic samples get seeds seed, seed + 1, ... (fresh when no seed)."""
+def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1) -> tuple[list[ARGSParams], int, bool]:
+    """-> (one ARGSParams per sample, n, whether max_tokens was given). best_of samples are drawn per prompt
+    (default n); the n with the highest final reward become the choices. Stochastic samples get seeds seed,
+    seed + 1, ... (fresh when no seed). Everything a request may ask is checked against `config`'s limits."""
     n = _get(body, "n", int, 1)
-    if n < 1 or n > 64:
-        raise BadRequest(f"n must be an integer in [1, 64], got {n}", "n")
+    if n < 1 or n > config.max_choices:
+        raise BadRequest(f"n must be an integer in [1, {config.max_choices}], got {n}", "n")
     best_of = _get(body, "best_of", int, n)
-    if best_of < n or best_of > 64:
-        raise BadRequest(f"best_of must be an integer in [n={n}, 64], got {best_of}", "best_of")
+    if best_of < n or best_of > config.max_choices:
+        raise BadRequest(f"best_of must be an integer in [n={n}, {config.max_choices}], got {best_of}", "best_of")
+    if n_prompts * best_of > config.max_choices:
+        raise BadRequest(f"{n_prompts} prompts x {best_of} samples exceed the {config.max_choices} choices one "
+                         "request may ask for", "best_of" if best_of > n else "n")
     stop = _get(body, "stop", (str, list))
     stop = [stop] if isinstance(stop, str) else stop
+    if stop is not None:
+        if len(stop) > config.max_stop:
+            raise BadRequest(f"stop takes at most {config.max_stop} strings, got {len(stop)}", "stop")
+        if any(isinstance(x, str) and len(x) > config.max_stop_chars for x in stop):
+            raise BadRequest(f"a stop string may hold at most {config.max_stop_chars} characters", "stop")
     seed = _get(body, "seed", int)
     mode = _get(body, "args_mode", str, "greedy")
     temperature = _get(body, "temperature", (int, float), 0.7 if mode == "stochastic" else 1.0)
-    kw = dict(k=_get(body, "args_k", int, 10), w=_get(body, "args_w", (int, float), 1.0), mode=mode,
-              temperature=temperature, max_new_tokens=_get(body, "max_tokens", int, default_max_tokens),
-              stop=stop or None)
+    if not math.isfinite(temperature) or temperature < 0:
+        raise BadRequest(f"temperature must be a finite number >= 0, got {temperature}", "temperature")
+    top_p = _get(body, "top_p", (int, float), 1.0)
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise BadRequest(f"top_p must be a number in (0, 1], got {top_p}", "top_p")
+    k = _get(body, "args_k", int, 10)
+    if k > config.max_k:
+        raise BadRequest(f"args_k must be at most {config.max_k} on this server, got {k}", "args_k")
+    kw = dict(k=k, w=_get(body, "args_w", (int, float), 1.0), mode=mode, temperature=temperature,
+              max_new_tokens=_get(body, "max_tokens", int, config.default_max_tokens), stop=stop or None)
+    if n > 1 and "args_mode" not in body:
+        raise BadRequest("n > 1 in the default greedy mode returns n identical choices; set args_mode "
+                         "('stochastic' for distinct samples, or 'greedy' to ask for the copies)", "n")
     if best_of > n and mode != "stochastic":
         raise BadRequest("best_of > n needs args_mode='stochastic': greedy ARGS samples are all the same", "best_of")
     if best_of > n and body.get("stream"):
         raise BadRequest("best_of > n cannot be streamed: the best samples are known only at the end", "best_of")
     try:
-        return [ARGSParams(seed=None if seed is None else seed + i, **kw) for i in range(best_of)], n
+        params = [ARGSParams(seed=None if seed is None else seed + i, **kw) for i in range(best_of)]
+        params[0].validate()
     except ValueError as e:
         raise BadRequest(str(e), param_of(str(e))) from e
+    return params, n, body.get("max_tokens") is not None
+
+
+def stream_options(body: dict) -> bool:
+    """-> include_usage."""
+    opts = _get(body, "stream_options", dict, {})
+    include = opts.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise BadRequest(f"stream_options.include_usage must be true or false, got {include!r}", "stream_options")
+    return include
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def envelope(kind: str, rid: str, model: str, choices: list, usage: dict | None = None) -> dict:
-    """kind: text_completion, chat.completion or chat.completion.chunk."""
-    out = {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
+def envelope(kind: str, rid: str, created: int, model: str, choices: list, usage: dict | None = None) -> dict:
+    """kind: text_completion, chat.completion or chat.completion.chunk. `created`: the request's time (every
+    chunk of a stream carries the same)."""
+    out = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
     if usage is not None:
         out["usage"] = usage
     return out

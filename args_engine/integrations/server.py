@@ -1,31 +1,45 @@
 """An OpenAI-compatible HTTP server over the native engine (FastAPI + uvicorn).
 
-    app = create_app(ARGSEngine(lm, rm, tokenizer=tok, backend="native"))
+    app = create_app(ARGSEngine(lm, rm, tokenizer=tok, backend="native"), ServerConfig(api_key="..."))
     uvicorn.run(app, host="127.0.0.1", port=8000)          # or: args-engine serve --lm DIR --rm DIR
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (JSON or SSE with "stream": true), GET /v1/models,
-/health, /metrics (Prometheus text). ARGS settings ride as extra body fields: args_k, args_w, args_mode
-("greedy" | "stochastic"; temperature applies to stochastic). Every choice also carries `rewards` (the RM score
-after each token) and `reward`; stream chunks carry the token's `reward`. `best_of` (stochastic, not streamed)
-draws that many samples per prompt and returns the n with the highest final reward, best first. All clients share one engine loop, so
-concurrent requests decode in one continuous batch; a streaming client that disconnects aborts its requests.
+GET /v1/models/{id}, /health, /metrics (Prometheus). ARGS settings ride as extra body fields: args_k, args_w,
+args_mode ("greedy" | "stochastic"; temperature applies to stochastic). Every choice also carries `rewards` (the
+RM score after each token) and `reward`; stream chunks carry the token's `reward`. `best_of` (stochastic, not
+streamed) draws that many samples per prompt and returns the n with the highest final reward, best first. All
+clients share one engine loop, so concurrent requests decode in one continuous batch; a client that
+disconnects aborts its requests.
+
+Errors are OpenAI's envelope {"error": {message, type, param, code}}: 400 bad fields, 401 a missing or wrong
+API key, 404 an unknown model, 413 a body over the limit, 415 a body that is not JSON, 429 a full queue (with
+Retry-After), 500 a failed engine step (only its requests fail), 503 an engine loop that is not serving.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hmac
 import json
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..chat import render_prompt
 from ..engine import ARGSEngine
-from .engine_loop import EngineLoop
-from .protocol import BadRequest, choice, envelope, error_body, new_id, param_of, parse_params, usage
+from .engine_loop import EngineLoop, EngineUnavailable, QueueFull, RequestFailed
+from .protocol import (BadRequest, choice, envelope, error_body, new_id, param_of, parse_params, stream_options,
+                       usage)
+from .server_config import ServerConfig
+
+ROLES = ("system", "user", "assistant")
+OPEN_PATHS = ("/health", "/metrics")
 
 
-def create_app(engine: ARGSEngine, model_name: str = "args-engine", default_max_tokens: int = 128) -> FastAPI:
+def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAPI:
     """An app serving `engine` (native backend: it needs the continuously batching LLMEngine). The engine loop
     thread starts with the app and stops with it; `app.state.loop` is the EngineLoop (metrics, tests)."""
     if engine.backend != "native":
@@ -33,7 +47,11 @@ def create_app(engine: ARGSEngine, model_name: str = "args-engine", default_max_
                          f"{engine.backend!r}")
     if engine.tokenizer is None:
         raise ValueError("the server needs a tokenizer (text in, text out)")
-    loop = EngineLoop(engine.decoder)
+    config = config or ServerConfig()
+    names = config.served_model_names or [default_model_name(engine), "args-engine"]
+    loop = EngineLoop(engine.decoder, max_num_waiting=config.max_num_waiting,
+                      max_consecutive_failures=config.max_consecutive_failures)
+    created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app):
@@ -42,58 +60,128 @@ def create_app(engine: ARGSEngine, model_name: str = "args-engine", default_max_
         loop.shutdown()
 
     app = FastAPI(title="args-engine", lifespan=lifespan)
-    app.state.loop, app.state.engine = loop, engine
+    app.state.loop, app.state.engine, app.state.config = loop, engine, config
+    if config.allowed_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=config.allowed_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if config.api_key is not None and request.method != "OPTIONS" and (
+                config.auth_health_metrics or request.url.path not in OPEN_PATHS):
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+                return _error(BadRequest("a valid API key is required: Authorization: Bearer <key>", status=401,
+                                         code="invalid_api_key"))
+        return await call_next(request)
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request, exc: BadRequest):
-        return JSONResponse(error_body(str(exc), exc.param), status_code=400)
+        return _error(exc)
+
+    @app.exception_handler(EngineUnavailable)
+    async def _unavailable(request, exc: EngineUnavailable):
+        return JSONResponse(error_body(str(exc), type_="server_error", code="engine_unavailable"), status_code=503)
 
     @app.get("/health")
     async def health():
-        alive = loop._thread is not None and loop._thread.is_alive()
-        return JSONResponse({"status": "ok" if alive else "engine loop stopped"}, status_code=200 if alive else 503)
+        ok, reason = loop.health()
+        return JSONResponse({"status": "ok" if ok else "unhealthy", "reason": reason}, status_code=200 if ok else 503)
+
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "args-engine"}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "args-engine"}]}
+        return {"object": "list", "data": [model_card(name) for name in names]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        _check_model(model_id, names)
+        return model_card(model_id)
 
     @app.get("/metrics")
     async def metrics():
-        return PlainTextResponse(_metrics(loop), media_type="text/plain; version=0.0.4")
+        return Response(loop.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await _json(request)
+        body = await _json(request, config)
+        model_name = _check_model(body.get("model"), names)
         prompt = body.get("prompt")
-        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)):
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt)):
             prompt = [prompt]
-        if not isinstance(prompt, list) or not prompt or not all(isinstance(p, (str, list)) for p in prompt):
+        if not isinstance(prompt, list) or not prompt or not all(
+                isinstance(p, str) or (isinstance(p, list) and all(_is_token(t) for t in p)) for p in prompt):
             raise BadRequest("prompt must be a string, a list of strings, or token ids", "prompt")
-        prompts = [_render(engine, p, raw=True, param="prompt") for p in prompt]
-        return await _serve(engine, loop, request, body, prompts, chat=False, model=model_name,
-                            default_max_tokens=default_max_tokens)
+        if len(prompt) > config.max_choices:
+            raise BadRequest(f"at most {config.max_choices} prompts per request, got {len(prompt)}", "prompt")
+        prompts = await run_in_threadpool(lambda: [_render(engine, p, raw=True, param="prompt") for p in prompt])
+        return await _serve(engine, loop, config, request, body, prompts, chat=False, model=model_name)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json(request)
+        body = await _json(request, config)
+        model_name = _check_model(body.get("model"), names)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages):
             raise BadRequest("messages must be a non-empty list of {role, content} objects with string content",
                              "messages")
+        bad_role = next((m["role"] for m in messages if m["role"] not in ROLES), None)
+        if bad_role is not None:
+            raise BadRequest(f"unknown message role {bad_role!r}; roles are {', '.join(ROLES)}", "messages")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        prompts = [_render(engine, messages, raw=False, param="messages")]
-        return await _serve(engine, loop, request, body, prompts, chat=True, model=model_name,
-                            default_max_tokens=default_max_tokens)
+        prompts = [await run_in_threadpool(_render, engine, messages, False, "messages")]
+        return await _serve(engine, loop, config, request, body, prompts, chat=True, model=model_name)
 
     return app
 
 
-async def _json(request: Request) -> dict:
+def default_model_name(engine: ARGSEngine) -> str:
+    path = getattr(engine.lm.config, "_name_or_path", "") or getattr(engine.lm.config, "_model_name_or_path", "")
+    return str(path).rstrip("/").rsplit("/", 1)[-1] or type(engine.lm).__name__
+
+
+def _is_token(t) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def _error(exc: BadRequest) -> JSONResponse:
+    kind = "authentication_error" if exc.status == 401 else "invalid_request_error"
+    return JSONResponse(error_body(str(exc), exc.param, type_=kind, code=exc.code), status_code=exc.status,
+                        headers=exc.headers)
+
+
+def _check_model(model, names: list[str]) -> str:
+    if model is None:
+        return names[0]
+    if model not in names:
+        raise BadRequest(f"the model {model!r} does not exist; this server serves {', '.join(map(repr, names))}",
+                         "model", status=404, code="model_not_found")
+    return model
+
+
+async def _json(request: Request, config: ServerConfig) -> dict:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise BadRequest(f"the request body must be JSON (Content-Type: application/json), got "
+                         f"{ctype or 'no content type'!r}", status=415, code="unsupported_media_type")
+    declared = request.headers.get("content-length")
+    too_big = BadRequest(f"the request body exceeds {config.max_body_bytes} bytes", status=413,
+                         code="request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+        raise too_big
+    raw = bytearray()
+    async for chunk in request.stream():  # a chunked body declares no length: count what arrives
+        raw += chunk
+        if len(raw) > config.max_body_bytes:
+            raise too_big
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -102,33 +190,45 @@ async def _json(request: Request) -> dict:
 
 
 def _render(engine: ARGSEngine, prompt, raw: bool, param: str) -> list[int]:
+    from jinja2 import TemplateError
+
     try:
         return render_prompt(engine.tokenizer, prompt, raw=raw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, TemplateError) as e:  # a chat template may refuse a conversation
         raise BadRequest(f"{param}: {e}", param) from e
 
 
-async def _serve(engine: ARGSEngine, loop: EngineLoop, request: Request, body: dict, prompts: list[list[int]], chat: bool,
-                 model: str, default_max_tokens: int):
-    params, n = parse_params(body, default_max_tokens)
-    stream = bool(body.get("stream", False))
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, request: Request, body: dict,
+                 prompts: list[list[int]], chat: bool, model: str):
+    params, n, max_tokens_given = parse_params(body, config, len(prompts))
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
+    include_usage = stream_options(body)
     reqs = []
     for ids in prompts:
+        room = (engine.context_length or len(ids) + params[0].max_new_tokens) - len(ids)
+        if max_tokens_given and params[0].max_new_tokens > room > 0:
+            raise BadRequest(f"max_tokens={params[0].max_new_tokens} does not fit: the prompt is {len(ids)} tokens "
+                             f"and the context holds {engine.context_length}", "max_tokens")
         for p in params:
-            try:
-                reqs.append(engine.make_request(ids, p))
+            try:  # without max_tokens, the default is capped by the room the context leaves
+                reqs.append(engine.make_request(ids, p if max_tokens_given or room < 1 else
+                                                dataclasses.replace(p, max_new_tokens=min(p.max_new_tokens, room))))
             except ValueError as e:
                 raise BadRequest(str(e), param_of(str(e)) or ("messages" if chat else "prompt")) from e
     try:
         ids, events = await loop.add(reqs)
+    except QueueFull as e:
+        raise BadRequest(str(e), status=429, code="queue_full", headers={"Retry-After": "1"}) from e
     except ValueError as e:
         raise BadRequest(str(e), "max_tokens") from e
     index = {rid: i for i, rid in enumerate(ids)}  # prompt * len(params) + sample
-    rid = new_id("chatcmpl" if chat else "cmpl")
-    prompt_tokens = sum(len(r.prompt_ids) for r in reqs)
+    rid, created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+    prompt_tokens = sum(len(p) for p in prompts)  # once per prompt, however many samples it has
     if stream:
-        return StreamingResponse(_stream(loop, ids, events, index, rid, model, chat, prompt_tokens, include_usage),
+        return StreamingResponse(_stream(loop, ids, events, index, rid, created, model, chat, prompt_tokens,
+                                         include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     outputs = {}
     try:
@@ -139,8 +239,10 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, request: Request, body: d
                 if await request.is_disconnected():  # the client gave up: free its blocks (finally below)
                     return JSONResponse(error_body("client disconnected"), status_code=499)
                 continue
-            if isinstance(ev, BaseException):
-                return JSONResponse(error_body(f"engine error: {ev}", type_="server_error"), status_code=500)
+            if isinstance(ev, EngineUnavailable):
+                raise ev
+            if isinstance(ev, RequestFailed):
+                return JSONResponse(error_body(str(ev), type_="server_error", code="step_failed"), status_code=500)
             if ev.finished:
                 outputs[index[ev.request_id]] = ev.output
     finally:
@@ -155,21 +257,22 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, request: Request, body: d
                for i, o in enumerate(best)]
     completion_tokens = sum(len(o.token_ids) for o in outputs.values())
     kind = "chat.completion" if chat else "text_completion"
-    return envelope(kind, rid, model, choices, usage(prompt_tokens, completion_tokens))
+    return envelope(kind, rid, created, model, choices, usage(prompt_tokens, completion_tokens))
 
 
-async def _stream(loop: EngineLoop, ids, events: asyncio.Queue, index, rid, model, chat, prompt_tokens,
+async def _stream(loop: EngineLoop, ids, events: asyncio.Queue, index, rid, created, model, chat, prompt_tokens,
                   include_usage):
     kind = "chat.completion.chunk" if chat else "text_completion"
     done, completion_tokens = 0, 0
     try:
         if chat:  # the role comes first, as OpenAI streams it
             for i in range(len(ids)):
-                yield _sse(envelope(kind, rid, model, [choice(i, "", None, chat, delta=True, first=True)]))
+                yield _sse(envelope(kind, rid, created, model, [choice(i, "", None, chat, delta=True, first=True)]))
         while done < len(ids):
             ev = await events.get()
-            if isinstance(ev, BaseException):
-                yield _sse(error_body(f"engine error: {ev}", type_="server_error"))
+            if isinstance(ev, (EngineUnavailable, RequestFailed)):
+                yield _sse(error_body(str(ev), type_="server_error",
+                                      code="engine_unavailable" if isinstance(ev, EngineUnavailable) else "step_failed"))
                 break
             completion_tokens += 1
             extra = {"reward": ev.reward}
@@ -179,9 +282,9 @@ async def _stream(loop: EngineLoop, ids, events: asyncio.Queue, index, rid, mode
             elif not ev.text:
                 continue  # text held back (a partial character or a possible stop string)
             c = choice(index[ev.request_id], ev.text, _reason(ev.finish_reason), chat, delta=True, **extra)
-            yield _sse(envelope(kind, rid, model, [c]))
+            yield _sse(envelope(kind, rid, created, model, [c]))
         if include_usage:
-            yield _sse(envelope(kind, rid, model, [], usage(prompt_tokens, completion_tokens)))
+            yield _sse(envelope(kind, rid, created, model, [], usage(prompt_tokens, completion_tokens)))
         yield "data: [DONE]\n\n"
     finally:
         loop.abort(ids)  # a client that went away mid-stream frees its blocks now
@@ -195,29 +298,9 @@ def _reason(reason: str | None) -> str | None:
     return None if reason is None else "stop" if reason == "abort" else reason
 
 
-def _metrics(loop: EngineLoop) -> str:
-    llm = loop.llm
-    rows = [
-        ("args_engine_requests_total", "counter", "Requests (choices) added to the engine", loop.requests_total),
-        ("args_engine_requests_aborted_total", "counter", "Requests aborted before they finished",
-         loop.aborted_total),
-        ("args_engine_generated_tokens_total", "counter", "Tokens generated", loop.tokens_total),
-        ("args_engine_tokens_per_second", "gauge", "Tokens generated per second over the last 10 s",
-         round(loop.tokens_per_s(), 3)),
-        ("args_engine_requests_running", "gauge", "Requests in the running batch", llm.num_running),
-        ("args_engine_requests_waiting", "gauge", "Requests waiting for admission", llm.num_waiting),
-        ("args_engine_cache_blocks_used", "gauge", "Paged cache blocks in use", llm.num_used_blocks),
-        ("args_engine_cache_blocks_total", "gauge", "Paged cache blocks in all", llm.num_blocks),
-        ("args_engine_prefix_cache_hit_rate", "gauge", "Share of admitted prompt tokens served by the prefix cache",
-         round(llm.prefix_cache_hit_rate, 4)),
-    ]
-    return "".join(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {value}\n"
-                   for name, kind, help_, value in rows)
-
-
-def serve(engine: ARGSEngine, host: str = "127.0.0.1", port: int = 8000, model_name: str = "args-engine",
+def serve(engine: ARGSEngine, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(engine, model_name), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(engine, config), host=host, port=port, log_level=log_level)
