@@ -3,6 +3,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's chat API allows
+
 
 @dataclass
 class ARGSParams:
@@ -12,6 +14,8 @@ class ARGSParams:
     (mode="greedy") or samples from softmax((log p + w * r) / temperature) over the k candidates
     (mode="stochastic"). k = 1 or w = 0 is plain greedy decoding. seed makes stochastic mode reproducible
     whatever else is in the batch. stop: strings that end the response (not included in the text).
+    logprobs (native backend): None, or N in [0, 20]: record the LM's log p of each chosen token and of the
+    N most likely tokens at that step (the LM's own distribution, before the reward).
     """
 
     k: int = 10
@@ -22,6 +26,7 @@ class ARGSParams:
     seed: int | None = 0
     stop: list[str] | None = field(default=None)
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self):
         self.validate()
@@ -45,6 +50,9 @@ class ARGSParams:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
                                       or not 0 <= self.seed < 2 ** 63):
             raise ValueError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         if self.stop is not None and not (isinstance(self.stop, (list, tuple))
                                           and all(isinstance(s, str) and s for s in self.stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")

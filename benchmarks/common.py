@@ -1,8 +1,10 @@
 """Shared by the benchmarks: long prompts from evaluation-split dialogues, timing, the machine's name."""
 from __future__ import annotations
 
+import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,3 +35,12 @@ def machine_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name().replace(" ", "-")
     return f"cpu-{torch.get_num_threads()}threads-{platform.machine()}"
+
+
+def write_result(result: dict, name: str, out: str | None = None) -> Path:
+    """Write a benchmark's JSON to `out`, or to benchmarks/results/<name>_<machine>.json; print the path."""
+    path = Path(out) if out else Path(__file__).parent / "results" / f"{name}_{result['machine']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

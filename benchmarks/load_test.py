@@ -10,7 +10,6 @@ streamed chunks; a chunk is one token unless text was held back) and writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -123,16 +122,13 @@ def main(argv=None) -> dict:
                            f"device={args.device}, dtype={args.dtype}, batch_size={args.batch_size}"
         result["prefix_cache_hit_rate"] = round(engine.decoder.prefix_cache_hit_rate, 4)  # the server's default: on
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
-    from common import machine_name
-    machine = result["machine"] = machine_name()
+    from common import machine_name, write_result
+    result["machine"] = machine_name()
     print(f"{result['requests']} requests, {result['tokens']} tokens in {result['elapsed_s']} s with "
           f"{args.clients} clients: {result['requests_per_s']} req/s, {result['tokens_per_s']} tok/s")
     print(f"TTFT ms p50 {result['ttft_ms']['p50']} p99 {result['ttft_ms']['p99']}; "
           f"ITL ms p50 {result['itl_ms']['p50']} p99 {result['itl_ms']['p99']}")
-    path = Path(args.out) if args.out else Path(__file__).parent / "results" / f"load_test_{machine}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, "load_test", args.out)
     return result
 
 

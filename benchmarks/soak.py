@@ -92,6 +92,7 @@ class Soak:
         self.cases: list[Case] = []
         self.bad_results: list[tuple[str, int, int, bool]] = []  # name, expected, got, envelope ok
         self.faults = Counter()
+        self.bad_sent = 0
         self.ttft: list[float] = []
         self.itl: list[float] = []
         self.errors: list[str] = []
@@ -99,13 +100,11 @@ class Soak:
     def client(self, cid: int, deadline: float) -> None:
         rng = random.Random(self.args.seed * 1000 + cid)
         with httpx.Client(base_url=self.url, timeout=600) as http:
-            i = cid
             while time.monotonic() < deadline:
-                i += 1
                 try:
                     roll = rng.random()
                     if roll < self.args.bad_rate:
-                        self.send_bad(http, self.bad[i % len(self.bad)])
+                        self.send_bad(http, self.next_bad())
                     elif roll < self.args.bad_rate + self.args.disconnect_rate:
                         self.disconnect(http, rng)
                     else:
@@ -113,6 +112,12 @@ class Soak:
                 except Exception as e:  # noqa: BLE001 -- a client error is a finding, not a crash
                     with self.lock:
                         self.errors.append(f"client {cid}: {type(e).__name__}: {e}")
+
+    def next_bad(self):
+        """The bad inputs in turn, across all clients: every kind is tried once before any is tried twice."""
+        with self.lock:
+            self.bad_sent += 1
+            return self.bad[(self.bad_sent - 1) % len(self.bad)]
 
     def send_bad(self, http: httpx.Client, case) -> None:
         name, path, raw, ctype, expected = case
@@ -280,7 +285,7 @@ def main(argv=None) -> dict:
             wrong.append({"request": case.body, "path": case.path, "got": got, "expected": (texts, reasons)})
     bad_wrong = [r for r in soak.bad_results if r[2] != r[1] or not r[3]]
     ms = lambda v: None if v is None else round(1000 * v, 1)  # noqa: E731
-    from common import machine_name
+    from common import machine_name, write_result
     result = {
         "machine": machine_name(), "clients": args.clients, "duration_s": args.duration,
         "elapsed_s": round(elapsed, 1), "dtype": args.dtype, "max_tokens": args.max_tokens,
@@ -309,10 +314,7 @@ def main(argv=None) -> dict:
     print(f"TTFT ms p50 {result['ttft_ms']['p50']} p99 {result['ttft_ms']['p99']}; ITL ms p50 "
           f"{result['itl_ms']['p50']} p99 {result['itl_ms']['p99']}; peak RSS {result['peak_rss_mb']} MB; end: "
           f"{result['end']}")
-    path = Path(args.out) if args.out else Path(__file__).parent / "results" / f"soak_{result['machine']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, "soak", args.out)
     return result
 
 

@@ -93,3 +93,59 @@ def test_hook_needs_a_reward_model():
     lm, _, tok = setup()
     with pytest.raises(ValueError, match="reward_model"):
         lm.generate(**tok(["Hi"], return_tensors="pt"), custom_generate=args_engine.hf.generate, max_new_tokens=3)
+
+
+def test_hook_samples_differ_across_return_sequences():
+    """generate repeats each prompt num_return_sequences times; each copy samples with its own seed."""
+    lm, rm, tok = setup()
+    inputs = tok(["Hi"], return_tensors="pt")
+    out = lm.generate(**inputs, custom_generate=args_engine.hf.generate, reward_model=rm, args_k=K, args_w=W,
+                      do_sample=True, temperature=1.0, num_return_sequences=4, max_new_tokens=N, pad_token_id=PAD)
+    assert out.shape[0] == 4 and len({tuple(row) for row in out.tolist()}) > 1
+    again = lm.generate(**inputs, custom_generate=args_engine.hf.generate, reward_model=rm, args_k=K, args_w=W,
+                        do_sample=True, temperature=1.0, num_return_sequences=4, max_new_tokens=N, pad_token_id=PAD)
+    assert torch.equal(out, again)  # seeded: args_seed + row
+
+
+def test_hook_refuses_beam_search():
+    lm, rm, tok = setup()
+    with pytest.raises(ValueError, match="num_beams"):
+        lm.generate(**tok(["Hi"], return_tensors="pt"), custom_generate=args_engine.hf.generate, reward_model=rm,
+                    num_beams=2, max_new_tokens=3, pad_token_id=PAD)
+
+
+def test_hook_keeps_one_engine_and_does_not_touch_its_eos():
+    lm, rm, tok = setup()
+    inputs = tok(PROMPTS, return_tensors="pt", padding=True)
+    call = dict(custom_generate=args_engine.hf.generate, reward_model=rm, args_k=K, args_w=W, max_new_tokens=4,
+                pad_token_id=PAD)
+    lm.generate(**inputs, **call)
+    first = lm.__dict__["_args_engine"][2]
+    lm.generate(**tok(PROMPTS[:1], return_tensors="pt"), **call)  # another batch size: the same engine
+    assert lm.__dict__["_args_engine"][2] is first
+    default_eos = set(first.eos_ids)
+    lm.generate(**inputs, **call, eos_token_id=5)  # another EOS: a new engine replaces the old one
+    replaced = lm.__dict__["_args_engine"][2]
+    assert replaced is not first and replaced.eos_ids == {5} and first.eos_ids == default_eos
+    assert [k for k in lm.__dict__ if k.startswith("_args_engine")] == ["_args_engine"]
+
+
+def test_logits_processor_follows_beam_reordering():
+    """In a beam search the processor keeps its cache (rows follow their beams) and scores as a fresh rebuild."""
+    lm, rm, tok = setup()
+    inputs = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+
+    class Rebuilding(ARGSLogitsProcessor):
+        def __call__(self, input_ids, scores):
+            self.reset()
+            return super().__call__(input_ids, scores)
+
+    cached = ARGSLogitsProcessor(rm, k=K, w=W, attention_mask=inputs["attention_mask"])
+    prefills = []  # per RM forward: whether it read a whole prefix (a rebuild) rather than the k candidates
+    real = cached.rm.forward_trunk
+    cached.rm.forward_trunk = lambda **kw: (prefills.append(kw["input_ids"].shape[1] != K), real(**kw))[1]
+    beams = dict(num_beams=3, do_sample=False, max_new_tokens=8, pad_token_id=PAD)
+    out = lm.generate(**inputs, logits_processor=[cached], **beams)
+    fresh = Rebuilding(rm, k=K, w=W, attention_mask=inputs["attention_mask"])
+    assert torch.equal(out, lm.generate(**inputs, logits_processor=[fresh], **beams))
+    assert inputs["input_ids"].shape[1] != K and len(prefills) >= 8 and sum(prefills) == 1

@@ -24,6 +24,8 @@ class GenerationOutput:
     rewards: list[float]
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     tokens_per_s: float = 0.0  # throughput of the batch this output was decoded in
+    logprobs: list[float] | None = None  # with params.logprobs: the LM's log p of each token
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # and the params.logprobs likeliest at each step
 
     @property
     def reward(self) -> float | None:
@@ -41,6 +43,8 @@ class Request:
     text: str | None = None  # set when a stop string ended the response: the text before it
     generator: torch.Generator | None = None
     detok: IncrementalText | None = None  # the response's text so far (with a tokenizer)
+    logprobs: list[float] = field(default_factory=list)  # with params.logprobs (native backend)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def __post_init__(self):
         if self.params.mode == "stochastic":
@@ -122,4 +126,7 @@ def finish_output(req: Request, prompt, tokenizer) -> GenerationOutput:
     text = req.text
     if text is None:
         text = tokenizer.decode(req.out_ids, skip_special_tokens=True) if tokenizer is not None else ""
-    return GenerationOutput(prompt, req.prompt_ids, list(req.out_ids), text, list(req.rewards), req.finish_reason)
+    out = GenerationOutput(prompt, req.prompt_ids, list(req.out_ids), text, list(req.rewards), req.finish_reason)
+    if req.params.logprobs is not None:
+        out.logprobs, out.top_logprobs = list(req.logprobs), list(req.top_logprobs)
+    return out

@@ -37,11 +37,12 @@ class ARGSEngine:
     """
 
     def __init__(self, lm, rm, tokenizer=None, rm_tokenizer=None, backend: str = "auto", raw: bool = False,
-                 batch_size: int = 16, **native_options):
+                 batch_size: int = 16, eos_ids: set[int] | None = None, **native_options):
         """backend: "native" (paged caches, continuous batching; Llama-family LM and RM), "reference" (HF
         models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
         "auto" (native when both models are Llama-family, else reference). batch_size: sequences decoded at
-        once. native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
+        once. eos_ids: the tokens that end a response (default: the LM's and the tokenizer's EOS).
+        native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
         use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk), enable_prefix_caching
         (default True: prompts that begin like an earlier one reuse its cached K/V blocks)."""
         if backend not in BACKENDS:
@@ -54,7 +55,7 @@ class ARGSEngine:
         self.vocab_size = lm.config.vocab_size
         limits = [c for c in (context_length(lm.config), context_length(self.rm.config)) if c is not None]
         self.context_length = min(limits) if limits else None
-        self.eos_ids = _eos_ids(lm, tokenizer)
+        self.eos_ids = set(eos_ids) if eos_ids is not None else _eos_ids(lm, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)  # pad slots are masked anyway
         unsupported = native_unsupported_reason(lm) or native_unsupported_reason(self.rm.model)
@@ -88,6 +89,8 @@ class ARGSEngine:
 
     def make_request(self, prompt: Prompt, params: ARGSParams) -> Request:
         params.validate(vocab_size=self.vocab_size)
+        if params.logprobs is not None and self.backend != "native":
+            raise ValueError(f"logprobs needs the native backend; this engine runs {self.backend!r}")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode the response")
         ids = render_prompt(self.tokenizer, prompt, raw=self.raw)

@@ -36,6 +36,8 @@ class TokenEvent:
     text: str
     finish_reason: str | None = None
     output: GenerationOutput | None = None
+    logprob: float | None = None  # with params.logprobs: the LM's log p of this token
+    top_logprobs: list[tuple[int, float]] | None = None  # and its params.logprobs likeliest tokens
 
     @property
     def finished(self) -> bool:
@@ -171,20 +173,24 @@ class LLMEngine:
         if len(rows) < len(tables):
             tables = tables[torch.tensor(rows, device=tables.device)]
         slots = self.runner._dev(self.bm.slots(ready, [s.num_tokens for s in ready]))
-        tokens, rewards = self.runner.args_step(ready, logits, tables, slots)
+        tokens, rewards, logprobs = self.runner.args_step(ready, logits, tables, slots)
         events = []
-        for seq, tok, r in zip(ready, tokens, rewards):
+        for i, (seq, tok, r) in enumerate(zip(ready, tokens, rewards)):
             seq.rm_cached += 1
             seq.token_ids.append(tok)
             self.bm.commit(seq, [tok])
+            lp = logprobs[i] if logprobs is not None else None
+            if lp is not None:
+                seq.req.logprobs.append(lp[0])
+                seq.req.top_logprobs.append(lp[1])
             append_token(seq.req, tok, r, self.tokenizer, self.eos_ids)
             if seq.req.finished:
                 self.scheduler.finish(seq)
                 self.runner.next_logits.pop(seq.seq_id, None)
-            events.append(self._event(seq, tok, r))
+            events.append(self._event(seq, tok, r, lp))
         return events
 
-    def _event(self, seq: Sequence, token: int, reward: float) -> TokenEvent:
+    def _event(self, seq: Sequence, token: int, reward: float, logprobs=None) -> TokenEvent:
         req, text = seq.req, ""
         output = finish_output(req, None, self.tokenizer) if req.finished else None
         if self.tokenizer is not None:
@@ -193,7 +199,8 @@ class LLMEngine:
             end = len(full) if output is not None else len(full) - _holdback(full, req.params.stop)
             if end > sent:
                 text, self._sent[seq.seq_id] = full[sent:end], end
-        event = TokenEvent(seq.seq_id, token, reward, text, req.finish_reason, output)
+        event = TokenEvent(seq.seq_id, token, reward, text, req.finish_reason, output,
+                           *(logprobs if logprobs is not None else ()))
         if output is not None:
             self.seqs.pop(seq.seq_id, None)
             self._sent.pop(seq.seq_id, None)

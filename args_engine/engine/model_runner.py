@@ -100,7 +100,9 @@ class ModelRunner:
     @torch.no_grad()
     def args_step(self, seqs: list[Sequence], logits: torch.Tensor, tables: torch.Tensor, slots: torch.Tensor):
         """logits [B, V] of the next position of each sequence; slots [B]: that position's RM slot.
-        -> (tokens [B], rewards [B]) on the CPU, the chosen K/V already committed to the RM cache."""
+        -> (tokens [B], rewards [B], logprobs) on the CPU, the chosen K/V already committed to the RM cache.
+        logprobs: None unless a sequence asks for them; else per sequence (log p of its token, [(token, log p)]
+        of the N likeliest), or None for the sequences that do not ask."""
         params = [s.params for s in seqs]
         kmax = max(p.k for p in params)
         logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax]
@@ -110,9 +112,23 @@ class ModelRunner:
         k, w, temp, gumbel = selection_inputs(params, [s.req.generator for s in seqs], kmax, self.device)
         choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
                                                       self.rm_kv[0], self.rm_kv[1], slots)
+        logprobs = _logprobs(params, logits, tokens)
         if self.shared:
             rows = torch.arange(len(seqs), device=self.device)
             logits = self.lm_head(hidden[rows, choice])  # [B, V]: the LM's next-token logits after the choice
             for b, s in enumerate(seqs):
                 self.next_logits[s.seq_id] = logits[b]
-        return tokens.tolist(), chosen.double().tolist()
+        return tokens.tolist(), chosen.double().tolist(), logprobs
+
+
+def _logprobs(params, logits: torch.Tensor, tokens: torch.Tensor):
+    """The LM's log p of the chosen tokens and its N likeliest tokens, for the rows whose params ask."""
+    want = [p.logprobs for p in params]
+    if all(n is None for n in want):
+        return None
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, V]
+    chosen = logp.gather(1, tokens.view(-1, 1)).squeeze(1).tolist()  # [B]
+    top_lp, top_ids = logp.topk(max(n or 0 for n in want), dim=-1)  # [B, N], most likely first
+    top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+    return [None if n is None else (chosen[b], list(zip(top_ids[b][:n], top_lp[b][:n])))
+            for b, n in enumerate(want)]

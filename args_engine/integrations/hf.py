@@ -16,20 +16,24 @@ import torch
 from transformers import DynamicCache, LogitsProcessor
 
 from ..decoding.common import topk_logprobs
-from ..decoding.masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions
+from ..decoding.masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
 from ..models.hf import RewardModel
 from ..params import ARGSParams
 
 
-def _engine(model, reward_model, backend: str, batch_size: int):
-    """One ARGSEngine per (LM, RM, backend, batch size), kept on the LM so repeated calls reuse its caches."""
+def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int]):
+    """The ARGSEngine for these settings, kept on the LM so repeated calls reuse it: one slot, replaced (cache and
+    all) when a call asks for other settings, so engines never pile up."""
     from ..engine import ARGSEngine
 
-    engines = model.__dict__.setdefault("_args_engines", {})
-    key = (id(reward_model), backend, batch_size)
-    if key not in engines or engines[key][0] is not reward_model:
-        engines[key] = (reward_model, ARGSEngine(model, reward_model, backend=backend, batch_size=batch_size))
-    return engines[key][1]
+    key = (id(reward_model), backend, batch_size, frozenset(eos_ids))
+    slot = model.__dict__.get("_args_engine")
+    if slot is None or slot[0] != key or slot[1] is not reward_model:
+        model.__dict__["_args_engine"] = None  # drop the old engine (and its KV cache) before building the next
+        slot = (key, reward_model, ARGSEngine(model, reward_model, backend=backend, batch_size=batch_size,
+                                              eos_ids=eos_ids or None))
+        model.__dict__["_args_engine"] = slot
+    return slot[2]
 
 
 def _ids_list(value) -> list[int]:
@@ -50,21 +54,27 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
 
     reward_model: a decoder-only *ForSequenceClassification model (num_labels=1) or a RewardModel.
     args_k, args_w: ARGS candidates and reward weight. args_mode: "greedy" or "stochastic" (default: stochastic
-    when `do_sample=True`, with the config's temperature). args_seed: sampling seed. args_backend: ARGSEngine
-    backend. Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample,
+    when `do_sample=True`, with the config's temperature). args_seed: sampling seed of the first row (row b
+    uses args_seed + b, so num_return_sequences > 1 gives distinct samples). args_backend: ARGSEngine backend.
+    args_batch_size: sequences decoded at once (default 16; any number of rows is decoded). num_beams > 1 is
+    refused. Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample,
     temperature. Logits processors, stopping criteria and streamers do not apply (ARGS picks every token).
     """
     if reward_model is None:
         raise ValueError("args_engine.hf.generate needs reward_model=<a reward model>")
     cfg = generation_config if generation_config is not None else model.generation_config
-    B, P = input_ids.shape
+    if (cfg.num_beams or 1) > 1:
+        raise ValueError(f"args_engine.hf.generate picks one token per step and does not run beam search "
+                         f"(num_beams={cfg.num_beams}); use num_beams=1, or ARGSLogitsProcessor in a beam search")
+    B, P = input_ids.shape  # generate has already repeated each prompt num_return_sequences times
     max_new = (cfg.max_length - P) if cfg.max_length is not None else cfg.max_new_tokens
     mode = args_mode or ("stochastic" if cfg.do_sample else "greedy")
-    params = ARGSParams(k=args_k, w=args_w, mode=mode, temperature=cfg.temperature or 1.0,
-                        max_new_tokens=max_new, seed=args_seed)
-    engine = _engine(model, reward_model, args_backend, args_batch_size or B)
-    eos = set(_ids_list(cfg.eos_token_id)) or engine.eos_ids
-    engine.eos_ids = engine.decoder.eos_ids = eos
+    # row b samples with seed args_seed + b: the repeated rows of one prompt are distinct samples
+    params = [ARGSParams(k=args_k, w=args_w, mode=mode, temperature=cfg.temperature or 1.0, max_new_tokens=max_new,
+                         seed=None if args_seed is None else args_seed + b) for b in range(B)]
+    eos = set(_ids_list(cfg.eos_token_id))
+    engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos)
+    eos = engine.eos_ids
 
     mask = model_kwargs.get("attention_mask")  # [B, P] or None (generate drops an all-ones mask)
     rows = input_ids.tolist()
@@ -98,8 +108,9 @@ class ARGSLogitsProcessor(LogitsProcessor):
 
     Caching: the RM keeps one prefix cache per row across calls; the k candidates go through it in one forward
     (a depth-1 tree mask) and the chosen one's K/V is kept when the next call shows which token was picked.
-    When the next call does not continue the last one (a new generate call, a token outside the candidates),
-    the cache is rebuilt from the full prefix, so results never depend on the cache. Rows that finished (their
+    Beam search works too: rows reordered between calls take their cache rows with them. When the next call
+    does not continue the last one (a new generate call, a token outside the candidates), the cache is rebuilt
+    from the full prefix, so results never depend on the cache. Rows that finished (their
     new token is `pad_token_id`) stay in the batch with don't-care rewards. Not thread-safe: one instance per
     concurrent generate call.
     """
@@ -131,10 +142,18 @@ class ARGSLogitsProcessor(LogitsProcessor):
         return valid
 
     def _continue(self, ids: torch.Tensor) -> bool:
-        """Commit the picked candidate of the last call if `ids` extends it by one token; else False."""
-        if self._ids is None or ids.shape != (self._ids.shape[0], self._ids.shape[1] + 1) \
-                or not torch.equal(ids[:, :-1], self._ids):
+        """Commit the picked candidate of the last call if `ids` extends it by one token; else False. Beam search
+        reorders (and repeats) rows between calls: each row is then matched to the previous row it extends, and
+        the cache rows follow it."""
+        if self._ids is None or ids.shape != (self._ids.shape[0], self._ids.shape[1] + 1):
             return False
+        if not torch.equal(ids[:, :-1], self._ids):
+            same = (ids[:, None, :-1] == self._ids[None]).all(-1)  # [B, B]: row b extends previous row j
+            if not bool(same.any(1).all()):
+                return False
+            src = same.long().argmax(1)  # [B]
+            select_rows(self._cache, src)
+            self._ids, self._cand, self._valid = self._ids[src], self._cand[src], self._valid[src]
         last = ids[:, -1]  # [B]
         hit = self._cand == last[:, None]  # [B, k]
         done = last == self.pad_token_id if self.pad_token_id is not None else torch.zeros_like(last, dtype=torch.bool)

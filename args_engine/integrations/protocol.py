@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import uuid
 
-from ..params import ARGSParams
+from ..params import MAX_LOGPROBS, ARGSParams
 from .server_config import ServerConfig
 
 
@@ -42,7 +42,24 @@ def _get(body: dict, name: str, types, default=None):
     return value
 
 
-def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1) -> tuple[list[ARGSParams], int, bool]:
+def parse_logprobs(body: dict, chat: bool) -> int | None:
+    """OpenAI's fields -> the alternatives per token to report (None: no logprobs). Completions: `logprobs`, an
+    integer in [0, 5]. Chat: `logprobs` true, with `top_logprobs` in [0, 20]."""
+    if not chat:
+        n = _get(body, "logprobs", int)
+        if n is not None and not 0 <= n <= 5:
+            raise BadRequest(f"logprobs must be an integer in [0, 5], got {n}", "logprobs")
+        return n
+    wanted, top = _get(body, "logprobs", bool, False), _get(body, "top_logprobs", int)
+    if top is not None and not 0 <= top <= MAX_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be an integer in [0, {MAX_LOGPROBS}], got {top}", "top_logprobs")
+    if top is not None and not wanted:
+        raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1,
+                 chat: bool = False) -> tuple[list[ARGSParams], int, bool]:
     """-> (one ARGSParams per sample, n, whether max_tokens was given). best_of samples are drawn per prompt
     (default n); the n with the highest final reward become the choices. Stochastic samples get seeds seed,
     seed + 1, ... (fresh when no seed). Everything a request may ask is checked against `config`'s limits."""
@@ -74,7 +91,8 @@ def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1) -> tuple[
     if k > config.max_k:
         raise BadRequest(f"args_k must be at most {config.max_k} on this server, got {k}", "args_k")
     kw = dict(k=k, w=_get(body, "args_w", (int, float), 1.0), mode=mode, temperature=temperature,
-              max_new_tokens=_get(body, "max_tokens", int, config.default_max_tokens), stop=stop or None)
+              max_new_tokens=_get(body, "max_tokens", int, config.default_max_tokens), stop=stop or None,
+              logprobs=parse_logprobs(body, chat))
     if n > 1 and "args_mode" not in body:
         raise BadRequest("n > 1 in the default greedy mode returns n identical choices; set args_mode "
                          "('stochastic' for distinct samples, or 'greedy' to ask for the copies)", "n")
@@ -130,3 +148,28 @@ def choice(index: int, text: str, finish_reason: str | None, chat: bool, delta: 
                 "finish_reason": finish_reason}
     body.update(extra)
     return body
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float],
+                        top: list[list[tuple[int, float]]], offset: int = 0) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs ({token: log p}), text_offset."""
+    tokens = [_token_text(tokenizer, t) for t in token_ids]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets,
+            "top_logprobs": [{_token_text(tokenizer, t): lp for t, lp in row} for row in top]}
+
+
+def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]]) -> dict:
+    """The chat shape: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}."""
+    def entry(t: int, lp: float) -> dict:
+        s = _token_text(tokenizer, t)
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in row]}
+                        for t, lp, row in zip(token_ids, logprobs, top)]}

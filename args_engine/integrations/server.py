@@ -31,8 +31,8 @@ from starlette.concurrency import run_in_threadpool
 from ..chat import render_prompt
 from ..engine import ARGSEngine
 from .engine_loop import EngineLoop, EngineUnavailable, QueueFull, RequestFailed
-from .protocol import (BadRequest, choice, envelope, error_body, new_id, param_of, parse_params, stream_options,
-                       usage)
+from .protocol import (BadRequest, chat_logprobs, choice, completion_logprobs, envelope, error_body, new_id,
+                       param_of, parse_params, stream_options, usage)
 from .server_config import ServerConfig
 
 ROLES = ("system", "user", "assistant")
@@ -200,7 +200,7 @@ def _render(engine: ARGSEngine, prompt, raw: bool, param: str) -> list[int]:
 
 async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, request: Request, body: dict,
                  prompts: list[list[int]], chat: bool, model: str):
-    params, n, max_tokens_given = parse_params(body, config, len(prompts))
+    params, n, max_tokens_given = parse_params(body, config, len(prompts), chat)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
@@ -227,8 +227,8 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, req
     rid, created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
     prompt_tokens = sum(len(p) for p in prompts)  # once per prompt, however many samples it has
     if stream:
-        return StreamingResponse(_stream(loop, ids, events, index, rid, created, model, chat, prompt_tokens,
-                                         include_usage),
+        return StreamingResponse(_stream(loop, engine.tokenizer, ids, events, index, rid, created, model, chat,
+                                         prompt_tokens, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     outputs = {}
     try:
@@ -253,17 +253,20 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, req
         ranked = sorted(samples, key=lambda o: float("inf") if o.reward is None else -o.reward) \
             if len(params) > n else samples  # stable: equal rewards keep sample order
         best += ranked[:n]
-    choices = [choice(i, o.text, _reason(o.finish_reason), chat, rewards=o.rewards, reward=o.reward)
+    choices = [choice(i, o.text, _reason(o.finish_reason), chat, rewards=o.rewards, reward=o.reward,
+                      **_logprobs(engine.tokenizer, chat, o.token_ids, o.logprobs, o.top_logprobs))
                for i, o in enumerate(best)]
     completion_tokens = sum(len(o.token_ids) for o in outputs.values())
     kind = "chat.completion" if chat else "text_completion"
     return envelope(kind, rid, created, model, choices, usage(prompt_tokens, completion_tokens))
 
 
-async def _stream(loop: EngineLoop, ids, events: asyncio.Queue, index, rid, created, model, chat, prompt_tokens,
-                  include_usage):
+async def _stream(loop: EngineLoop, tokenizer, ids, events: asyncio.Queue, index, rid, created, model, chat,
+                  prompt_tokens, include_usage):
     kind = "chat.completion.chunk" if chat else "text_completion"
     done, completion_tokens = 0, 0
+    held: dict[int, list] = {rid_: [] for rid_ in ids}  # logprobs of tokens whose text was held back
+    offsets = dict.fromkeys(ids, 0)  # completions' text_offset so far
     try:
         if chat:  # the role comes first, as OpenAI streams it
             for i in range(len(ids)):
@@ -276,11 +279,18 @@ async def _stream(loop: EngineLoop, ids, events: asyncio.Queue, index, rid, crea
                 break
             completion_tokens += 1
             extra = {"reward": ev.reward}
+            if ev.logprob is not None:
+                held[ev.request_id].append((ev.token_id, ev.logprob, ev.top_logprobs))
             if ev.finished:
                 done += 1
                 extra.update(rewards=ev.output.rewards)
             elif not ev.text:
                 continue  # text held back (a partial character or a possible stop string)
+            if held[ev.request_id]:
+                tokens, lps, tops = (list(x) for x in zip(*held[ev.request_id]))
+                held[ev.request_id] = []
+                extra.update(_logprobs(tokenizer, chat, tokens, lps, tops, offsets[ev.request_id]))
+            offsets[ev.request_id] += len(ev.text)
             c = choice(index[ev.request_id], ev.text, _reason(ev.finish_reason), chat, delta=True, **extra)
             yield _sse(envelope(kind, rid, created, model, [c]))
         if include_usage:
@@ -288,6 +298,15 @@ async def _stream(loop: EngineLoop, ids, events: asyncio.Queue, index, rid, crea
         yield "data: [DONE]\n\n"
     finally:
         loop.abort(ids)  # a client that went away mid-stream frees its blocks now
+
+
+def _logprobs(tokenizer, chat: bool, token_ids, logprobs, top, offset: int = 0) -> dict:
+    """{"logprobs": the OpenAI shape} when they were asked for, else {} (the choice keeps logprobs: null)."""
+    if logprobs is None:
+        return {}
+    if chat:
+        return {"logprobs": chat_logprobs(tokenizer, token_ids, logprobs, top)}
+    return {"logprobs": completion_logprobs(tokenizer, token_ids, logprobs, top, offset)}
 
 
 def _sse(obj: dict) -> str:
