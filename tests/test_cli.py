@@ -79,3 +79,13 @@ def test_prompts_file_binary_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["generate", "--prompts-file", str(prompts)])
     assert f"{prompts}:1: cannot read as UTF-8 JSONL" in capsys.readouterr().err
+
+
+def test_engine_cache_and_budget_flags(model_dirs, capsys, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="args_engine"):
+        main(["generate", "Hi", "--lm", str(model_dirs / "lm"), "--rm", str(model_dirs / "rm"), "--k", "2",
+              "--max-new-tokens", "3", "--num-blocks", "40", "--block-size", "8", "--max-num-batched-tokens", "64",
+              "--no-prefix-caching"])
+    assert any("KV cache: 40 blocks x 8 tokens" in r.getMessage() for r in caplog.records)
+    assert "--- ARGS" in capsys.readouterr().out
