@@ -36,15 +36,16 @@ def cmd_generate(args) -> None:
 
     prompts = _read_prompts(args)
     params = ARGSParams(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None)
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None,
+                        **_logit_controls(args))
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
                                         backend=args.backend, raw=args.raw, batch_size=args.batch_size,
                                         **_native_options(args))
     outs = engine.generate(prompts, params)
     greedy = None
-    if args.compare:
+    if args.compare:  # plain greedy under the same controls: what they do is not credited to ARGS
         greedy = engine.generate(prompts, ARGSParams(k=1, w=0.0, max_new_tokens=args.max_new_tokens,
-                                                     stop=args.stop or None))
+                                                     stop=args.stop or None, **_logit_controls(args)))
     for i, (p, o) in enumerate(zip(prompts, outs)):
         if args.json:
             row = {"prompt": p, "text": o.text, "token_ids": o.token_ids, "rewards": o.rewards, "reward": o.reward,
@@ -60,6 +61,19 @@ def cmd_generate(args) -> None:
             print(f"--- greedy (reward {greedy[i].reward:+.3f}):\n{greedy[i].text}")
         print(f"--- ARGS k={params.k} w={params.w} {params.mode} (reward {o.reward:+.3f}, "
               f"{o.tokens_per_s:.1f} tok/s):\n{o.text}\n")
+
+
+def _logit_controls(args) -> dict:
+    bias = {}
+    for item in args.logit_bias or ():
+        token, sep, value = item.partition(":")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise ValueError(f"--logit-bias takes TOKEN_ID:BIAS, got {item!r}") from None
+    return dict(repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                frequency_penalty=args.frequency_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                min_p=args.min_p, top_p=args.top_p, logit_bias=bias or None)
 
 
 def _native_options(args) -> dict:
@@ -160,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", action="store_true", help="also decode plain greedy and show both rewards")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="float32")
+    c = g.add_argument_group("logit controls, applied before the k candidates are taken")
+    c.add_argument("--repetition-penalty", type=float, default=1.0, help="Hugging Face semantics (1: off)")
+    c.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI semantics, in [-2, 2]")
+    c.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI semantics, in [-2, 2]")
+    c.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating n-grams of this size (0: off)")
+    c.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
+    c.add_argument("--top-p", type=float, default=1.0, help="keep the likeliest tokens holding top_p of the mass")
+    c.add_argument("--logit-bias", action="append", metavar="TOKEN_ID:BIAS", help="add BIAS to a token's logit")
     _add_native_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -215,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated name[:key=value...], names greedy, topk, bon, args-greedy, args-stochastic; "
-                        "keys k, w, T, n, seed (default: %(default)s)")
+                        "keys k, w, T, n, seed and the logit controls rp, pp, fp, nrng, minp (default: %(default)s)")
     e.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
     e.add_argument("--rm", help="local HF directory of the decoding reward model (default: the project's RM)")
     e.add_argument("--out", default="eval-results", help="output directory (default: %(default)s)")

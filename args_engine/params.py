@@ -15,7 +15,16 @@ class ARGSParams:
     (mode="stochastic"). k = 1 or w = 0 is plain greedy decoding. seed makes stochastic mode reproducible
     whatever else is in the batch. stop: strings that end the response (not included in the text).
     logprobs (native backend): None, or N in [0, 20]: record the LM's log p of each chosen token and of the
-    N most likely tokens at that step (the LM's own distribution, before the reward).
+    N most likely tokens at that step (the LM's own distribution, before the reward and the controls below).
+
+    Logit controls, applied to the LM's logits before the k candidates are taken (so log p is the controlled
+    distribution's): repetition_penalty (Hugging Face: over prompt and response, a seen token's logit is
+    divided by it when positive, multiplied when negative), presence_penalty and frequency_penalty (OpenAI:
+    over the response, logit -= frequency * count + presence * (count > 0)), no_repeat_ngram_size (Hugging
+    Face: a token that would repeat an n-gram of prompt + response is banned), logit_bias ({token id: bias}
+    added to the logits), min_p (tokens below min_p x the top probability are dropped) and top_p (the
+    smallest set of likeliest tokens holding top_p of the probability is kept); the last two may leave a step
+    fewer than k candidates.
     """
 
     k: int = 10
@@ -27,6 +36,18 @@ class ARGSParams:
     stop: list[str] | None = field(default=None)
     ignore_eos: bool = False
     logprobs: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    logit_bias: dict[int, float] | None = None
+    min_p: float = 0.0
+    top_p: float = 1.0
+
+    @property
+    def has_logit_controls(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.no_repeat_ngram_size > 0 or bool(self.logit_bias) or self.min_p > 0.0 or self.top_p < 1.0)
 
     def __post_init__(self):
         self.validate()
@@ -53,6 +74,32 @@ class ARGSParams:
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
                                           or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        self._validate_logit_controls(vocab_size)
         if self.stop is not None and not (isinstance(self.stop, (list, tuple))
                                           and all(isinstance(s, str) and s for s in self.stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+
+    def _validate_logit_controls(self, vocab_size: int | None) -> None:
+        def number(name: str, low: float, high: float, low_open: bool = False) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                    or not (low < v if low_open else low <= v) or v > high:
+                raise ValueError(f"{name} must be a number in {'(' if low_open else '['}{low:g}, {high:g}], got {v!r}")
+
+        number("repetition_penalty", 0.0, 100.0, low_open=True)
+        number("presence_penalty", -2.0, 2.0)
+        number("frequency_penalty", -2.0, 2.0)
+        number("min_p", 0.0, 1.0)
+        number("top_p", 0.0, 1.0, low_open=True)
+        n = self.no_repeat_ngram_size
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"no_repeat_ngram_size must be an integer >= 0, got {n!r}")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {self.logit_bias!r:.80}")
+            for t, b in self.logit_bias.items():
+                if not isinstance(t, int) or isinstance(t, bool) or t < 0 or \
+                        (vocab_size is not None and t >= vocab_size):
+                    raise ValueError(f"logit_bias: token id {t!r} is not in [0, {vocab_size or 'vocabulary size'})")
+                if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or abs(b) > 100:
+                    raise ValueError(f"logit_bias: bias {b!r} of token {t} must be a number in [-100, 100]")

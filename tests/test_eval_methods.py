@@ -71,3 +71,22 @@ def test_score_replies_matches_args_rewards_on_the_same_tokens():
     assert same
     for i in same:
         assert rescored[i] == pytest.approx(outs[i].reward, abs=1e-6)
+
+
+def test_controls_apply_to_baselines_and_args_alike():
+    """greedy:rp=..:nrng=..:pp=.. through HF generate (left-padded batches) equals ARGS k = 1 with the same
+    controls; the keys reach ARGS too and show in the label."""
+    models = tiny_models(batch_size=2)
+    spec = parse_method("greedy:rp=1.5:nrng=2:pp=0.5")
+    assert spec.label == "greedy:rp=1.5:pp=0.5:nrng=2"
+    run = run_method(spec, models, PROMPTS, 12, 2)
+    outs = models.engine.generate(PROMPTS, ARGSParams(k=1, max_new_tokens=12, **spec.controls), progress=False)
+    assert run.texts == [o.text for o in outs]
+    plain = run_method(parse_method("greedy"), models, PROMPTS, 12, 2)
+    assert plain.texts != run.texts
+    args = run_method(parse_method("args-greedy:k=4:w=1.5:rp=1.5:nrng=2:pp=0.5"), models, PROMPTS, 12, 2)
+    expected = models.engine.generate(PROMPTS, ARGSParams(k=4, w=1.5, max_new_tokens=12, **spec.controls),
+                                      progress=False)
+    assert args.texts == [o.text for o in expected]
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        parse_method("greedy:rp=0")

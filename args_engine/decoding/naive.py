@@ -6,6 +6,7 @@ import torch
 
 from ..models.hf import RewardModel, next_token_logits
 from .common import Request, append_token, select_candidates, topk_logprobs
+from .logit_controls import apply_logit_controls
 
 
 class NaiveDecoder:
@@ -22,6 +23,8 @@ class NaiveDecoder:
             while not req.finished:
                 ids = torch.tensor([req.prompt_ids + req.out_ids], device=device)  # [1, T]
                 logits = next_token_logits(self.lm, input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+                logits = apply_logit_controls(logits, [req.params], [req.prompt_ids + req.out_ids],
+                                              [len(req.prompt_ids)])  # [1, V]
                 logp, cand = topk_logprobs(logits, k)  # [1, k]
                 seqs = torch.cat([ids.expand(k, -1), cand.view(k, 1)], dim=1)  # [k, T + 1]
                 hidden = self.rm.forward_trunk(input_ids=seqs, attention_mask=torch.ones_like(seqs),

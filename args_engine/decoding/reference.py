@@ -12,6 +12,7 @@ from transformers import DynamicCache
 
 from ..models.hf import RewardModel, next_token_logits
 from .common import Request, append_token, select_candidates, topk_logprobs
+from .logit_controls import apply_logit_controls
 from .masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
 
 _SUPPORTED_ATTN = ("eager", "sdpa")
@@ -56,6 +57,9 @@ class ReferenceDecoder:
         next_pos = valid.sum(1)  # [B] position of the token being chosen
         while active:
             kmax = max(r.params.k for r in active)
+            logits = apply_logit_controls(logits, [r.params for r in active],
+                                          [r.prompt_ids + r.out_ids for r in active],
+                                          [len(r.prompt_ids) for r in active])  # [B, V]
             logp, cand = topk_logprobs(logits, kmax)  # [B, kmax]
             hidden = self.rm.forward_trunk(
                 input_ids=cand, attention_mask=candidate_mask(valid, kmax, rm_dtype),

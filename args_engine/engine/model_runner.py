@@ -16,6 +16,7 @@ from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
 from ..decoding.common import selection_inputs
+from ..decoding.logit_controls import apply_logit_controls
 from .sequence import Sequence
 
 
@@ -105,7 +106,9 @@ class ModelRunner:
         of the N likeliest), or None for the sequences that do not ask."""
         params = [s.params for s in seqs]
         kmax = max(p.k for p in params)
-        logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax]
+        controlled = apply_logit_controls(logits, params, [s.token_ids for s in seqs],
+                                          [len(s.req.prompt_ids) for s in seqs])  # [B, V]
+        logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
         pos = torch.tensor([s.num_tokens for s in seqs], device=self.device, dtype=torch.int32)
         hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, kmax, H]
         rewards = self.rm_head(hidden).squeeze(-1)  # [B, kmax]

@@ -2,7 +2,10 @@
 
 Spec syntax (`--methods`): comma-separated `name[:key=value[:key=value...]]`, e.g.
 `greedy,topk:k=10:T=0.7,bon:n=10,args-greedy:w=1.5,args-stochastic:w=1.0:T=0.7`. Keys: k, w, T (temperature),
-n (best-of-N samples), seed. Unset keys take the paper's defaults below.
+n (best-of-N samples), seed. Unset keys take the paper's defaults below. Every method also takes the logit
+controls rp (repetition_penalty), pp (presence_penalty), fp (frequency_penalty), nrng (no_repeat_ngram_size)
+and minp (min_p), e.g. `greedy:rp=1.2,args-greedy:w=1.5:rp=1.2`: the baselines get the same controls, so a
+control's effect is not credited to ARGS.
 
 - greedy, topk (top-k sampling), bon (best-of-N: N top-k samples, the one the decoding RM scores highest):
   Hugging Face `generate` on the LM in left-padded batches; bon adds one RM scoring per sample.
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..chat import render_prompt
+from ..decoding.logit_controls import apply_logit_controls
 from ..params import ARGSParams
 from .metrics import clean_response
 from .rm_score import score_replies
@@ -29,6 +33,10 @@ DEFAULT_METHODS = ("greedy,topk,bon,args-greedy:w=0.5,args-greedy:w=1.0,args-gre
                    "args-stochastic")
 
 
+CONTROL_KEYS = {"rp": "repetition_penalty", "pp": "presence_penalty", "fp": "frequency_penalty",
+                "nrng": "no_repeat_ngram_size", "minp": "min_p"}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     kind: str
@@ -37,11 +45,21 @@ class MethodSpec:
     T: float | None = None
     n: int | None = None
     seed: int = 0
+    rp: float | None = None
+    pp: float | None = None
+    fp: float | None = None
+    nrng: int | None = None
+    minp: float | None = None
 
     @property
     def label(self) -> str:
-        keys = [key for key in ("k", "w", "T", "n") if getattr(self, key) is not None]
+        keys = [key for key in ("k", "w", "T", "n", *CONTROL_KEYS) if getattr(self, key) is not None]
         return ":".join([self.kind] + [f"{key}={getattr(self, key):g}" for key in keys])
+
+    @property
+    def controls(self) -> dict:
+        """ARGSParams keyword arguments of the logit controls this method sets."""
+        return {name: getattr(self, key) for key, name in CONTROL_KEYS.items() if getattr(self, key) is not None}
 
 
 def parse_method(text: str) -> MethodSpec:
@@ -52,16 +70,21 @@ def parse_method(text: str) -> MethodSpec:
     for opt in opts:
         key, sep, value = opt.partition("=")
         key = {"t": "T", "temperature": "T", "N": "n"}.get(key, key)
-        if not sep or key not in ("k", "w", "T", "n", "seed") or (key not in DEFAULTS[name] and key != "seed"):
-            raise ValueError(f"bad option {opt!r} for method {name!r} (takes {sorted(DEFAULTS[name]) + ['seed']})")
+        takes = sorted(DEFAULTS[name]) + ["seed", *CONTROL_KEYS]
+        if not sep or key not in takes:
+            raise ValueError(f"bad option {opt!r} for method {name!r} (takes {takes})")
         try:
-            values[key] = int(value) if key in ("k", "n", "seed") else float(value)
+            values[key] = int(value) if key in ("k", "n", "seed", "nrng") else float(value)
         except ValueError:
             raise ValueError(f"bad value in {opt!r} for method {name!r}") from None
     spec = MethodSpec(name, **values)
     if (spec.k is not None and spec.k < 1) or (spec.n is not None and spec.n < 1) or \
             (spec.T is not None and spec.T <= 0) or spec.seed < 0:
         raise ValueError(f"method {text!r}: need k >= 1, n >= 1, T > 0, seed >= 0")
+    try:
+        ARGSParams(**spec.controls)
+    except ValueError as e:
+        raise ValueError(f"method {text!r}: {e}") from None
     return spec
 
 
@@ -100,10 +123,12 @@ def _first_eos(row: list[int], eos_ids: set[int]) -> int | None:
 
 @torch.no_grad()
 def hf_generate(models: EvalModels, prompts, max_new_tokens: int, batch_size: int, top_k: int | None = None,
-                temperature: float | None = None, seed: int = 0, on_batch=None) -> tuple[list[list[int]], list[str]]:
-    """Hugging Face `generate` in left-padded batches: greedy when top_k is None, else top-k sampling.
+                temperature: float | None = None, seed: int = 0, on_batch=None,
+                controls: dict | None = None) -> tuple[list[list[int]], list[str]]:
+    """Hugging Face `generate` in left-padded batches: greedy when top_k is None, else top-k sampling; `controls`
+    (ARGSParams logit-control keywords) apply through the engine's own function, as ARGS applies them.
     -> (token ids up to and including the first EOS, decoded text without special tokens) per prompt."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     sample = top_k is not None
     cfg = dict(max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1, pad_token_id=models.pad_id,
@@ -123,7 +148,9 @@ def hf_generate(models: EvalModels, prompts, max_new_tokens: int, batch_size: in
             ids[row, T - len(r):] = torch.tensor(r)
             mask[row, T - len(r):] = 1
         torch.manual_seed(seed + s)  # sampling: fixed per batch
-        out = models.lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+        procs = [_Controls(ARGSParams(**controls), [T - len(r) for r in batch], T)] if controls else []
+        out = models.lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                                 logits_processor=LogitsProcessorList(procs))
         for row in out[:, T:].tolist():
             end = _first_eos(row, models.eos_ids)
             kept = row if end is None else row[:end + 1]
@@ -134,12 +161,23 @@ def hf_generate(models: EvalModels, prompts, max_new_tokens: int, batch_size: in
     return ids_all, texts
 
 
+class _Controls:
+    """A `generate` logits processor applying ARGSParams logit controls to left-padded rows."""
+
+    def __init__(self, params: ARGSParams, pads: list[int], width: int):
+        self.params, self.pads, self.width = params, pads, width
+
+    def __call__(self, input_ids, scores):
+        rows = [row[pad:] for row, pad in zip(input_ids.tolist(), self.pads)]
+        return apply_logit_controls(scores, [self.params] * len(rows), rows, [self.width - p for p in self.pads])
+
+
 def run_method(spec: MethodSpec, models: EvalModels, prompts, max_new_tokens: int, batch_size: int,
                on_batch=None) -> MethodRun:
     start = time.perf_counter()
     if spec.kind in ("greedy", "topk"):
         ids, texts = hf_generate(models, prompts, max_new_tokens, batch_size, top_k=spec.k, temperature=spec.T,
-                                 seed=spec.seed, on_batch=on_batch)
+                                 seed=spec.seed, on_batch=on_batch, controls=spec.controls)
         n = list(map(len, ids))
         return MethodRun(texts, n, sum(n), 0, time.perf_counter() - start)
     if spec.kind == "bon":
@@ -148,7 +186,8 @@ def run_method(spec: MethodSpec, models: EvalModels, prompts, max_new_tokens: in
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s:s + batch_size]
         params = [ARGSParams(k=spec.k, w=spec.w, mode=spec.kind.removeprefix("args-"), temperature=spec.T or 0.7,
-                             max_new_tokens=max_new_tokens, seed=spec.seed + s + i) for i in range(len(chunk))]
+                             max_new_tokens=max_new_tokens, seed=spec.seed + s + i, **spec.controls)
+                  for i in range(len(chunk))]
         outs += models.engine.generate(chunk, params, progress=False)
         if on_batch:
             on_batch(len(chunk))
@@ -169,7 +208,7 @@ def _run_bon(spec, models, prompts, max_new_tokens, batch_size, on_batch, start)
             on_batch(1)
 
     ids, texts = hf_generate(models, expanded, max_new_tokens, batch_size, top_k=spec.k, temperature=spec.T,
-                             seed=spec.seed, on_batch=progress)
+                             seed=spec.seed, on_batch=progress, controls=spec.controls)
     rewards = score_replies(models.rm, models.tokenizer, expanded, [clean_response(t) for t in texts], batch_size)
     pick = [max(range(i * N, (i + 1) * N), key=lambda j: rewards[j]) for i in range(len(prompts))]
     return MethodRun([texts[j] for j in pick], [len(ids[j]) for j in pick], sum(map(len, ids)), len(expanded),

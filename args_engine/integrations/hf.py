@@ -36,6 +36,16 @@ def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int
     return slot[2]
 
 
+def _logit_bias(cfg, args_logit_bias) -> dict[int, float] | None:
+    """args_logit_bias plus the config's single-token sequence_bias entries (longer sequences are refused)."""
+    bias = dict(args_logit_bias or {})
+    for seq, value in (cfg.sequence_bias or {}).items():
+        if len(seq) != 1:
+            raise ValueError(f"sequence_bias over {len(seq)} tokens is not supported by ARGS; use single tokens")
+        bias[seq[0]] = bias.get(seq[0], 0.0) + value
+    return bias or None
+
+
 def _ids_list(value) -> list[int]:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else \
         value.flatten().tolist() if isinstance(value, torch.Tensor) else [value]
@@ -45,7 +55,9 @@ def _ids_list(value) -> list[int]:
 def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping_criteria=None,
              generation_config=None, synced_gpus: bool = False, streamer=None, *, reward_model=None,
              args_k: int = 10, args_w: float = 1.0, args_mode: str | None = None, args_seed: int | None = 0,
-             args_backend: str = "auto", args_batch_size: int | None = None, **model_kwargs):
+             args_backend: str = "auto", args_batch_size: int | None = None, args_presence_penalty: float = 0.0,
+             args_frequency_penalty: float = 0.0, args_logit_bias: dict[int, float] | None = None,
+             **model_kwargs):
     """A `custom_generate` callable: `model.generate(**inputs, custom_generate=generate, reward_model=rm, ...)`.
 
     input_ids [B, P] (left padding marked by `attention_mask`) -> LongTensor [B, P + n] with n the longest
@@ -57,8 +69,10 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
     when `do_sample=True`, with the config's temperature). args_seed: sampling seed of the first row (row b
     uses args_seed + b, so num_return_sequences > 1 gives distinct samples). args_backend: ARGSEngine backend.
     args_batch_size: sequences decoded at once (default 16; any number of rows is decoded). num_beams > 1 is
-    refused. Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample,
-    temperature. Logits processors, stopping criteria and streamers do not apply (ARGS picks every token).
+    refused. Logit controls come from the config (repetition_penalty, no_repeat_ngram_size, top_p, min_p,
+    single-token sequence_bias) and from args_presence_penalty, args_frequency_penalty, args_logit_bias.
+    Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample, temperature.
+    Logits processors, stopping criteria and streamers do not apply (ARGS picks every token).
     """
     if reward_model is None:
         raise ValueError("args_engine.hf.generate needs reward_model=<a reward model>")
@@ -70,8 +84,15 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
     max_new = (cfg.max_length - P) if cfg.max_length is not None else cfg.max_new_tokens
     mode = args_mode or ("stochastic" if cfg.do_sample else "greedy")
     # row b samples with seed args_seed + b: the repeated rows of one prompt are distinct samples
+    # as in generate, top_p and min_p are sampling warpers: greedy calls leave them out
+    controls = dict(repetition_penalty=cfg.repetition_penalty or 1.0,
+                    no_repeat_ngram_size=cfg.no_repeat_ngram_size or 0,
+                    top_p=(cfg.top_p or 1.0) if cfg.do_sample else 1.0,
+                    min_p=(cfg.min_p or 0.0) if cfg.do_sample else 0.0,
+                    presence_penalty=args_presence_penalty, frequency_penalty=args_frequency_penalty,
+                    logit_bias=_logit_bias(cfg, args_logit_bias))
     params = [ARGSParams(k=args_k, w=args_w, mode=mode, temperature=cfg.temperature or 1.0, max_new_tokens=max_new,
-                         seed=None if args_seed is None else args_seed + b) for b in range(B)]
+                         seed=None if args_seed is None else args_seed + b, **controls) for b in range(B)]
     eos = set(_ids_list(cfg.eos_token_id))
     engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos)
     eos = engine.eos_ids

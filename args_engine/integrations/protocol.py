@@ -24,12 +24,14 @@ def error_body(message: str, param: str | None = None, type_: str = "invalid_req
 
 # the engine's ValueError messages start with the ARGSParams field name; map it back to the request field
 _PARAM_OF = {"k": "args_k", "w": "args_w", "mode": "args_mode", "temperature": "temperature",
-             "max_new_tokens": "max_tokens", "seed": "seed", "stop": "stop"}
+             "max_new_tokens": "max_tokens", "seed": "seed", "stop": "stop", "logit_bias": "logit_bias",
+             **{name: name for name in ("top_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+                                        "no_repeat_ngram_size", "min_p", "logprobs")}}
 
 
 def param_of(message: str) -> str | None:
-    return next((v for k, v in _PARAM_OF.items() if message.startswith(k + " ") or message.startswith(k + "=")),
-                None)
+    return next((v for k, v in _PARAM_OF.items() if message.startswith(k) and message[len(k):len(k) + 1] in " =:"
+                 and len(message) > len(k)), None)
 
 
 def _get(body: dict, name: str, types, default=None):
@@ -40,6 +42,23 @@ def _get(body: dict, name: str, types, default=None):
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # JSON true is not 1
         raise BadRequest(f"{name} has the wrong type: {value!r}", name)
     return value
+
+
+# logit controls: OpenAI's fields, and the Hugging Face / vLLM names of the others
+_CONTROLS = {"top_p": ((int, float), 1.0), "presence_penalty": ((int, float), 0.0),
+             "frequency_penalty": ((int, float), 0.0), "repetition_penalty": ((int, float), 1.0),
+             "no_repeat_ngram_size": (int, 0), "min_p": ((int, float), 0.0)}
+
+
+def parse_logit_bias(body: dict) -> dict[int, float] | None:
+    """OpenAI's logit_bias: {"token id": bias} (JSON keys are strings) -> {token id: bias}."""
+    bias = _get(body, "logit_bias", dict)
+    if not bias:
+        return None
+    try:
+        return {int(t): b for t, b in bias.items()}
+    except ValueError:
+        raise BadRequest(f"logit_bias keys must be token ids, got {sorted(bias)[:5]}", "logit_bias") from None
 
 
 def parse_logprobs(body: dict, chat: bool) -> int | None:
@@ -84,15 +103,13 @@ def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1,
     temperature = _get(body, "temperature", (int, float), 0.7 if mode == "stochastic" else 1.0)
     if not math.isfinite(temperature) or temperature < 0:
         raise BadRequest(f"temperature must be a finite number >= 0, got {temperature}", "temperature")
-    top_p = _get(body, "top_p", (int, float), 1.0)
-    if not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise BadRequest(f"top_p must be a number in (0, 1], got {top_p}", "top_p")
     k = _get(body, "args_k", int, 10)
     if k > config.max_k:
         raise BadRequest(f"args_k must be at most {config.max_k} on this server, got {k}", "args_k")
     kw = dict(k=k, w=_get(body, "args_w", (int, float), 1.0), mode=mode, temperature=temperature,
               max_new_tokens=_get(body, "max_tokens", int, config.default_max_tokens), stop=stop or None,
-              logprobs=parse_logprobs(body, chat))
+              logprobs=parse_logprobs(body, chat), logit_bias=parse_logit_bias(body),
+              **{name: _get(body, name, kind, default) for name, (kind, default) in _CONTROLS.items()})
     if n > 1 and "args_mode" not in body:
         raise BadRequest("n > 1 in the default greedy mode returns n identical choices; set args_mode "
                          "('stochastic' for distinct samples, or 'greedy' to ask for the copies)", "n")

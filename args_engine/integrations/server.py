@@ -274,8 +274,8 @@ async def _stream(loop: EngineLoop, tokenizer, ids, events: asyncio.Queue, index
         while done < len(ids):
             ev = await events.get()
             if isinstance(ev, (EngineUnavailable, RequestFailed)):
-                yield _sse(error_body(str(ev), type_="server_error",
-                                      code="engine_unavailable" if isinstance(ev, EngineUnavailable) else "step_failed"))
+                code = "engine_unavailable" if isinstance(ev, EngineUnavailable) else "step_failed"
+                yield _sse(error_body(str(ev), type_="server_error", code=code))
                 break
             completion_tokens += 1
             extra = {"reward": ev.reward}
