@@ -36,7 +36,7 @@ def cmd_generate(args) -> None:
 
     prompts = _read_prompts(args)
     params = ARGSParams(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None,
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None, gate=args.gate,
                         **_logit_controls(args))
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
                                         backend=args.backend, raw=args.raw, batch_size=args.batch_size,
@@ -49,7 +49,7 @@ def cmd_generate(args) -> None:
     for i, (p, o) in enumerate(zip(prompts, outs)):
         if args.json:
             row = {"prompt": p, "text": o.text, "token_ids": o.token_ids, "rewards": o.rewards, "reward": o.reward,
-                   "finish_reason": o.finish_reason, "tokens_per_s": o.tokens_per_s,
+                   "finish_reason": o.finish_reason, "tokens_per_s": o.tokens_per_s, "rm_tokens": o.rm_tokens,
                    "params": vars(params), "backend": engine.backend}
             if greedy:
                 g = greedy[i]
@@ -60,7 +60,8 @@ def cmd_generate(args) -> None:
         if greedy:
             print(f"--- greedy (reward {greedy[i].reward:+.3f}):\n{greedy[i].text}")
         print(f"--- ARGS k={params.k} w={params.w} {params.mode} (reward {o.reward:+.3f}, "
-              f"{o.tokens_per_s:.1f} tok/s):\n{o.text}\n")
+              f"{o.tokens_per_s:.1f} tok/s, {o.rm_tokens / max(1, len(o.token_ids)):.1f} RM tokens per token):"
+              f"\n{o.text}\n")
 
 
 def _logit_controls(args) -> dict:
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
     c.add_argument("--top-p", type=float, default=1.0, help="keep the likeliest tokens holding top_p of the mass")
     c.add_argument("--logit-bias", action="append", metavar="TOKEN_ID:BIAS", help="add BIAS to a token's logit")
+    g.add_argument("--gate", type=float, help="uncertainty gate tau: where the LM's top token has probability "
+                                              ">= tau, take it without RM scoring")
     _add_native_options(g)
     g.set_defaults(func=cmd_generate)
 

@@ -25,6 +25,10 @@ class ARGSParams:
     added to the logits), min_p (tokens below min_p x the top probability are dropped) and top_p (the
     smallest set of likeliest tokens holding top_p of the probability is kept); the last two may leave a step
     fewer than k candidates.
+
+    gate (uncertainty-gated ARGS): None, or tau in (0, 1]: at a step where the LM's top token has probability
+    >= tau (after the controls), take it without scoring candidates with the RM; the RM only reads that token
+    (its cache stays exact). Ungated steps run ARGS as usual.
     """
 
     k: int = 10
@@ -43,6 +47,7 @@ class ARGSParams:
     logit_bias: dict[int, float] | None = None
     min_p: float = 0.0
     top_p: float = 1.0
+    gate: float | None = None
 
     @property
     def has_logit_controls(self) -> bool:
@@ -75,6 +80,9 @@ class ARGSParams:
                                           or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         self._validate_logit_controls(vocab_size)
+        if self.gate is not None and (not isinstance(self.gate, (int, float)) or isinstance(self.gate, bool)
+                                      or not 0.0 < self.gate <= 1.0):
+            raise ValueError(f"gate must be None or a probability in (0, 1], got {self.gate!r}")
         if self.stop is not None and not (isinstance(self.stop, (list, tuple))
                                           and all(isinstance(s, str) and s for s in self.stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")

@@ -1,6 +1,8 @@
 """What both decoders share: request state, candidate scoring and selection, stop conditions."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,7 @@ class GenerationOutput:
     rewards: list[float]
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     tokens_per_s: float = 0.0  # throughput of the batch this output was decoded in
+    rm_tokens: int = 0  # tokens the RM read to choose this response's tokens (k per ARGS step, 1 per gated step)
     logprobs: list[float] | None = None  # with params.logprobs: the LM's log p of each token
     top_logprobs: list[list[tuple[int, float]]] | None = None  # and the params.logprobs likeliest at each step
 
@@ -43,6 +46,7 @@ class Request:
     text: str | None = None  # set when a stop string ended the response: the text before it
     generator: torch.Generator | None = None
     detok: IncrementalText | None = None  # the response's text so far (with a tokenizer)
+    rm_tokens: int = 0  # k per ARGS step, 1 per gated step
     logprobs: list[float] = field(default_factory=list)  # with params.logprobs (native backend)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
@@ -63,6 +67,16 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     """logits [B, V] -> (log p of the top-k tokens [B, k], their ids [B, k]), highest first."""
     logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return torch.topk(logp, k, dim=-1)
+
+
+def gated(params: list[ARGSParams], top_logp: list[float]) -> list[bool]:
+    """Per row: does the gate take the LM's top token without RM scoring? top_logp: its log p (controlled)."""
+    return [p.gate is not None and lp >= math.log(p.gate) for p, lp in zip(params, top_logp)]
+
+
+def as_gated(params: ARGSParams) -> ARGSParams:
+    """A gated step's settings: the top token alone, chosen greedily (no noise drawn from the row's generator)."""
+    return dataclasses.replace(params, k=1, mode="greedy")
 
 
 def gumbel_noise(params: list[ARGSParams], generators: list, kmax: int) -> torch.Tensor | None:
@@ -90,10 +104,15 @@ def selection_inputs(params: list[ARGSParams], generators: list, kmax: int, devi
     return k, w, temp, None if gumbel is None else gumbel.to(device)
 
 
-def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-    """Pick one candidate per row. logp, rewards [B, kmax] (rows with k < kmax ignore the tail) -> [B]."""
-    k, w, temp, gumbel = selection_inputs([r.params for r in reqs], [r.generator for r in reqs], logp.shape[1],
-                                          logp.device)
+def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Request],
+                      gate: list[bool] | None = None) -> torch.Tensor:
+    """Pick one candidate per row. logp, rewards [B, kmax] (rows with k < kmax ignore the tail) -> [B]. Rows
+    the gate took pick their top candidate (and count 1 RM token, the others k)."""
+    gate = gate or [False] * len(reqs)
+    params = [as_gated(r.params) if g else r.params for r, g in zip(reqs, gate)]
+    for r, p in zip(reqs, params):
+        r.rm_tokens += p.k
+    k, w, temp, gumbel = selection_inputs(params, [r.generator for r in reqs], logp.shape[1], logp.device)
     return args_choose(args_scores(logp, rewards, k, w), temp, gumbel)
 
 
@@ -126,7 +145,8 @@ def finish_output(req: Request, prompt, tokenizer) -> GenerationOutput:
     text = req.text
     if text is None:
         text = tokenizer.decode(req.out_ids, skip_special_tokens=True) if tokenizer is not None else ""
-    out = GenerationOutput(prompt, req.prompt_ids, list(req.out_ids), text, list(req.rewards), req.finish_reason)
+    out = GenerationOutput(prompt, req.prompt_ids, list(req.out_ids), text, list(req.rewards), req.finish_reason,
+                           rm_tokens=req.rm_tokens)
     if req.params.logprobs is not None:
         out.logprobs, out.top_logprobs = list(req.logprobs), list(req.top_logprobs)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..models.hf import RewardModel, next_token_logits
-from .common import Request, append_token, select_candidates, topk_logprobs
+from .common import Request, append_token, gated, select_candidates, topk_logprobs
 from .logit_controls import apply_logit_controls
 
 
@@ -26,11 +26,12 @@ class NaiveDecoder:
                 logits = apply_logit_controls(logits, [req.params], [req.prompt_ids + req.out_ids],
                                               [len(req.prompt_ids)])  # [1, V]
                 logp, cand = topk_logprobs(logits, k)  # [1, k]
-                seqs = torch.cat([ids.expand(k, -1), cand.view(k, 1)], dim=1)  # [k, T + 1]
+                n = 1 if gated([req.params], logp[:, 0].tolist())[0] else k  # the gate: the top token alone
+                seqs = torch.cat([ids.expand(n, -1), cand[0, :n].view(n, 1)], dim=1)  # [n, T + 1]
                 hidden = self.rm.forward_trunk(input_ids=seqs, attention_mask=torch.ones_like(seqs),
-                                               use_cache=False)[:, -1]  # [k, H]
-                rewards = self.rm.rewards(hidden).view(1, k)  # [1, k]
-                j = select_candidates(logp, rewards, [req])[0].item()
+                                               use_cache=False)[:, -1]  # [n, H]
+                rewards = self.rm.rewards(hidden).view(1, n)  # [1, n]
+                j = select_candidates(logp[:, :n], rewards, [req], [n < k])[0].item()
                 append_token(req, cand[0, j].item(), rewards[0, j].item(), self.tokenizer, self.eos_ids)
                 if on_step:
                     on_step(1)

@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from ..models.hf import RewardModel, next_token_logits
-from .common import Request, append_token, select_candidates, topk_logprobs
+from .common import Request, append_token, gated, select_candidates, topk_logprobs
 from .logit_controls import apply_logit_controls
 from .masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
 
@@ -65,7 +65,8 @@ class ReferenceDecoder:
                 input_ids=cand, attention_mask=candidate_mask(valid, kmax, rm_dtype),
                 position_ids=next_pos[:, None].expand(-1, kmax), cache=rm_cache, use_cache=True)  # [B, kmax, H]
             rewards = self.rm.rewards(hidden)  # [B, kmax]
-            choice = select_candidates(logp, rewards, active)  # [B]
+            gate = gated([r.params for r in active], logp[:, 0].tolist())  # an oracle: it still scores them all
+            choice = select_candidates(logp, rewards, active, gate)  # [B]
             commit_candidates(rm_cache, choice, kmax)
             tokens = cand.gather(1, choice[:, None])  # [B, 1]
             chosen_r = rewards.gather(1, choice[:, None])[:, 0].tolist()

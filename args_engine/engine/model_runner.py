@@ -15,7 +15,7 @@ import torch
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
-from ..decoding.common import selection_inputs
+from ..decoding.common import gated, selection_inputs
 from ..decoding.logit_controls import apply_logit_controls
 from .sequence import Sequence
 
@@ -103,25 +103,62 @@ class ModelRunner:
         """logits [B, V] of the next position of each sequence; slots [B]: that position's RM slot.
         -> (tokens [B], rewards [B], logprobs) on the CPU, the chosen K/V already committed to the RM cache.
         logprobs: None unless a sequence asks for them; else per sequence (log p of its token, [(token, log p)]
-        of the N likeliest), or None for the sequences that do not ask."""
+        of the N likeliest), or None for the sequences that do not ask.
+
+        Rows the gate takes (params.gate) skip the candidate forward: the RM reads only their top token, whose
+        K/V goes straight into the cache."""
         params = [s.params for s in seqs]
         kmax = max(p.k for p in params)
         controlled = apply_logit_controls(logits, params, [s.token_ids for s in seqs],
                                           [len(s.req.prompt_ids) for s in seqs])  # [B, V]
         logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
         pos = torch.tensor([s.num_tokens for s in seqs], device=self.device, dtype=torch.int32)
-        hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, kmax, H]
-        rewards = self.rm_head(hidden).squeeze(-1)  # [B, kmax]
-        k, w, temp, gumbel = selection_inputs(params, [s.req.generator for s in seqs], kmax, self.device)
-        choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
-                                                      self.rm_kv[0], self.rm_kv[1], slots)
+        gate = gated(params, logp[:, 0].tolist()) if any(p.gate is not None for p in params) else [False] * len(seqs)
+        if not any(gate):
+            tokens, chosen, hidden = self._score_candidates(seqs, logp, cand, pos, tables, slots)
+        else:
+            tokens = torch.empty(len(seqs), dtype=cand.dtype, device=self.device)  # [B]
+            chosen = torch.empty(len(seqs), dtype=torch.float64, device=self.device)  # [B]
+            hidden = None
+            for rows, run in ((_rows(gate, False), self._score_candidates), (_rows(gate, True), self._take_top)):
+                if not rows:
+                    continue
+                r = torch.tensor(rows, device=self.device)
+                t, c, h = run([seqs[i] for i in rows], logp[r], cand[r], pos[r], tables[r], slots[r])
+                tokens[r], chosen[r] = t, c.to(chosen.dtype)
+                hidden = h.new_empty(len(seqs), h.shape[-1]) if hidden is None else hidden  # [B, H]
+                hidden[r] = h
+        for s, g in zip(seqs, gate):
+            s.req.rm_tokens += 1 if g else s.params.k
         logprobs = _logprobs(params, logits, tokens)
         if self.shared:
-            rows = torch.arange(len(seqs), device=self.device)
-            logits = self.lm_head(hidden[rows, choice])  # [B, V]: the LM's next-token logits after the choice
+            logits = self.lm_head(hidden)  # [B, V]: the LM's next-token logits after the choice
             for b, s in enumerate(seqs):
                 self.next_logits[s.seq_id] = logits[b]
         return tokens.tolist(), chosen.double().tolist(), logprobs
+
+    def _score_candidates(self, seqs, logp, cand, pos, tables, slots):
+        """ARGS proper: the RM reads each row's candidates [B, kmax] against its prefix; args_select scores,
+        chooses and commits the chosen K/V. -> (tokens [B], their rewards [B], their hidden states [B, H])"""
+        kmax = max(s.params.k for s in seqs)
+        logp, cand = logp[:, :kmax], cand[:, :kmax]
+        hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, kmax, H]
+        rewards = self.rm_head(hidden).squeeze(-1)  # [B, kmax]
+        k, w, temp, gumbel = selection_inputs([s.params for s in seqs], [s.req.generator for s in seqs], kmax,
+                                              self.device)
+        choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
+                                                      self.rm_kv[0], self.rm_kv[1], slots)
+        return tokens, chosen, hidden[torch.arange(len(seqs), device=self.device), choice]
+
+    def _take_top(self, seqs, logp, cand, pos, tables, slots):
+        """Gated rows: the top token, read by the RM alone and stored at its slot. -> as _score_candidates"""
+        top = cand[:, :1]  # [G, 1]
+        hidden, _, _ = self.rm.forward_candidates(top, pos, tables, pos, self.rm_kv, store_slots=slots)  # [G, 1, H]
+        return top[:, 0], self.rm_head(hidden[:, 0]).squeeze(-1), hidden[:, 0]
+
+
+def _rows(flags: list[bool], value: bool) -> list[int]:
+    return [i for i, f in enumerate(flags) if f is value]
 
 
 def _logprobs(params, logits: torch.Tensor, tokens: torch.Tensor):

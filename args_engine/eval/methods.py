@@ -5,13 +5,13 @@ Spec syntax (`--methods`): comma-separated `name[:key=value[:key=value...]]`, e.
 n (best-of-N samples), seed. Unset keys take the paper's defaults below. Every method also takes the logit
 controls rp (repetition_penalty), pp (presence_penalty), fp (frequency_penalty), nrng (no_repeat_ngram_size)
 and minp (min_p), e.g. `greedy:rp=1.2,args-greedy:w=1.5:rp=1.2`: the baselines get the same controls, so a
-control's effect is not credited to ARGS.
+control's effect is not credited to ARGS. ARGS methods also take gate (the uncertainty gate tau).
 
 - greedy, topk (top-k sampling), bon (best-of-N: N top-k samples, the one the decoding RM scores highest):
   Hugging Face `generate` on the LM in left-padded batches; bon adds one RM scoring per sample.
 - args-greedy, args-stochastic: the public `ARGSEngine.generate` (whatever backend the engine runs).
 RM calls count candidate or sequence scorings made by the method itself: 0 for greedy/topk, N per prompt for
-bon, k per generated token for ARGS.
+bon, for ARGS the tokens the RM read (k per step, 1 per gated step).
 """
 from __future__ import annotations
 
@@ -50,10 +50,11 @@ class MethodSpec:
     fp: float | None = None
     nrng: int | None = None
     minp: float | None = None
+    gate: float | None = None
 
     @property
     def label(self) -> str:
-        keys = [key for key in ("k", "w", "T", "n", *CONTROL_KEYS) if getattr(self, key) is not None]
+        keys = [key for key in ("k", "w", "T", "n", *CONTROL_KEYS, "gate") if getattr(self, key) is not None]
         return ":".join([self.kind] + [f"{key}={getattr(self, key):g}" for key in keys])
 
     @property
@@ -70,7 +71,7 @@ def parse_method(text: str) -> MethodSpec:
     for opt in opts:
         key, sep, value = opt.partition("=")
         key = {"t": "T", "temperature": "T", "N": "n"}.get(key, key)
-        takes = sorted(DEFAULTS[name]) + ["seed", *CONTROL_KEYS]
+        takes = sorted(DEFAULTS[name]) + ["seed", *CONTROL_KEYS] + (["gate"] if name.startswith("args-") else [])
         if not sep or key not in takes:
             raise ValueError(f"bad option {opt!r} for method {name!r} (takes {takes})")
         try:
@@ -82,7 +83,7 @@ def parse_method(text: str) -> MethodSpec:
             (spec.T is not None and spec.T <= 0) or spec.seed < 0:
         raise ValueError(f"method {text!r}: need k >= 1, n >= 1, T > 0, seed >= 0")
     try:
-        ARGSParams(**spec.controls)
+        ARGSParams(gate=spec.gate, **spec.controls)
     except ValueError as e:
         raise ValueError(f"method {text!r}: {e}") from None
     return spec
@@ -186,13 +187,13 @@ def run_method(spec: MethodSpec, models: EvalModels, prompts, max_new_tokens: in
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s:s + batch_size]
         params = [ARGSParams(k=spec.k, w=spec.w, mode=spec.kind.removeprefix("args-"), temperature=spec.T or 0.7,
-                             max_new_tokens=max_new_tokens, seed=spec.seed + s + i, **spec.controls)
-                  for i in range(len(chunk))]
+                             max_new_tokens=max_new_tokens, seed=spec.seed + s + i, gate=spec.gate,
+                             **spec.controls) for i in range(len(chunk))]
         outs += models.engine.generate(chunk, params, progress=False)
         if on_batch:
             on_batch(len(chunk))
     n = [len(o.token_ids) for o in outs]
-    return MethodRun([o.text for o in outs], n, sum(n), spec.k * sum(n), time.perf_counter() - start,
+    return MethodRun([o.text for o in outs], n, sum(n), sum(o.rm_tokens for o in outs), time.perf_counter() - start,
                      extra=[{"args_final_reward": o.reward, "finish_reason": o.finish_reason} for o in outs])
 
 

@@ -88,7 +88,8 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
         greedy_rows = greedy_rows or rows  # greedy runs first: the reference for every method, itself included
         stats = summarize(rows, run, greedy_rows)
         results["methods"][spec.label] = {"params": {"kind": spec.kind, "k": spec.k, "w": spec.w, "T": spec.T,
-                                                     "n": spec.n, "seed": spec.seed, **spec.controls},
+                                                     "n": spec.n, "seed": spec.seed, "gate": spec.gate,
+                                                     **spec.controls},
                                           **stats, "responses": rows}
     if out is not None:
         write_outputs(results, out)

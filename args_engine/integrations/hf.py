@@ -57,7 +57,7 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
              args_k: int = 10, args_w: float = 1.0, args_mode: str | None = None, args_seed: int | None = 0,
              args_backend: str = "auto", args_batch_size: int | None = None, args_presence_penalty: float = 0.0,
              args_frequency_penalty: float = 0.0, args_logit_bias: dict[int, float] | None = None,
-             **model_kwargs):
+             args_gate: float | None = None, **model_kwargs):
     """A `custom_generate` callable: `model.generate(**inputs, custom_generate=generate, reward_model=rm, ...)`.
 
     input_ids [B, P] (left padding marked by `attention_mask`) -> LongTensor [B, P + n] with n the longest
@@ -71,6 +71,7 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
     args_batch_size: sequences decoded at once (default 16; any number of rows is decoded). num_beams > 1 is
     refused. Logit controls come from the config (repetition_penalty, no_repeat_ngram_size, top_p, min_p,
     single-token sequence_bias) and from args_presence_penalty, args_frequency_penalty, args_logit_bias.
+    args_gate: the uncertainty gate tau (ARGSParams.gate).
     Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample, temperature.
     Logits processors, stopping criteria and streamers do not apply (ARGS picks every token).
     """
@@ -92,7 +93,8 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
                     presence_penalty=args_presence_penalty, frequency_penalty=args_frequency_penalty,
                     logit_bias=_logit_bias(cfg, args_logit_bias))
     params = [ARGSParams(k=args_k, w=args_w, mode=mode, temperature=cfg.temperature or 1.0, max_new_tokens=max_new,
-                         seed=None if args_seed is None else args_seed + b, **controls) for b in range(B)]
+                         seed=None if args_seed is None else args_seed + b, gate=args_gate, **controls)
+              for b in range(B)]
     eos = set(_ids_list(cfg.eos_token_id))
     engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos)
     eos = engine.eos_ids
