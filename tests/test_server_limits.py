@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from args_engine import ARGSEngine
+from args_engine import ARGSEngine, ARGSParams
 from args_engine.integrations.engine_loop import EngineLoop, EngineUnavailable
 from args_engine.integrations.server import create_app
 from args_engine.integrations.server_config import ServerConfig
@@ -136,11 +136,19 @@ def test_api_key_and_cors():
 
 
 def test_full_queue_gets_429_with_retry_after():
-    with server(max_num_waiting=2) as (_, _, url):
-        status, body, headers = complete(url, prompt=["a", "b", "c"])
+    with server(max_num_waiting=2, max_choices=2) as (e, _, url):
+        llm = e.decoder
+        llm.scheduler.max_num_seqs = 1  # one runs, the rest wait
+        slow_steps(llm, 0.05)
+        first = threading.Thread(target=complete, args=(url,), kwargs={"prompt": ["a", "b"], "max_tokens": 6})
+        first.start()
+        while llm.num_waiting < 1:
+            time.sleep(0.005)
+        status, body, headers = complete(url, prompt=["c", "d"])  # 1 waiting + 2 > 2
         assert_error(status, body, 429)
         assert headers["retry-after"] == "1"
-        assert complete(url, prompt=["a", "b"])[0] == 200
+        first.join(30)
+        assert complete(url, prompt=["c", "d"])[0] == 200  # once the queue drains
 
 
 def slow_steps(llm, seconds=0.02):
@@ -212,7 +220,6 @@ def test_a_failed_step_spares_the_waiting_requests():
 
 
 def e_params():
-    from args_engine import ARGSParams
     return ARGSParams(k=3, max_new_tokens=3)
 
 
@@ -305,3 +312,67 @@ def test_dead_engine_thread_gives_503_not_hangs():
         assert status == 503 and "died" in health["reason"]
         with pytest.raises(EngineUnavailable):
             asyncio.run(app.state.loop.add([e.make_request("Hi", e_params())]))
+
+
+def run_loop(loop, coro_fn, timeout=30):
+    loop.start()
+    try:
+        return asyncio.run(asyncio.wait_for(coro_fn(), timeout))
+    finally:
+        loop.shutdown()
+
+
+def test_requests_that_finish_in_a_failed_step_are_answered():
+    """The step raises after one row already finished (its event is lost): both readers get an answer."""
+    e = engine()
+    llm = e.decoder
+    loop = EngineLoop(llm)
+    event, calls = llm._event, {"n": 0}
+
+    def second_event_fails(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("lost in the middle")
+        return event(*args)
+
+    llm._event = second_event_fails
+
+    async def main():
+        ids, events = await loop.add([e.make_request(p, ARGSParams(k=3, max_new_tokens=1)) for p in ("Hi", "Yo")])
+        got = [await events.get(), await events.get()]
+        return ids, got
+
+    ids, got = run_loop(loop, main)
+    assert all(isinstance(g, RuntimeError) for g in got)
+    assert llm.num_used_blocks == 0 and not llm.has_unfinished()
+
+
+def test_shutdown_answers_requests_in_flight():
+    e = engine()
+    llm = e.decoder
+    slow_steps(llm, 0.05)
+    loop = EngineLoop(llm)
+
+    async def main():
+        ids, events = await loop.add([e.make_request("Hi", e_params_long())])
+        await asyncio.sleep(0.1)
+        await asyncio.get_running_loop().run_in_executor(None, loop.shutdown)
+        while not isinstance(ev := await events.get(), Exception):
+            pass
+        return ev
+
+    loop.start()
+    ev = asyncio.run(asyncio.wait_for(main(), 30))
+    assert isinstance(ev, EngineUnavailable) and "shutting down" in str(ev)
+    assert not loop.health()[0]
+    with pytest.raises(EngineUnavailable):
+        asyncio.run(loop.add([e.make_request("Hi", e_params())]))
+
+
+def e_params_long():
+    return ARGSParams(k=3, max_new_tokens=200)
+
+
+def test_config_keeps_a_large_request_admissible():
+    with pytest.raises(ValueError, match="max_num_waiting"):
+        ServerConfig(max_choices=100, max_num_waiting=50)

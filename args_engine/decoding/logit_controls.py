@@ -52,11 +52,16 @@ def control_row(x: torch.Tensor, p: ARGSParams, ids: list[int], num_prompt: int)
 
 
 def banned_ngram_tokens(ids: list[int], n: int) -> list[int]:
-    """The tokens that would complete an n-gram already in `ids` (Hugging Face's no_repeat_ngram_size)."""
+    """The tokens that would complete an n-gram already in `ids` (Hugging Face's no_repeat_ngram_size): those that
+    followed an earlier occurrence of the last n - 1 tokens. Vectorized: O(len(ids) x n) in C, not Python."""
     if len(ids) + 1 < n or n < 1:
         return []
-    tail = tuple(ids[len(ids) - n + 1:])
-    return sorted({ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == tail})
+    t = torch.tensor(ids)
+    if n == 1:
+        return t.unique().tolist()
+    starts = t.unfold(0, n - 1, 1)[:len(ids) - n + 1]  # [L - n + 1, n - 1]: the windows a token follows
+    follows = (starts == t[len(ids) - n + 1:]).all(1)  # [L - n + 1]
+    return t[n - 1:][follows].unique().tolist()
 
 
 def dropped_by_min_p_top_p(x: torch.Tensor, min_p: float, top_p: float) -> torch.Tensor:

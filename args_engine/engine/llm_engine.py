@@ -131,11 +131,15 @@ class LLMEngine:
         step's prefill was to fill were already prefix-cache entries (see Scheduler._add_chunk) and may hold
         nothing. The requests stay queued; the caller may step again or abort them: `failed_request_ids` names
         the ones that were in the failed step (a server fails those and lets the waiting ones go on)."""
+        scheduled: list[Sequence] | None = None
         try:
             prefill, decode = self.scheduler.schedule()
+            scheduled = [s for s, _ in prefill] + decode
             return self._run(prefill, decode)
         except BaseException:
-            self.failed_request_ids = [seq.seq_id for seq in self.scheduler.running]
+            # the step's own sequences; if scheduling itself failed, every sequence it may have touched
+            self.failed_request_ids = [s.seq_id for s in (scheduled if scheduled is not None else
+                                                          [*self.scheduler.running, *self.scheduler.waiting])]
             for seq in list(self.scheduler.running):
                 self.scheduler.preempt(seq)
                 self.runner.next_logits.pop(seq.seq_id, None)

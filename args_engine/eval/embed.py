@@ -9,6 +9,8 @@ from typing import Sequence
 
 import torch
 
+from ..progress import quiet_transformers, stderr_is_terminal
+
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -27,7 +29,8 @@ class MiniLMEncoder:
     def __init__(self, device: str = "cpu", batch_size: int = 32):
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(minilm_dir()), device=device)
+        with quiet_transformers():
+            self.model = SentenceTransformer(str(minilm_dir()), device=device)
         self.model.tokenizer.truncation_side = "left"
         self.batch_size = batch_size
         self.name = MINILM_NAME
@@ -41,5 +44,5 @@ class MiniLMEncoder:
         if not texts:
             return torch.zeros(0, 384)
         emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
-                                show_progress_bar=progress, normalize_embeddings=True)
+                                show_progress_bar=progress and stderr_is_terminal(), normalize_embeddings=True)
         return emb.float().cpu()

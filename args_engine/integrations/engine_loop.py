@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -59,26 +60,28 @@ class EngineLoop:
         self._recent: collections.deque = collections.deque()  # (time, tokens) of recent steps
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # orders a command's enqueueing against the thread's death
+        self._lock = threading.Lock()  # orders a command's enqueueing against the thread's end
+        self._closed = False  # the thread ended (stopped or died): commands are refused
+        self._current_add: Future | None = None
 
     # --- called from the event loop ---------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None:  # one thread per loop, ever: a stopped loop stays stopped
             self._thread = threading.Thread(target=self._run, name="args-engine-loop", daemon=True)
             self._thread.start()
 
     def shutdown(self) -> None:
+        """Stop the thread; requests still in it, and adds not yet applied, get EngineUnavailable."""
         self._stop.set()
         self._cmds.put(("wake",))
         if self._thread is not None:
             self._thread.join(timeout=30)
-            self._thread = None
 
     def health(self) -> tuple[bool, str]:
         """-> (healthy, reason)."""
         if self.dead is not None:
             return False, f"the engine loop died: {type(self.dead).__name__}: {self.dead}"
-        if self._thread is None or not self._thread.is_alive():
+        if self._thread is None or not self._thread.is_alive() or self._closed:
             return False, "the engine loop is not running"
         if self.consecutive_failures >= self.max_consecutive_failures:
             return False, f"the last {self.consecutive_failures} engine steps failed: {self.last_failure}"
@@ -109,7 +112,7 @@ class EngineLoop:
 
     def _send(self, cmd, quiet: bool = False) -> None:
         with self._lock:
-            if self.dead is None and self._thread is not None:
+            if not self._closed and self._thread is not None:
                 self._cmds.put(cmd)
                 return
         if not quiet:
@@ -125,19 +128,22 @@ class EngineLoop:
             _, reqs, loop, events, done = cmd
             if not done.set_running_or_notify_cancel():  # the caller went away before this ran
                 return
+            self._current_add = done  # answered by the death path if this add raises midway
             if self.max_num_waiting is not None and self.llm.num_waiting + len(reqs) > self.max_num_waiting:
                 self.metrics.rejected.inc(len(reqs))
                 done.set_exception(QueueFull(f"{self.llm.num_waiting} requests are waiting (at most "
                                              f"{self.max_num_waiting}); retry later"))
+                self._current_add = None
                 return
             ids = []
             try:
                 for r in reqs:
                     ids.append(self.llm.add_request(r))
             except Exception as e:  # noqa: BLE001 -- handed back to the caller
+                done.set_exception(e)
+                self._current_add = None
                 for rid in ids:
                     self.llm.abort(rid)
-                done.set_exception(e)
                 return
             now = time.monotonic()
             for rid, r in zip(ids, reqs):
@@ -146,6 +152,7 @@ class EngineLoop:
             self.metrics.requests.inc(len(ids))
             self.metrics.prompt_tokens.inc(sum(len(r.prompt_ids) for r in reqs))
             done.set_result((ids, events))
+            self._current_add = None
         elif cmd[0] == "abort":
             for rid in cmd[1]:
                 if self._sinks.pop(rid, None) is not None:
@@ -158,6 +165,7 @@ class EngineLoop:
             times.pop(rid, None)
 
     def _run(self) -> None:
+        died = None
         try:
             while not self._stop.is_set():
                 self._drain_commands()
@@ -165,16 +173,27 @@ class EngineLoop:
                     self._step()
         except BaseException as e:  # noqa: BLE001 -- the thread must not die silently
             logger.exception("the engine loop died; every request now gets HTTP 503")
-            with self._lock:
-                self.dead = e
-            self._fail(list(self._sinks), EngineUnavailable(f"the engine loop died: {type(e).__name__}: {e}"))
-            while True:  # commands sent before the death was known
-                try:
-                    cmd = self._cmds.get_nowait()
-                except queue.Empty:
-                    break
-                if cmd[0] == "add" and cmd[-1].set_running_or_notify_cancel():
-                    cmd[-1].set_exception(EngineUnavailable(self.health()[1]))
+            died = e
+        error = EngineUnavailable("the server is shutting down" if died is None else
+                                  f"the engine loop died: {type(died).__name__}: {died}")
+        with self._lock:  # from here on, _send refuses: nothing new can be queued
+            self.dead, self._closed = died, True
+        # answer everyone first (an abort below may raise again on a broken engine)
+        if self._current_add is not None and not self._current_add.done():
+            self._current_add.set_exception(error)
+        for sink in self._sinks.values():
+            _deliver(sink, error)
+        while True:  # commands sent before the loop ended
+            try:
+                cmd = self._cmds.get_nowait()
+            except queue.Empty:
+                break
+            if cmd[0] == "add" and cmd[-1].set_running_or_notify_cancel():
+                cmd[-1].set_exception(error)
+        for rid in list(self._sinks):
+            with contextlib.suppress(Exception):
+                self.llm.abort(rid)
+        self._sinks.clear()
 
     def _drain_commands(self) -> None:
         try:  # block while idle; between steps only take what is there
@@ -192,12 +211,13 @@ class EngineLoop:
             self.consecutive_failures += 1
             self.last_failure = f"{type(e).__name__}: {e}"
             self.metrics.step_failures.inc()
-            failed = self.llm.failed_request_ids
+            failed = set(self.llm.failed_request_ids) | self._orphans()
             logger.error("engine step failed (%d in a row), failing its %d requests: %s",
                          self.consecutive_failures, len(failed), self.last_failure)
             if self.consecutive_failures == self.max_consecutive_failures:
                 logger.error("unhealthy: the last %d engine steps failed", self.consecutive_failures)
-            self._fail(failed, RequestFailed(f"engine step failed: {self.last_failure}"))
+            self._fail(sorted(failed), RequestFailed(f"engine step failed: {self.last_failure}"))
+            time.sleep(min(0.01 * self.consecutive_failures, 1.0))  # a failing engine must not spin
             return
         self.consecutive_failures = 0
         now = time.monotonic()
@@ -222,6 +242,13 @@ class EngineLoop:
                 self._forget(rid)
             if sink is not None and not _deliver(sink, ev):
                 self._apply(("abort", [rid]))  # its reader's event loop is gone
+
+    def _orphans(self) -> set[int]:
+        """Requests with a reader but no place in the engine any more: finished in a step whose events were lost,
+        or dropped from the queues by a scheduler that raised midway."""
+        sched = self.llm.scheduler
+        queued = {s.seq_id for s in sched.waiting} | {s.seq_id for s in sched.running}
+        return {rid for rid in self._sinks if rid not in queued}
 
     def _fail(self, ids: list[int], error: Exception) -> None:
         for rid in ids:

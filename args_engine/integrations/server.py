@@ -227,9 +227,9 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, req
     rid, created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
     prompt_tokens = sum(len(p) for p in prompts)  # once per prompt, however many samples it has
     if stream:
-        return StreamingResponse(_stream(loop, engine.tokenizer, ids, events, index, rid, created, model, chat,
-                                         prompt_tokens, include_usage),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _AbortingStream(_stream(loop, engine.tokenizer, ids, events, index, rid, created, model, chat,
+                                       prompt_tokens, include_usage), on_close=lambda: loop.abort(ids),
+                               media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     outputs = {}
     try:
         while len(outputs) < len(ids):
@@ -307,6 +307,21 @@ def _logprobs(tokenizer, chat: bool, token_ids, logprobs, top, offset: int = 0) 
     if chat:
         return {"logprobs": chat_logprobs(tokenizer, token_ids, logprobs, top)}
     return {"logprobs": completion_logprobs(tokenizer, token_ids, logprobs, top, offset)}
+
+
+class _AbortingStream(StreamingResponse):
+    """A stream whose requests are aborted however it ends, even when the client left before its first chunk
+    (then the generator's own `finally` never runs)."""
+
+    def __init__(self, content, on_close, **kwargs):
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 def _sse(obj: dict) -> str:

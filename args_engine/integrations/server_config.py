@@ -31,5 +31,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.max_choices > self.max_num_waiting:  # else a large request could never be admitted: 429 forever
+            raise ValueError(f"max_choices ({self.max_choices}) must not exceed max_num_waiting "
+                             f"({self.max_num_waiting})")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must be a non-empty string or None")
