@@ -83,6 +83,8 @@ def _native_options(args) -> dict:
                                                    "cache_memory_gb") if getattr(args, name) is not None}
     if args.no_prefix_caching:
         opts["enable_prefix_caching"] = False
+    if args.step_mode is not None:
+        opts["step_mode"] = args.step_mode
     return opts
 
 
@@ -285,6 +287,9 @@ def _add_native_options(parser) -> None:
     o.add_argument("--cache-memory-gb", type=float,
                    help="KV cache budget (default: 80%% of free GPU memory on CUDA, 1 GiB on CPU)")
     o.add_argument("--no-prefix-caching", action="store_true", help="do not reuse the blocks of shared prompt starts")
+    o.add_argument("--step-mode", choices=("graph", "static", "dynamic"),
+                   help="decode steps: CUDA graphs per batch bucket (CUDA default), padded without capture, or "
+                        "unpadded eager (CPU default)")
 
 
 def main(argv=None) -> None:

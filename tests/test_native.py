@@ -167,7 +167,7 @@ def test_failed_step_recovers_and_forgets_the_prefix_cache(monkeypatch, same_tru
     prompts = SHARED_PREFIX_PROMPTS
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok)
-    engine, real_prefill = nat.decoder, nat.decoder.runner.prefill
+    engine, real_prefill = nat.decoder, nat.decoder.runner._prefill
     assert engine.runner.shared == same_trunk
     first = nat.make_request(prompts[0], GREEDY)
     engine.add_request(first)
@@ -175,12 +175,12 @@ def test_failed_step_recovers_and_forgets_the_prefix_cache(monkeypatch, same_tru
         engine.step()
 
     def fail_once(*args, **kwargs):
-        monkeypatch.setattr(engine.runner, "prefill", real_prefill)
+        monkeypatch.setattr(engine.runner, "_prefill", real_prefill)
         raise RuntimeError("forward failed")
 
     # Prompt 2 is admitted with hits on prompt 1's blocks, and its prefill fails: it has marked the blocks it
     # was to fill, so the cache must forget them, and every running sequence must start over.
-    monkeypatch.setattr(engine.runner, "prefill", fail_once)
+    monkeypatch.setattr(engine.runner, "_prefill", fail_once)
     second = nat.make_request(prompts[1], GREEDY)
     engine.add_request(second)
     with pytest.raises(RuntimeError, match="forward failed"):
@@ -276,7 +276,7 @@ def test_rm_on_the_lm_trunk_runs_one_trunk_forward_per_step(use_triton):
         expected = ref.generate(PROMPTS, params, progress=False)
         assert_same(expected, shared.generate(PROMPTS, params, progress=False))
         assert_same(expected, separate.generate(PROMPTS, params, progress=False))
-    assert shared.decoder.scheduler.num_preemptions > 0 and not shared.decoder.runner.next_logits
+    assert shared.decoder.scheduler.num_preemptions > 0 and not shared.decoder.seqs
     assert_all_free(shared)
     assert not native(*models(), use_triton=use_triton).decoder.runner.shared  # different trunks
 

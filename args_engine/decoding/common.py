@@ -5,6 +5,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..kernels.refs import args_choose, args_scores
@@ -93,15 +94,24 @@ def gumbel_noise(params: list[ARGSParams], generators: list, kmax: int) -> torch
     return gumbel
 
 
-def selection_inputs(params: list[ARGSParams], generators: list, kmax: int, device):
-    """The per-row tensors of ARGS selection: k [B] int32, w and temperature [B] float64 (0: greedy), gumbel.
-    w stays float64: each path casts it to its accumulation dtype, so all paths score alike."""
-    k = torch.tensor([p.k for p in params], dtype=torch.int32, device=device)
-    w = torch.tensor([p.w for p in params], dtype=torch.float64, device=device)
-    temp = torch.tensor([p.temperature if p.mode == "stochastic" else 0.0 for p in params], dtype=torch.float64,
-                        device=device)
+def selection_arrays(params: list[ARGSParams], generators: list, kmax: int) -> dict[str, np.ndarray]:
+    """The per-row host arrays of ARGS selection: k [B] int32, w and temperature [B] float64 (0: greedy), and
+    gumbel [B, kmax] float64 when a row is stochastic. w stays float64: each path casts it to its accumulation
+    dtype, so all paths score alike."""
+    out = dict(k=np.array([p.k for p in params], dtype=np.int32),
+               w=np.array([p.w for p in params], dtype=np.float64),
+               temp=np.array([p.temperature if p.mode == "stochastic" else 0.0 for p in params], dtype=np.float64))
     gumbel = gumbel_noise(params, generators, kmax)
-    return k, w, temp, None if gumbel is None else gumbel.to(device)
+    if gumbel is not None:
+        out["gumbel"] = gumbel.numpy()
+    return out
+
+
+def selection_inputs(params: list[ARGSParams], generators: list, kmax: int, device):
+    """selection_arrays as tensors on `device`: (k, w, temperature, gumbel or None)."""
+    a = selection_arrays(params, generators, kmax)
+    k, w, temp = (torch.from_numpy(a[n]).to(device) for n in ("k", "w", "temp"))
+    return k, w, temp, torch.from_numpy(a["gumbel"]).to(device) if "gumbel" in a else None
 
 
 def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Request],

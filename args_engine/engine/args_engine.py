@@ -17,7 +17,7 @@ from .llm_engine import LLMEngine, TokenEvent
 
 BACKENDS = ("auto", "native", "reference", "naive")
 NATIVE_OPTIONS = {"num_blocks", "block_size", "max_num_batched_tokens", "cache_memory_gb", "use_triton", "share_trunk",
-                  "enable_prefix_caching"}
+                  "enable_prefix_caching", "step_mode"}
 
 
 def _eos_ids(lm, tokenizer) -> set[int]:
@@ -44,7 +44,9 @@ class ARGSEngine:
         once. eos_ids: the tokens that end a response (default: the LM's and the tokenizer's EOS).
         native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
         use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk), enable_prefix_caching
-        (default True: prompts that begin like an earlier one reuse its cached K/V blocks)."""
+        (default True: prompts that begin like an earlier one reuse its cached K/V blocks), step_mode ("graph":
+        CUDA graphs per batch-size bucket, the default on CUDA; "static": the same padded step without capture;
+        "dynamic": unpadded eager steps, the default on CPU)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -143,8 +145,7 @@ class ARGSEngine:
         _, reqs = self._requests(prompts, params)
         engine, ids = self.decoder, []
         try:
-            for r in reqs:
-                ids.append(engine.add_request(r))
+            ids = engine.add_requests(reqs)
             index = {rid: i for i, rid in enumerate(ids)}
             while any(not r.finished for r in reqs):
                 for event in engine.step():

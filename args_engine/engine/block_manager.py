@@ -54,8 +54,9 @@ class BlockManager:
         if self.allocator.has_sequence(seq.seq_id):
             self.allocator.free(seq.seq_id)
 
-    def block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
-        return self.allocator.block_tables([s.seq_id for s in seqs], 0)  # [B, max_blocks] int32
+    def block_tables(self, seqs: list[Sequence], width: int = 0) -> torch.Tensor:
+        """Host int32 [B, max(width, longest table)], zero-padded."""
+        return self.allocator.block_tables([s.seq_id for s in seqs], width)
 
     def slots(self, seqs: list[Sequence], positions: list[int]) -> torch.Tensor:
         return self.allocator.slots([s.seq_id for s in seqs], positions)  # [B] int64

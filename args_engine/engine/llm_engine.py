@@ -48,7 +48,8 @@ class LLMEngine:
     def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], *, max_num_seqs: int = 16,
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
-                 max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True):
+                 max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True,
+                 step_mode: str | None = None):
         sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                      num_blocks=1 if num_blocks is None else num_blocks)
         for name, value in sizes.items():
@@ -59,7 +60,7 @@ class LLMEngine:
             use_triton = device.type == "cuda"
         if use_triton and not triton_available(device):
             raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
-        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk)
+        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode)
         per_block = cache_bytes_per_block(self.runner.models, block_size)
         if num_blocks is None:
             # what the engine can use: max_num_seqs full contexts, within the memory budget
@@ -96,11 +97,22 @@ class LLMEngine:
         self.scheduler.add(seq)
         return seq.seq_id
 
+    def add_requests(self, reqs: list[Request]) -> list[int]:
+        """Admit several requests, all or none: if one is refused, those added before it are aborted."""
+        ids: list[int] = []
+        try:
+            for r in reqs:
+                ids.append(self.add_request(r))
+        except BaseException:
+            for rid in ids:
+                self.abort(rid)
+            raise
+        return ids
+
     def abort(self, request_id: int) -> None:
         """Drop a request (finished or not) and free its blocks at once."""
         seq = self.seqs.pop(request_id, None)
         self._sent.pop(request_id, None)
-        self.runner.next_logits.pop(request_id, None)
         if seq is not None and seq.status is not Status.FINISHED:
             seq.req.finish_reason = seq.req.finish_reason or "abort"
             self.scheduler.finish(seq)
@@ -142,55 +154,37 @@ class LLMEngine:
                                                           [*self.scheduler.running, *self.scheduler.waiting])]
             for seq in list(self.scheduler.running):
                 self.scheduler.preempt(seq)
-                self.runner.next_logits.pop(seq.seq_id, None)
             self.bm.reset_prefix_cache()
             raise
 
     def _run(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence]) -> list[TokenEvent]:
-        self.runner.copy_blocks(self.bm.take_copies())
-        P = len(prefill)
-        # One block table for every sequence of the step (tables do not change within a step): the prefill
-        # rows first, then the decode rows; the ARGS step takes the rows of the sequences that are ready.
-        tables = self.runner._dev(self.bm.block_tables([s for s, _ in prefill] + decode))  # [P + D, max_blocks]
-        rows, logits = [], []  # rows of `tables` that are ready for an ARGS step
-        if prefill:
-            slot_seqs = [s for s, n in prefill for _ in range(n)]
-            slot_pos = [p for s, n in prefill for p in range(s.lm_cached, s.lm_cached + n)]
-            slots = self.runner._dev(self.bm.slots(slot_seqs, slot_pos))
-            logits.append(self.runner.prefill(prefill, tables[:P], slots))
-            for i, (s, n) in enumerate(prefill):
-                s.lm_cached += n
-                s.rm_cached += n
-                if s.lm_cached == s.num_tokens:
-                    rows.append(i)
-        if decode:
-            slots = self.runner._dev(self.bm.slots(decode, [s.num_tokens - 1 for s in decode]))
-            logits.append(self.runner.decode(decode, tables[P:], slots))
-            for s in decode:
-                s.lm_cached = s.num_tokens
-                self.bm.mark_computed(s, s.lm_cached)  # only now: this step's admissions were scheduled before it
-            rows += range(P, P + len(decode))
-        if not rows:
+        batch = self.runner.prepare(prefill, decode, self.bm)
+        result = self.runner.run(batch)
+        return self._postprocess(batch, result)
+
+    def _postprocess(self, batch, result) -> list[TokenEvent]:
+        """Advance the caches' counts, commit the chosen tokens, finish what stopped -> the step's events."""
+        for s, n in batch.prefill:
+            s.lm_cached += n
+            s.rm_cached += n
+        for s in batch.decode:
+            s.lm_cached = s.num_tokens
+            self.bm.mark_computed(s, s.lm_cached)  # only now: this step's admissions were scheduled before it
+        if result is None:
             return []
-        ready = [prefill[i][0] if i < P else decode[i - P] for i in rows]
-        logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # [B, V], rows in `ready` order
-        if len(rows) < len(tables):
-            tables = tables[torch.tensor(rows, device=tables.device)]
-        slots = self.runner._dev(self.bm.slots(ready, [s.num_tokens for s in ready]))
-        tokens, rewards, logprobs = self.runner.args_step(ready, logits, tables, slots)
         events = []
-        for i, (seq, tok, r) in enumerate(zip(ready, tokens, rewards)):
+        for i, (seq, tok, r) in enumerate(zip(batch.ready, result.tokens, result.rewards)):
             seq.rm_cached += 1
             seq.token_ids.append(tok)
             self.bm.commit(seq, [tok])
-            lp = logprobs[i] if logprobs is not None else None
+            lp = result.logprobs[i] if result.logprobs is not None else None
             if lp is not None:
                 seq.req.logprobs.append(lp[0])
                 seq.req.top_logprobs.append(lp[1])
             append_token(seq.req, tok, r, self.tokenizer, self.eos_ids)
             if seq.req.finished:
                 self.scheduler.finish(seq)
-                self.runner.next_logits.pop(seq.seq_id, None)
+                seq.next_logits = None
             events.append(self._event(seq, tok, r, lp))
         return events
 
@@ -214,8 +208,7 @@ class LLMEngine:
         """Decode `reqs` to completion (the batch interface the other decoders share)."""
         ids = []
         try:
-            for r in reqs:
-                ids.append(self.add_request(r))
+            ids = self.add_requests(reqs)
             while self.has_unfinished():
                 events = self.step()
                 if on_step and events:

@@ -1,23 +1,34 @@
-"""The only part of the native engine that builds tensors: paged caches for the LM and the RM, prefill chunks,
-LM decode, and the ARGS step (top-k, RM candidate forward, select + commit).
+"""The only part of the native engine that builds tensors: paged caches for the LM and the RM, the step's
+inputs (one host-to-device copy, `prepare`), prefill chunks, LM decode, and the ARGS step (top-k, RM candidate
+forward, select + commit), whose chosen tokens come back in one device-to-host read (`run`).
 
 Shared trunk: when the RM is a scalar head on the LM's own trunk (the default RM is), the two models compute
 the same K/V and hidden states for the same tokens. Then one cache serves both, and the chosen candidate's
 hidden state from the RM forward is exactly what the LM would compute for that token at the next step: its
-logits come from lm_head directly, and the LM decode forward disappears (one trunk forward per step)."""
+logits come from lm_head directly (kept on the Sequence), and the LM decode forward disappears (one trunk
+forward per step).
+
+Step modes: "dynamic" runs each step at its own batch size; "static" pads the decode rows to a batch-size
+bucket in fixed buffers (the CUDA-graph code, runnable and tested on CPU); "graph" (CUDA) captures the static
+step once per bucket and replays it."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..decoding.common import gated, selection_arrays
+from ..decoding.logit_controls import apply_logit_controls
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
-from ..decoding.common import gated, selection_inputs
-from ..decoding.logit_controls import apply_logit_controls
+from .cuda_graphs import StepGraphs, batch_bucket
 from .sequence import Sequence
+from .step_inputs import HostRead, StepTransfer
+
+STEP_MODES = ("dynamic", "static", "graph")
 
 
 def cache_bytes_per_block(models: list[PagedLlama], block_size: int) -> int:
@@ -33,142 +44,292 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
+@dataclass
+class StepBatch:
+    """One step, prepared: its sequences (host) and its tensors (device views of one transfer).
+
+    `ready`: the sequences that take an ARGS step (those whose prompt this step completes, then the decode
+    rows), padded to `rows` rows in static modes. Tensor names: prefill `pf_ids pf_pos pf_slots pf_tables`;
+    ARGS `tables pos rm_slots k w temp [gumbel]`; two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`;
+    copy-on-write `copies`."""
+
+    prefill: list[tuple[Sequence, int]]
+    decode: list[Sequence]
+    ready: list[Sequence]
+    t: dict[str, torch.Tensor]
+    rows: int  # ARGS rows incl. padding
+    lm_rows: int  # LM decode rows incl. padding (two trunks)
+    kmax: int
+
+
+@dataclass
+class StepResult:
+    """Per ready sequence: its chosen token, that token's reward, and (params.logprobs) (log p, top N)."""
+
+    tokens: list[int]
+    rewards: list[float]
+    logprobs: list | None
+
+
 class ModelRunner:
-    def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool, share_trunk: bool | None = None):
+    def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool, share_trunk: bool | None = None,
+                 step_mode: str | None = None):
         self.ops = PagedOps(use_triton)
         self.shared = shares_trunk(lm, rm.model) if share_trunk is None else share_trunk
         self.lm = PagedLlama(lm, self.ops)
         self.rm = self.lm if self.shared else PagedLlama(rm.model, self.ops)
         self.lm_head, self.rm_head = lm.get_output_embeddings(), rm.head
         self.device = self.lm.device
+        step_mode = step_mode or ("graph" if self.device.type == "cuda" else "dynamic")
+        if step_mode not in STEP_MODES:
+            raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
+        if step_mode == "graph" and self.device.type != "cuda":
+            raise ValueError("step_mode 'graph' (CUDA graphs) needs a CUDA device; use 'static' to run the same "
+                             "padded step on CPU")
+        self.step_mode = step_mode
         self.block_size = block_size
         self.lm_kv = self.rm_kv = None
-        self.next_logits: dict[int, torch.Tensor] = {}  # shared trunk: seq_id -> LM logits [V] of its next token
+        self.spare_block = -1  # the cache block padding rows write to (static modes)
+        self.transfer, self.read = StepTransfer(self.device), HostRead()
+        capture = step_mode == "graph"
+        self._args_graphs = StepGraphs(self._args_core, capture)
+        self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
 
     @property
     def models(self) -> list[PagedLlama]:
         return [self.lm] if self.shared else [self.lm, self.rm]
 
+    @property
+    def static(self) -> bool:
+        return self.step_mode != "dynamic"
+
     def allocate_caches(self, num_blocks: int) -> None:
-        """k, v [L, num_blocks, block_size, Hkv, D] for each model (one for both with a shared trunk)."""
+        """k, v [L, num_blocks (+1 spare in static modes), block_size, Hkv, D] for each model (one for both with a
+        shared trunk). The block allocator hands out blocks 0..num_blocks-1 only."""
+        total = num_blocks + (1 if self.static else 0)
+        self.spare_block = num_blocks if self.static else -1
+
         def alloc(m: PagedLlama):
-            shape = (m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
+            shape = (m.num_layers, total, self.block_size, m.num_kv_heads, m.head_dim)
             return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
         self.lm_kv = alloc(self.lm)
         self.rm_kv = self.lm_kv if self.shared else alloc(self.rm)
 
-    def _dev(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, non_blocking=True)
+    # --- preparing a step ---------------------------------------------------------------------------------
+    def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
+        """Every tensor of the step, from the scheduler's choice and the block manager's tables and slots, in
+        one transfer."""
+        a: dict[str, np.ndarray] = {}
+        copies = bm.take_copies()
+        if copies:
+            a["copies"] = np.array(copies, dtype=np.int64).reshape(-1, 2)
+        if prefill:
+            seqs = [s for s, n in prefill for _ in range(n)]
+            pos = [p for s, n in prefill for p in range(s.lm_cached, s.lm_cached + n)]
+            a["pf_ids"] = np.array([s.token_ids[p] for s, p in zip(seqs, pos)], dtype=np.int64)
+            a["pf_pos"] = np.array(pos, dtype=np.int64)
+            a["pf_slots"] = bm.slots(seqs, pos).numpy()
+            a["pf_tables"] = bm.block_tables([s for s, _ in prefill]).numpy()
+        ready = [s for s, n in prefill if s.lm_cached + n == s.num_tokens] + decode
+        B, rows, lm_rows, kmax = len(ready), 0, 0, 0
+        if ready:
+            rows = self._rows(B)
+            kmax = max(s.params.k for s in ready)
+            tables = bm.block_tables(ready, self._width(ready, bm) if self.static else 0).numpy()
+            pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
+            a["tables"] = self._pad(tables, rows, self.spare_block)
+            a["pos"] = self._pad(pos, rows, 0)
+            a["rm_slots"] = self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())
+            sel = self._selection(ready, kmax)
+            for name, x in sel.items():
+                a[name] = self._pad(x, rows, 1 if name == "k" else 0)
+            if decode and not self.shared:
+                D = len(decode)
+                lm_rows = self._rows(D)
+                a["lm_ids"] = self._pad(np.array([s.token_ids[-1] for s in decode], dtype=np.int64), lm_rows, 0)
+                lm_pos = np.array([s.num_tokens - 1 for s in decode], dtype=np.int32)
+                a["lm_pos"] = self._pad(lm_pos, lm_rows, 0)
+                a["lm_slots"] = self._pad(bm.slots(decode, lm_pos.tolist()).numpy(), lm_rows, self._spare_slot())
+                a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
+        t = self.transfer.pack(a) if a else {}
+        return StepBatch(prefill, decode, ready, t, rows, lm_rows, kmax)
 
-    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
-        if not pairs:
-            return
-        src, dst = (torch.tensor(c, device=self.device) for c in zip(*pairs))
+    def _rows(self, n: int) -> int:
+        return (batch_bucket(n) or n) if self.static else n
+
+    def _width(self, seqs: list[Sequence], bm) -> int:
+        """Static modes: block-table width rounded up to a power of two (one graph per width, few widths)."""
+        need = max(bm.blocks_needed(s.num_tokens + 1) for s in seqs)
+        return 1 << max(3, (need - 1).bit_length())
+
+    def _spare_slot(self) -> int:
+        return self.spare_block * self.block_size
+
+    @staticmethod
+    def _pad(x: np.ndarray, rows: int, fill) -> np.ndarray:
+        if len(x) == rows:
+            return x
+        out = np.full((rows, *x.shape[1:]), fill, dtype=x.dtype)
+        out[:len(x)] = x
+        return out
+
+    @staticmethod
+    def _selection(seqs: list[Sequence], kmax: int) -> dict[str, np.ndarray]:
+        # Gated rows draw their noise later (only if ARGS scores them); see _gated_step.
+        if any(s.params.gate is not None for s in seqs):
+            return {}
+        return selection_arrays([s.params for s in seqs], [s.req.generator for s in seqs], kmax)
+
+    # --- running it -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, batch: StepBatch) -> StepResult | None:
+        """Prefill chunks, LM decode and the ARGS step of the ready rows -> their tokens (None: no row ready)."""
+        t = batch.t
+        if "copies" in t:
+            self._copy_blocks(t["copies"])
+        logits = []  # [R, V] rows in `ready` order
+        if batch.prefill:
+            logits.append(self._prefill(batch))
+        if batch.decode:
+            logits.append(self._decode(batch))
+        if not batch.ready:
+            return None
+        logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # [B, V]
+        seqs = batch.ready
+        params = [s.params for s in seqs]
+        controlled = apply_logit_controls(logits, params, [s.token_ids for s in seqs],
+                                          [len(s.req.prompt_ids) for s in seqs])  # [B, V]
+        if any(p.gate is not None for p in params):
+            tokens, chosen, next_logits = self._gated_step(seqs, controlled, batch)
+        else:
+            out = self._args_step(controlled, batch)
+            tokens, chosen, next_logits = out["tokens"], out["rewards"], out.get("next_logits")
+            for s in seqs:
+                s.req.rm_tokens += s.params.k
+        B = len(seqs)
+        if self.shared:
+            for b, s in enumerate(seqs):
+                s.next_logits = next_logits[b]  # [V]: read by the next step (graph outputs stay until then)
+        parts = [tokens[:B].to(torch.float64), chosen[:B].to(torch.float64)]  # exact: ids < 2**53
+        want = [p.logprobs for p in params]
+        n_top = max((n for n in want if n is not None), default=None)
+        if n_top is not None:
+            parts += _logprob_columns(logits, tokens[:B], n_top)
+        host = self.read(torch.stack(parts, 1) if n_top is None else torch.cat([p.view(B, -1) for p in parts], 1))
+        toks = [int(r[0]) for r in host]
+        rewards = [r[1] for r in host]
+        logprobs = None
+        if n_top is not None:
+            logprobs = [None if n is None else (r[2], list(zip(map(int, r[3:3 + n]), r[3 + n_top:3 + n_top + n])))
+                        for r, n in zip(host, want)]
+        return StepResult(toks, rewards, logprobs)
+
+    def _copy_blocks(self, pairs: torch.Tensor) -> None:
+        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst), every layer of each cache."""
+        src, dst = pairs[:, 0], pairs[:, 1]
         for k, v in {id(kv): kv for kv in (self.lm_kv, self.rm_kv)}.values():
             k[:, dst], v[:, dst] = k[:, src], v[:, src]
 
-    @torch.no_grad()
-    def prefill(self, chunks: list[tuple[Sequence, int]], tables: torch.Tensor, slots: torch.Tensor):
-        """Run chunks through both trunks (same tokens, same slots). -> LM logits [R, V] for the sequences whose
+    def _prefill(self, batch: StepBatch) -> torch.Tensor:
+        """Run the chunks through both trunks (same tokens, same slots). -> LM logits [R, V] of the sequences whose
         prompt is now complete (in chunk order)."""
-        ids, positions, spans, last = [], [], [], []
-        off = 0
-        for i, (seq, n) in enumerate(chunks):
-            start = seq.lm_cached
-            ids += seq.token_ids[start:start + n]
-            positions += range(start, start + n)
-            spans.append((off, n, start, tables[i]))
+        t = batch.t
+        spans, last, off = [], [], 0
+        for i, (seq, n) in enumerate(batch.prefill):
+            spans.append((off, n, seq.lm_cached, t["pf_tables"][i]))
             off += n
-            if start + n == seq.num_tokens:
+            if seq.lm_cached + n == seq.num_tokens:
                 last.append(off - 1)
-        ids_t = torch.tensor(ids, device=self.device)
-        pos_t = torch.tensor(positions, device=self.device)
-        h_lm = self.lm.forward_chunks(ids_t, pos_t, slots, spans, self.lm_kv)  # [N, H]
+        args = (t["pf_ids"], t["pf_pos"], t["pf_slots"], spans)
+        h_lm = self.lm.forward_chunks(*args, self.lm_kv)  # [N, H]
         if not self.shared:
-            self.rm.forward_chunks(ids_t, pos_t, slots, spans, self.rm_kv)
+            self.rm.forward_chunks(*args, self.rm_kv)
         return self.lm_head(h_lm[last])
 
-    @torch.no_grad()
-    def decode(self, seqs: list[Sequence], tables: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """The LM reads each sequence's last committed token. slots [B]: its slot. -> logits [B, V]"""
+    def _decode(self, batch: StepBatch) -> torch.Tensor:
+        """The LM reads each decode row's last committed token. -> logits [D, V]"""
+        D = len(batch.decode)
         if self.shared:  # computed by the previous step's candidate forward
-            return torch.stack([self.next_logits.pop(s.seq_id) for s in seqs])
-        ids = torch.tensor([[s.token_ids[-1]] for s in seqs], device=self.device)  # [B, 1]
-        pos = torch.tensor([s.num_tokens - 1 for s in seqs], device=self.device, dtype=torch.int32)
-        h, _, _ = self.lm.forward_candidates(ids, pos, tables, pos, self.lm_kv, store_slots=slots)
-        return self.lm_head(h[:, 0])
+            return torch.stack([s.next_logits for s in batch.decode])
+        t = batch.t
+        key = ("decode", batch.lm_rows, t["lm_tables"].shape[1])
+        out = self._decode_graphs(key, ids=t["lm_ids"], pos=t["lm_pos"], tables=t["lm_tables"], slots=t["lm_slots"])
+        return out["logits"][:D]
 
-    @torch.no_grad()
-    def args_step(self, seqs: list[Sequence], logits: torch.Tensor, tables: torch.Tensor, slots: torch.Tensor):
-        """logits [B, V] of the next position of each sequence; slots [B]: that position's RM slot.
-        -> (tokens [B], rewards [B], logprobs) on the CPU, the chosen K/V already committed to the RM cache.
-        logprobs: None unless a sequence asks for them; else per sequence (log p of its token, [(token, log p)]
-        of the N likeliest), or None for the sequences that do not ask.
+    def _lm_decode_core(self, ids, pos, tables, slots) -> dict[str, torch.Tensor]:
+        h, _, _ = self.lm.forward_candidates(ids[:, None], pos, tables, pos, self.lm_kv, store_slots=slots)
+        return {"logits": self.lm_head(h[:, 0])}  # [D, V]
 
-        Rows the gate takes (params.gate) skip the candidate forward: the RM reads only their top token, whose
-        K/V goes straight into the cache."""
-        params = [s.params for s in seqs]
-        kmax = max(p.k for p in params)
-        controlled = apply_logit_controls(logits, params, [s.token_ids for s in seqs],
-                                          [len(s.req.prompt_ids) for s in seqs])  # [B, V]
-        logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
-        pos = torch.tensor([s.num_tokens for s in seqs], device=self.device, dtype=torch.int32)
-        gate = gated(params, logp[:, 0].tolist()) if any(p.gate is not None for p in params) else [False] * len(seqs)
-        if not any(gate):
-            tokens, chosen, hidden = self._score_candidates(seqs, logp, cand, pos, tables, slots)
-        else:
-            tokens = torch.empty(len(seqs), dtype=cand.dtype, device=self.device)  # [B]
-            chosen = torch.empty(len(seqs), dtype=torch.float64, device=self.device)  # [B]
-            hidden = None
-            for rows, run in ((_rows(gate, False), self._score_candidates), (_rows(gate, True), self._take_top)):
-                if not rows:
-                    continue
-                r = torch.tensor(rows, device=self.device)
-                t, c, h = run([seqs[i] for i in rows], logp[r], cand[r], pos[r], tables[r], slots[r])
-                tokens[r], chosen[r] = t, c.to(chosen.dtype)
-                hidden = h.new_empty(len(seqs), h.shape[-1]) if hidden is None else hidden  # [B, H]
-                hidden[r] = h
-        for s, g in zip(seqs, gate):
-            s.req.rm_tokens += 1 if g else s.params.k
-        logprobs = _logprobs(params, logits, tokens)
+    def _args_step(self, controlled: torch.Tensor, batch: StepBatch) -> dict[str, torch.Tensor]:
+        t, B = batch.t, len(batch.ready)
+        if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
+            controlled = torch.cat([controlled, controlled.new_zeros(batch.rows - B, controlled.shape[1])])
+        key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t)
+        inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel") if n in t}
+        return self._args_graphs(key, batch.kmax, logits=controlled, **inputs)
+
+    def _args_core(self, kmax: int, logits, tables, pos, rm_slots, k, w, temp, gumbel=None) -> dict[str, torch.Tensor]:
+        """ARGS proper on static shapes: top-kmax of the (controlled) logits [B, V]; the RM reads each row's
+        candidates against its prefix; args_select scores, chooses and commits the chosen K/V. -> tokens [B] and
+        rewards [B] of the chosen, and (shared trunk) the LM's next-token logits [B, V] after the choice."""
+        logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax]
+        tokens, chosen, hidden = self._score(logp, cand, tables, pos, rm_slots, k, w, temp, gumbel)
+        out = {"tokens": tokens, "rewards": chosen}
         if self.shared:
-            logits = self.lm_head(hidden)  # [B, V]: the LM's next-token logits after the choice
-            for b, s in enumerate(seqs):
-                self.next_logits[s.seq_id] = logits[b]
-        return tokens.tolist(), chosen.double().tolist(), logprobs
+            out["next_logits"] = self.lm_head(hidden)  # [B, V]
+        return out
 
-    def _score_candidates(self, seqs, logp, cand, pos, tables, slots):
-        """ARGS proper: the RM reads each row's candidates [B, kmax] against its prefix; args_select scores,
-        chooses and commits the chosen K/V. -> (tokens [B], their rewards [B], their hidden states [B, H])"""
-        kmax = max(s.params.k for s in seqs)
-        logp, cand = logp[:, :kmax], cand[:, :kmax]
-        hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, kmax, H]
-        rewards = self.rm_head(hidden).squeeze(-1)  # [B, kmax]
-        k, w, temp, gumbel = selection_inputs([s.params for s in seqs], [s.req.generator for s in seqs], kmax,
-                                              self.device)
+    def _score(self, logp, cand, tables, pos, slots, k, w, temp, gumbel):
+        """logp, cand [B, K] -> (tokens [B], their rewards [B], their hidden states [B, H])"""
+        hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, K, H]
+        rewards = self.rm_head(hidden).squeeze(-1)  # [B, K]
         choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
                                                       self.rm_kv[0], self.rm_kv[1], slots)
-        return tokens, chosen, hidden[torch.arange(len(seqs), device=self.device), choice]
+        return tokens, chosen, hidden[torch.arange(len(choice), device=choice.device), choice]
 
-    def _take_top(self, seqs, logp, cand, pos, tables, slots):
-        """Gated rows: the top token, read by the RM alone and stored at its slot. -> as _score_candidates"""
-        top = cand[:, :1]  # [G, 1]
-        hidden, _, _ = self.rm.forward_candidates(top, pos, tables, pos, self.rm_kv, store_slots=slots)  # [G, 1, H]
-        return top[:, 0], self.rm_head(hidden[:, 0]).squeeze(-1), hidden[:, 0]
+    def _gated_step(self, seqs: list[Sequence], controlled: torch.Tensor, batch: StepBatch):
+        """Uncertainty-gated rows (params.gate) skip the candidate forward: the RM reads only their top token,
+        whose K/V goes straight into the cache. Eager and unpadded; the gate's decision costs one more read."""
+        t, B = batch.t, len(seqs)
+        params = [s.params for s in seqs]
+        kmax = batch.kmax
+        logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
+        gate = gated(params, self.read(logp[:, 0]))
+        tables, pos, slots = t["tables"][:B], t["pos"][:B], t["rm_slots"][:B]
+        tokens = torch.empty(B, dtype=cand.dtype, device=self.device)  # [B]
+        chosen = torch.empty(B, dtype=torch.float64, device=self.device)  # [B]
+        hidden = None
+        for rows in (_rows(gate, False), _rows(gate, True)):
+            if not rows:
+                continue
+            r = torch.tensor(rows, device=self.device)
+            if gate[rows[0]]:  # the top token, read by the RM alone and stored at its slot
+                top = cand[r, :1]  # [G, 1]
+                h, _, _ = self.rm.forward_candidates(top, pos[r], tables[r], pos[r], self.rm_kv, store_slots=slots[r])
+                tok, c, h = top[:, 0], self.rm_head(h[:, 0]).squeeze(-1), h[:, 0]
+            else:
+                sub = [seqs[i] for i in rows]
+                km = max(s.params.k for s in sub)
+                sel = {n: torch.from_numpy(x).to(self.device) for n, x in selection_arrays(
+                    [s.params for s in sub], [s.req.generator for s in sub], km).items()}
+                tok, c, h = self._score(logp[r, :km], cand[r, :km], tables[r], pos[r], slots[r], sel["k"], sel["w"],
+                                        sel["temp"], sel.get("gumbel"))
+            tokens[r], chosen[r] = tok, c.to(chosen.dtype)
+            hidden = h.new_empty(B, h.shape[-1]) if hidden is None else hidden  # [B, H]
+            hidden[r] = h
+        for s, g in zip(seqs, gate):
+            s.req.rm_tokens += 1 if g else s.params.k
+        return tokens, chosen, self.lm_head(hidden) if self.shared else None
 
 
 def _rows(flags: list[bool], value: bool) -> list[int]:
     return [i for i, f in enumerate(flags) if f is value]
 
 
-def _logprobs(params, logits: torch.Tensor, tokens: torch.Tensor):
-    """The LM's log p of the chosen tokens and its N likeliest tokens, for the rows whose params ask."""
-    want = [p.logprobs for p in params]
-    if all(n is None for n in want):
-        return None
+def _logprob_columns(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The LM's own (uncontrolled) log p of the chosen tokens [B, 1], and its n likeliest tokens' ids and log p
+    [B, n] each, most likely first, as float64 columns for the step's one read."""
     logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, V]
-    chosen = logp.gather(1, tokens.view(-1, 1)).squeeze(1).tolist()  # [B]
-    top_lp, top_ids = logp.topk(max(n or 0 for n in want), dim=-1)  # [B, N], most likely first
-    top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
-    return [None if n is None else (chosen[b], list(zip(top_ids[b][:n], top_lp[b][:n])))
-            for b, n in enumerate(want)]
+    chosen = logp.gather(1, tokens.view(-1, 1))  # [B, 1]
+    top_lp, top_ids = logp.topk(n, dim=-1)  # [B, n]
+    return [chosen.double(), top_ids.double(), top_lp.double()]

@@ -27,6 +27,7 @@ class Sequence:
         self.status = Status.WAITING
         self.lm_cached = self.rm_cached = 0
         self.num_preemptions = 0
+        self.next_logits = None  # shared trunk: the LM's logits [V] for the next token, from the last ARGS step
 
     @property
     def num_tokens(self) -> int:
@@ -43,5 +44,6 @@ class Sequence:
     def reset(self) -> None:
         """Preempted: the caches are gone; everything is recomputed on readmission."""
         self.lm_cached = self.rm_cached = 0
+        self.next_logits = None
         self.status = Status.WAITING
         self.num_preemptions += 1

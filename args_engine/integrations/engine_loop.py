@@ -135,15 +135,11 @@ class EngineLoop:
                                              f"{self.max_num_waiting}); retry later"))
                 self._current_add = None
                 return
-            ids = []
             try:
-                for r in reqs:
-                    ids.append(self.llm.add_request(r))
+                ids = self.llm.add_requests(reqs)
             except Exception as e:  # noqa: BLE001 -- handed back to the caller
                 done.set_exception(e)
                 self._current_add = None
-                for rid in ids:
-                    self.llm.abort(rid)
                 return
             now = time.monotonic()
             for rid, r in zip(ids, reqs):

@@ -1,0 +1,155 @@
+"""The native step's contract (issue 11): one host-to-device transfer and one device-to-host read per step, and
+the static-shape step (padded to a batch bucket; the code CUDA graphs capture) token-identical to the dynamic
+one on CPU, padding rows included. On CUDA: no other synchronization, and graph replay equals eager."""
+import pytest
+import torch
+
+from args_engine import ARGSEngine, ARGSParams
+from args_engine.engine.cuda_graphs import batch_bucket
+from tiny import char_tokenizer, tiny_lm, tiny_rm
+
+PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]  # 3 rows: a bucket of 4, one padding row
+GREEDY = ARGSParams(k=6, w=1.5, max_new_tokens=12)
+STOCHASTIC = ARGSParams(k=5, w=1.0, mode="stochastic", temperature=0.8, max_new_tokens=10, seed=3)
+CONTROLLED = ARGSParams(k=4, w=2.0, max_new_tokens=10, repetition_penalty=1.3, no_repeat_ngram_size=2, logprobs=2)
+MIXED = [GREEDY, STOCHASTIC, CONTROLLED]  # one batch, per-row k, w, mode, controls and logprobs
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["shared-trunk", "two-trunks"])
+def models(request):
+    lm, rm, tok = tiny_lm(), tiny_rm(), char_tokenizer()
+    if request.param:
+        rm.model.load_state_dict(lm.model.state_dict())
+    return lm, rm, tok
+
+
+def native(models, **kw):
+    lm, rm, tok = models
+    return ARGSEngine(lm, rm, tokenizer=tok, backend="native", block_size=4, **kw)
+
+
+def same(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert x.token_ids == y.token_ids and x.text == y.text and x.rm_tokens == y.rm_tokens
+        # values may differ in the last bits: a padded batch is a different matmul shape
+        close = dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), **close)
+        assert (x.logprobs is None) == (y.logprobs is None)
+        if x.logprobs is not None:
+            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), **close)
+            assert [[t for t, _ in s] for s in x.top_logprobs] == [[t for t, _ in s] for s in y.top_logprobs]
+            torch.testing.assert_close(torch.tensor([[v for _, v in s] for s in x.top_logprobs]),
+                                       torch.tensor([[v for _, v in s] for s in y.top_logprobs]), **close)
+
+
+def test_batch_buckets():
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 16, 17, 512)] == [1, 2, 4, 8, 16, 32, 512]
+    assert batch_bucket(513) is None
+
+
+@pytest.mark.parametrize("params", [GREEDY, STOCHASTIC, MIXED], ids=["greedy", "stochastic", "mixed"])
+def test_static_step_equals_dynamic_and_reference(models, params):
+    lm, rm, tok = models
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(
+        PROMPTS, [p.__class__(**{**vars(p), "logprobs": None}) for p in params] if isinstance(params, list)
+        else params, progress=False)
+    dynamic = native(models, step_mode="dynamic").generate(PROMPTS, params, progress=False)
+    static = native(models, step_mode="static")
+    padded = static.generate(PROMPTS, params, progress=False)
+    same(dynamic, padded)
+    for r, d in zip(ref, dynamic, strict=True):
+        assert r.token_ids == d.token_ids
+    runner = static.decoder.runner
+    assert runner.spare_block == static.decoder.num_blocks  # padding rows write outside the allocator's blocks
+    assert static.decoder.bm.num_free_blocks == static.decoder.num_blocks
+
+
+def test_static_step_with_triton_kernels(models):
+    """The kernels (under the interpreter on CPU) on padded rows: context 0, k 1, the spare block's slots."""
+    dynamic = native(models).generate(PROMPTS, MIXED, progress=False)
+    same(dynamic, native(models, step_mode="static", use_triton=True).generate(PROMPTS, MIXED, progress=False))
+
+
+def test_static_step_with_rows_joining_and_leaving(models):
+    """Requests arrive mid-run and finish at different steps: the padded batch changes bucket as they do."""
+    dyn, sta = native(models), native(models, step_mode="static", max_num_batched_tokens=24)
+    outs = []
+    for engine in (dyn, sta):
+        reqs = [engine.make_request(p, ARGSParams(k=3, w=1.0, max_new_tokens=n))
+                for p, n in zip(PROMPTS + ["abc", "b"], (3, 9, 5, 12, 7))]
+        ids = [engine.decoder.add_request(r) for r in reqs[:2]]
+        steps = 0
+        while engine.decoder.has_unfinished():
+            engine.decoder.step()
+            steps += 1
+            if steps == 2:
+                ids += engine.decoder.add_requests(reqs[2:])
+        outs.append([r.out_ids for r in reqs])
+    assert outs[0] == outs[1]
+
+
+def test_one_transfer_and_one_read_per_step(models):
+    engine = native(models)
+    runner = engine.decoder.runner
+    reqs = [engine.make_request(p, GREEDY) for p in PROMPTS]
+    engine.decoder.add_requests(reqs)
+    steps = token_steps = 0
+    while engine.decoder.has_unfinished():
+        if engine.decoder.step():
+            token_steps += 1
+        steps += 1
+    assert runner.transfer.num_transfers == steps
+    assert runner.read.num_reads == token_steps
+
+
+def test_gate_costs_one_more_read(models):
+    engine = native(models)
+    runner = engine.decoder.runner
+    engine.decoder.add_requests([engine.make_request(p, ARGSParams(k=4, w=1.0, gate=0.5, max_new_tokens=6))
+                                 for p in PROMPTS])
+    token_steps = 0
+    while engine.decoder.has_unfinished():
+        token_steps += bool(engine.decoder.step())
+    assert runner.read.num_reads == 2 * token_steps
+
+
+def test_step_mode_is_checked(models):
+    with pytest.raises(ValueError, match="step_mode must be one of"):
+        native(models, step_mode="fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            native(models, step_mode="graph")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _on_cuda(models, dtype):
+    lm, rm, tok = models
+    return lm.to("cuda", dtype), rm.to("cuda", dtype), tok
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graph_replay_equals_eager_on_cuda(models, dtype):
+    lm, rm, tok = _on_cuda(models, dtype)
+    outs = {mode: ARGSEngine(lm, rm, tokenizer=tok, backend="native", step_mode=mode).generate(
+        PROMPTS, MIXED, progress=False) for mode in ("dynamic", "static", "graph")}
+    same(outs["static"], outs["graph"])
+    for a, b in zip(outs["dynamic"], outs["graph"]):
+        assert a.token_ids == b.token_ids
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["dynamic", "graph"])
+def test_no_synchronization_but_the_read_on_cuda(models, mode):
+    lm, rm, tok = _on_cuda(models, torch.float32)
+    engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", step_mode=mode)
+    engine.generate(PROMPTS, GREEDY, progress=False)  # warm up: Triton compiles, graphs captured
+    engine.decoder.add_requests([engine.make_request(p, GREEDY) for p in PROMPTS])
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        while engine.decoder.has_unfinished():
+            engine.decoder.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
