@@ -39,10 +39,10 @@ def _args_select_kernel(logp_ptr, r_ptr, ids_ptr, k_ptr, w_ptr, t_ptr, g_ptr,
         g = tl.load(g_ptr + b * s_g + j, mask=in_k, other=0.0).to(tl.float64)
         t_safe = tl.where(t > 0, t, 1.0)
         key = tl.where(t > 0, key / t_safe + g, key)  # Gumbel-max sample from softmax(score / t)
-    key = tl.where(ok, key, float("-inf"))
+    key = tl.where(ok & (key == key), key, float("-inf"))  # NaN scores count as -inf
     best = tl.max(key, axis=0)
     choice = tl.min(tl.where(ok & (key == best), j, KP), axis=0)  # ties: lowest j
-    choice = tl.where(choice < KP, choice, 0)  # only NaN scores leave no maximum
+    choice = tl.where(choice < KP, choice, 0)  # unreachable: some j < k always holds the maximum
     if layer == 0:
         tl.store(choice_ptr + b, choice.to(tl.int64))
         tl.store(token_ptr + b, tl.load(ids_ptr + b * s_ids + choice))

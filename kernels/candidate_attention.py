@@ -3,8 +3,8 @@ query's own key/value.
 
 ARGS scores k candidate tokens that all sit at the same position after a shared prefix: candidate j sees
 the prefix and itself, not the other candidates (a tree of depth 1). One program per (sequence, kv head)
-stacks the K x group queries that share a kv head into one [M, D] tile, so every prefix block is read
-once for all of them and the scores are a tl.dot; an online softmax runs over the blocks and each
+stacks the K x group queries that share a kv head into [M, D] tiles (at most 64 rows; more candidates
+take more row tiles), so every prefix block is read once per tile and the scores are a tl.dot; an online softmax runs over the blocks and each
 query's own key is folded in last. Long contexts at small batch can split the prefix over several
 programs (flash-decoding) whose partial softmax states a second launch combines. The LM's decode
 attention is the K = 1 case.
@@ -23,13 +23,14 @@ def _candidate_attention_kernel(
         q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr,
         part_m_ptr, part_l_ptr, part_acc_ptr,  # [B, HKV, S, M], [B, HKV, S, M], [B, HKV, S, M, DP] (SPLIT only)
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, s_bt,
-        K, HKV, BS, chunk, scale_ptr,
+        K, HKV, RT, BS, chunk, scale_ptr,
         GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr,
         ACC: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
     b = tl.program_id(0)
-    kvh = tl.program_id(1)
+    pid = tl.program_id(1)  # kv head x row tile
+    kvh = pid // RT
     sp = tl.program_id(2)
-    r = tl.arange(0, M)  # tile row r = candidate j, group member g
+    r = (pid % RT) * M + tl.arange(0, M)  # row r = candidate j, group member g
     j = r // GROUP
     h = kvh * GROUP + r % GROUP
     row_ok = j < K
@@ -66,7 +67,7 @@ def _candidate_attention_kernel(
         m = m_new
 
     if SPLIT:
-        base = ((b * HKV + kvh) * tl.num_programs(2) + sp) * M + r
+        base = ((b * HKV * RT + pid) * tl.num_programs(2) + sp) * M + tl.arange(0, M)
         tl.store(part_m_ptr + base, m)
         tl.store(part_l_ptr + base, l)
         tl.store(part_acc_ptr + base[:, None] * DP + d[None, :], acc)
@@ -96,11 +97,12 @@ def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, 
 def _candidate_attention_combine_kernel(
         q_ptr, kn_ptr, vn_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h,
-        K, HKV, S, scale_ptr,
+        K, HKV, RT, S, scale_ptr,
         GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0)
-    kvh = tl.program_id(1)
-    r = tl.arange(0, M)
+    pid = tl.program_id(1)
+    kvh = pid // RT
+    r = (pid % RT) * M + tl.arange(0, M)
     j = r // GROUP
     h = kvh * GROUP + r % GROUP
     d = tl.arange(0, DP)
@@ -111,7 +113,7 @@ def _candidate_attention_combine_kernel(
     l = tl.zeros([M], ACC)
     acc = tl.zeros([M, DP], ACC)
     for s in range(0, S):
-        base = ((b * HKV + kvh) * S + s) * M + r
+        base = ((b * HKV * RT + pid) * S + s) * M + tl.arange(0, M)
         ms = tl.load(part_m_ptr + base)
         ls = tl.load(part_l_ptr + base)
         accs = tl.load(part_acc_ptr + base[:, None] * DP + d[None, :])
@@ -128,6 +130,18 @@ def _candidate_attention_combine_kernel(
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+MAX_TILE_ROWS = 64  # query rows (candidates x group) per program: more would spill registers; extra tiles instead
+_scales: dict[tuple, torch.Tensor] = {}
+
+
+def _scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The softmax scale as a [1] tensor in the accumulator dtype, made once per (scale, dtype, device): an
+    allocation per layer call would be a launch each (and memory a CUDA graph must hold)."""
+    key = (scale, dtype, device)
+    t = _scales.get(key)
+    if t is None:
+        t = _scales[key] = torch.full((1,), scale, dtype=dtype, device=device)
+    return t
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -190,17 +204,18 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     if out.numel() == 0:
         return out
     acc = _acc_dtype(q.dtype)
-    M = max(16, triton.next_power_of_2(K * group))
+    M = max(16, min(MAX_TILE_ROWS, triton.next_power_of_2(K * group)))  # rows per program
+    RT = triton.cdiv(K * group, M)  # row tiles per (sequence, kv head)
     DP = max(16, triton.next_power_of_2(D))
     BLOCK_N = 64 if q.is_cuda else 128
     prec = "ieee" if q.dtype in (torch.float32, torch.float64) else None  # fp32: no TF32 rounding
-    scale_t = torch.full((1,), float(scale), dtype=acc, device=q.device)
+    scale_t = _scale_tensor(float(scale), acc, q.device)
     max_ctx = max(1, block_tables.shape[1] * BS)
     if split is None:
         split = 1
         if q.is_cuda:
             sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-            split = max(1, min(triton.cdiv(2 * sms, B * Hkv), triton.cdiv(max_ctx, 2 * BLOCK_N), 32))
+            split = max(1, min(triton.cdiv(2 * sms, B * Hkv * RT), triton.cdiv(max_ctx, 2 * BLOCK_N), 32))
     split = max(1, int(split))
     chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
     split = triton.cdiv(max_ctx, chunk)
@@ -208,18 +223,18 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc])
     nw = 4
     if split == 1:
-        _candidate_attention_kernel[(B, Hkv, 1)](
+        _candidate_attention_kernel[(B, Hkv * RT, 1)](
             q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, out, out, out,
-            *strides, K, Hkv, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=False, num_warps=nw, **meta)
+            *strides, K, Hkv, RT, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=False, num_warps=nw, **meta)
         return out
-    part_m = torch.empty(B, Hkv, split, M, dtype=acc, device=q.device)
+    part_m = torch.empty(B, Hkv * RT, split, M, dtype=acc, device=q.device)
     part_l = torch.empty_like(part_m)
-    part_acc = torch.empty(B, Hkv, split, M, DP, dtype=acc, device=q.device)
-    _candidate_attention_kernel[(B, Hkv, split)](
+    part_acc = torch.empty(B, Hkv * RT, split, M, DP, dtype=acc, device=q.device)
+    _candidate_attention_kernel[(B, Hkv * RT, split)](
         q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, part_m, part_l, part_acc,
-        *strides, K, Hkv, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw, **meta)
-    _candidate_attention_combine_kernel[(B, Hkv)](
-        q, k_new, v_new, out, part_m, part_l, part_acc, *strides[:12], K, Hkv, split, scale_t, num_warps=nw, **meta)
+        *strides, K, Hkv, RT, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw, **meta)
+    _candidate_attention_combine_kernel[(B, Hkv * RT)](
+        q, k_new, v_new, out, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, num_warps=nw, **meta)
     return out
 
 

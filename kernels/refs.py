@@ -10,11 +10,12 @@ def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def args_scores(logp: torch.Tensor, rewards: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """logp, rewards [B, K], k [B] (1 <= k[b] <= K), w [B] -> logp + w * reward [B, K]; -inf beyond each row's k."""
+    """logp, rewards [B, K], k [B] (1 <= k[b] <= K), w [B] -> logp + w * reward [B, K]; -inf beyond each row's k
+    and where the score is NaN."""
     acc = acc_dtype(logp.dtype, rewards.dtype)
     scores = logp.to(acc) + w.to(acc)[:, None] * rewards.to(acc)  # [B, K]
     beyond = torch.arange(scores.shape[1], device=scores.device)[None, :] >= k.to(scores.device)[:, None].long()
-    return scores.masked_fill(beyond, float("-inf"))
+    return scores.masked_fill(beyond | scores.isnan(), float("-inf"))  # NaN (a broken RM or LM) counts as -inf
 
 
 def args_choose(scores: torch.Tensor, temperature: torch.Tensor, gumbel: torch.Tensor | None) -> torch.Tensor:

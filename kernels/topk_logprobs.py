@@ -6,7 +6,8 @@ the buffer's current worst entry, which after the first blocks is rare, so the c
 row. Small batches split each row over several programs (flash-decoding style) and a second, tiny launch
 merges the partial results; large batches use one program per row and one launch.
 
-Order: descending log-prob, ties broken by the lower token id (as torch.topk on CPU in practice).
+Order: descending log-prob, ties broken by the lower token id (as torch.topk on CPU in practice). NaN logits
+count as -inf, on every path.
 """
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ def _topk_logprobs_kernel(logits_ptr, stride_b, V, chunk, k,
         idx = off + offs
         live = idx < end
         x = tl.load(row + idx, mask=live, other=float("-inf")).to(ACC)  # [BLOCK]
+        x = tl.where(x == x, x, float("-inf"))  # NaN logits count as -inf: never a candidate, no mass
         m_new = tl.maximum(m, tl.max(x, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid (-inf) - (-inf)
         sexp = sexp * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0)
@@ -180,6 +182,7 @@ def topk_logprobs(logits: torch.Tensor, k: int, split: int | None = None) -> tup
 def topk_logprobs_ref(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain torch: log_softmax in the accumulator dtype, then the top k (a stable sort, so ties keep the
     lower id first, which torch.topk does not promise)."""
-    logp = torch.log_softmax(logits.to(_acc_dtype(logits.dtype)), dim=-1)  # [B, V]
+    x = logits.to(_acc_dtype(logits.dtype))
+    logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # [B, V]; NaN counts as -inf
     vals, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
     return vals[:, :k].contiguous(), ids[:, :k].contiguous()

@@ -7,8 +7,8 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# (device, dtype) pairs: float32/float64 under the interpreter, half types and float32 compiled on a GPU.
-CPU_CASES = [("cpu", torch.float32), ("cpu", torch.float64)]
+# (device, dtype) pairs: float16/float32/float64 under the interpreter, half types and float32 compiled on a GPU.
+CPU_CASES = [("cpu", torch.float16), ("cpu", torch.float32), ("cpu", torch.float64)]
 CUDA_CASES = [("cuda", torch.float16), ("cuda", torch.bfloat16), ("cuda", torch.float32)]
 
 

@@ -30,7 +30,8 @@ def _check(args):
     out = args_select(*args)
     ref = args_select_ref(*ref_args)
     for o, r in zip(out, ref):
-        assert o.dtype == r.dtype and torch.equal(o, r)
+        assert o.dtype == r.dtype
+        torch.testing.assert_close(o, r, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(args[9], ref_args[9]) and torch.equal(args[10], ref_args[10])  # caches
     return out
 
@@ -68,6 +69,24 @@ def test_ties_lowest_index_and_k_mask(device):
     assert choice.tolist() == [0, 0, 0]
     args[0][:, 0] = float("-inf")
     assert _check(args)[0].tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_nan_scores_count_as_neg_inf(device, stochastic):
+    """A NaN reward (or log p) is never chosen while a finite score exists, on the kernel and the reference."""
+    B, K = 3, 6
+    args = _inputs(B, K, 1, 1, 16, torch.float32, device, seed=11)
+    args[3] = torch.full((B,), K, dtype=torch.int32, device=device)
+    args[1][0, :] = 100.0
+    args[1][0, [0, 2, 4]] = float("nan")  # the best would be one of these if NaN were a number
+    args[0][1, 3] = float("nan")
+    args[1][2, :] = float("nan")  # every score NaN: the first candidate, no crash
+    if stochastic:
+        args[5] = torch.full((B,), 0.7, dtype=torch.float64, device=device)
+        args[6] = torch.rand(B, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
+    choice, _, _ = _check(args)
+    assert choice[0].item() in (1, 3, 5) and choice[1].item() != 3 and choice[2].item() == 0
 
 
 @pytest.mark.parametrize("device", devices())

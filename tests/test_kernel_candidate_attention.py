@@ -48,6 +48,17 @@ def test_split_matches_ref(device, dtype, split):
     _check(_inputs(3, 4, 4, 2, 16, 4, [37, 0, 5], dtype, device, seed=split), split=split)
 
 
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("B,K,Hq,Hkv,D,BS,ctxs,split", [
+    (2, 3, 4, 2, 16, 16, [300, 287], None),    # several BLOCK_N tiles of the prefix
+    (2, 3, 4, 2, 16, 16, [300, 5], 3),         # ... split over programs
+    (1, 64, 16, 2, 16, 4, [9], None),          # K x group = 512 query rows: 8 row tiles of 64
+    (2, 20, 8, 2, 16, 4, [13, 0], 2),          # 80 rows: a partial second tile, split
+])
+def test_multi_tile(device, dtype, B, K, Hq, Hkv, D, BS, ctxs, split):
+    _check(_inputs(B, K, Hq, Hkv, D, BS, ctxs, dtype, device, seed=K), split=split)
+
+
 @pytest.mark.parametrize("device", devices())
 def test_own_key_only(device):
     # With no prefix each candidate attends only to itself: output = its own value, whatever the others hold.

@@ -42,6 +42,33 @@ def test_ties_and_neg_inf(device, split):
     _check(logits, 8, split)
 
 
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("split", [None, 3])
+def test_many_tiles(device, dtype, split):
+    """V around 20k: several blocks per program (and several programs per row)."""
+    g = torch.Generator().manual_seed(5)
+    logits = (3 * torch.randn(2, 20011, generator=g, dtype=torch.float64)).to(dtype).to(device)
+    _check(logits, 10, split)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("split", [None, 4])
+def test_nan_counts_as_neg_inf(device, split):
+    logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(2)).to(device)
+    logits[0, ::3] = float("nan")
+    logits[1, :] = float("nan")
+    logits[1, 7] = 1.0
+    v, i = topk_logprobs(logits, 5, split=split)
+    assert not v.isnan().any() and not logits.gather(1, i[:1]).isnan().any()
+    assert i[1, 0] == 7 and v[1, 0] == 0.0 and torch.isneginf(v[1, 1:]).all()
+    _check(logits, 5, split)
+    # the torch path (CPU engine, and k > 64 on any device) agrees
+    from args_engine.decoding.common import topk_logprobs as torch_topk
+    tv, ti = torch_topk(logits, 5)
+    assert torch.equal(ti[0], i[0]) and ti[1, 0] == 7
+    torch.testing.assert_close(tv, v)
+
+
 @pytest.mark.parametrize("device", devices())
 def test_non_contiguous_rows(device):
     base = torch.randn(4, 300, generator=torch.Generator().manual_seed(1)).to(device)

@@ -42,6 +42,22 @@ def same(a, b):
                                        torch.tensor([[v for _, v in s] for s in y.top_logprobs]), **close)
 
 
+def test_packed_buffer_round_trip():
+    """The CUDA path's packing (one uint8 buffer, aligned views of several dtypes), checked on the host."""
+    import numpy as np
+
+    from args_engine.engine.step_inputs import layout_of, pack_into, unpack
+    arrays = {"ids": np.arange(5, dtype=np.int64), "tables": np.arange(12, dtype=np.int32).reshape(3, 4),
+              "empty": np.zeros((0, 4), dtype=np.int32), "w": np.array([0.5, -1e300, 3.0]),
+              "odd": np.arange(3, dtype=np.int32), "gumbel": np.linspace(0, 1, 6).reshape(2, 3)}
+    layout, size = layout_of(arrays)
+    assert size % 16 == 0 and all(off % 16 == 0 for off, *_ in layout.values())
+    buf = torch.empty(size, dtype=torch.uint8)
+    pack_into(buf, arrays, layout)
+    for name, t in unpack(buf, layout).items():
+        assert t.shape == arrays[name].shape and np.array_equal(t.numpy(), arrays[name])
+
+
 def test_batch_buckets():
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 16, 17, 512)] == [1, 2, 4, 8, 16, 32, 512]
     assert batch_bucket(513) is None

@@ -66,7 +66,8 @@ class Request:
 
 def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, V] -> (log p of the top-k tokens [B, k], their ids [B, k]), highest first."""
-    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # NaN counts as -inf, as in the kernel
     return torch.topk(logp, k, dim=-1)
 
 

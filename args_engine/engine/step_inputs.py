@@ -14,9 +14,36 @@ import torch
 _ALIGN = 16  # every array starts on a 16-byte boundary, so each view is aligned for its dtype
 
 
+def layout_of(arrays: dict[str, np.ndarray]) -> tuple[dict, int]:
+    """Each array's place in one packed buffer: name -> (offset, dtype, shape, nbytes), 16-byte aligned; and the
+    buffer's size in bytes."""
+    layout, size = {}, 0
+    for name, a in arrays.items():
+        layout[name] = (size, a.dtype, a.shape, a.nbytes)
+        size += -(-a.nbytes // _ALIGN) * _ALIGN
+    return layout, size
+
+
+def pack_into(buf: torch.Tensor, arrays: dict[str, np.ndarray], layout: dict) -> None:
+    """Write the arrays into a uint8 host buffer at their layout offsets."""
+    flat = buf.numpy()
+    for name, a in arrays.items():
+        off, _, _, nbytes = layout[name]
+        flat[off:off + nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def unpack(buf: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
+    """Views of a packed buffer (host or device) with each array's dtype and shape."""
+    return {name: buf[off:off + nbytes].view(_TORCH[dtype.type]).view(shape)
+            for name, (off, dtype, shape, nbytes) in layout.items()}
+
+
+_TORCH = {np.int32: torch.int32, np.int64: torch.int64, np.float32: torch.float32, np.float64: torch.float64}
+
+
 class StepTransfer:
-    """Builds one step's packed buffer: add() arrays, then to_device() once. Counts transfers (a test checks
-    one per step)."""
+    """Moves one step's arrays to the device in one copy (none on CPU: the arrays are used in place). Counts
+    transfers: a test checks one per step."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -25,36 +52,17 @@ class StepTransfer:
 
     def pack(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """name -> host array (any shape, any numeric dtype) => name -> device tensor of the same shape/dtype."""
-        layout, size = {}, 0
-        for name, a in arrays.items():
-            layout[name] = (size, a)
-            size += -(-a.nbytes // _ALIGN) * _ALIGN
-        host = self._host_buffer(size)
-        flat = host.numpy()
-        for off, a in layout.values():
-            flat[off:off + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-        if self.device.type == "cpu":
-            dev = host
-        else:
-            dev = torch.empty(size, dtype=torch.uint8, device=self.device)
-            dev.copy_(host, non_blocking=True)
         self.num_transfers += 1
-        return {name: _view(dev, off, a) for name, (off, a) in layout.items()}
-
-    def _host_buffer(self, size: int) -> torch.Tensor:
         if self.device.type == "cpu":
-            return torch.empty(size, dtype=torch.uint8)  # fresh: the step's views point into it
+            return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
+        layout, size = layout_of(arrays)
         if self._pinned.numel() < size:
             self._pinned = torch.empty(max(size, 2 * self._pinned.numel()), dtype=torch.uint8).pin_memory()
-        return self._pinned[:size]
-
-
-def _view(buf: torch.Tensor, off: int, a: np.ndarray) -> torch.Tensor:
-    dtype = _TORCH[a.dtype.type]
-    return buf[off:off + a.nbytes].view(dtype).view(a.shape)
-
-
-_TORCH = {np.int32: torch.int32, np.int64: torch.int64, np.float32: torch.float32, np.float64: torch.float64}
+        host = self._pinned[:size]
+        pack_into(host, arrays, layout)
+        dev = torch.empty(size, dtype=torch.uint8, device=self.device)
+        dev.copy_(host, non_blocking=True)
+        return unpack(dev, layout)
 
 
 class HostRead:

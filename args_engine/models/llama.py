@@ -1,10 +1,13 @@
 """Native Llama-family trunk (Llama 2/3, SmolLM2, Mistral, Qwen2 with q/k/v bias) on paged KV caches.
 
-It runs the weights of a loaded Hugging Face model in place (its Linear, RMSNorm, MLP and rotary modules), so
-numerics match the HF forward and q/k/v biases come for free; only attention and the caches are ours."""
+It runs the weights of a loaded Hugging Face model in place (its RMSNorm and rotary modules, its Linear weights),
+so numerics match the HF forward and q/k/v biases come for free; attention and the caches are ours. At load,
+each layer's q/k/v weights become one [(Hq + 2 Hkv) D, H] matrix and gate/up one [2 I, H] matrix, and the HF
+modules' parameters become views of them (no extra memory): one matmul where HF runs three, or two."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .paged_ops import PagedOps, chunk_attention
 
@@ -25,11 +28,45 @@ def native_unsupported_reason(model) -> str | None:
     return None
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [N, H, D], cos/sin [N, D]: HF's rotate-half RoPE."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+def fuse_linears(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the linears' weights (and biases) along the output dim and make each linear's parameters views
+    of the result, so the HF modules keep working on the same memory. -> (weight [sum out, in], bias or None)."""
+    weight = torch.cat([m.weight.detach() for m in linears])
+    has_bias = [m.bias is not None for m in linears]
+    if any(has_bias) and not all(has_bias):
+        raise ValueError("cannot fuse linears where only some have a bias")
+    bias = torch.cat([m.bias.detach() for m in linears]) if all(has_bias) else None
+    off = 0
+    for m in linears:
+        n = m.weight.shape[0]
+        m.weight = torch.nn.Parameter(weight[off:off + n], requires_grad=m.weight.requires_grad)
+        if bias is not None:
+            m.bias = torch.nn.Parameter(bias[off:off + n], requires_grad=m.bias.requires_grad)
+        off += n
+    return weight, bias
+
+
+class _FusedLayer:
+    """One decoder layer's fused projections (views shared with the HF modules)."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv_w, self.qkv_b = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.gate_up_w, _ = fuse_linears([mlp.gate_proj, mlp.up_proj])
+        self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
+        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+
+
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [N, D] (HF's) -> the [N, 1, D] pair rotate() takes, made once per forward: sin's first half
+    negated, so that rotate_half(x) * sin == roll(x, D/2) * signed sin (exactly: only signs move)."""
+    half = sin.shape[-1] // 2
+    return cos[:, None], torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)[:, None]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D]; cos, signed_sin [N, 1, D] from rope_tables: HF's rotate-half RoPE, bit for bit."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class PagedLlama:
@@ -42,8 +79,9 @@ class PagedLlama:
             raise ValueError(f"the native runner cannot run {type(model).__name__}: {reason}")
         base = model.base_model
         cfg = model.config
-        self.embed, self.layers, self.norm, self.rotary = base.embed_tokens, base.layers, base.norm, base.rotary_emb
-        attn = self.layers[0].self_attn
+        self.embed, self.norm, self.rotary = base.embed_tokens, base.norm, base.rotary_emb
+        self.layers = [_FusedLayer(layer) for layer in base.layers]
+        attn = base.layers[0].self_attn
         self.num_layers = len(self.layers)
         self.head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.num_heads = cfg.num_attention_heads
@@ -53,17 +91,21 @@ class PagedLlama:
         p = next(model.parameters())
         self.dtype, self.device = p.dtype, p.device
 
-    def _qkv(self, layer, x: torch.Tensor, cos, sin):
-        """x [N, H] (normed) -> q [N, Hq, D], k, v [N, Hkv, D] with RoPE applied to q and k."""
-        attn = layer.self_attn
-        q = attn.q_proj(x).view(-1, self.num_heads, self.head_dim)
-        k = attn.k_proj(x).view(-1, self.num_kv_heads, self.head_dim)
-        v = attn.v_proj(x).view(-1, self.num_kv_heads, self.head_dim)
-        return rotate(q, cos, sin), rotate(k, cos, sin), v
+    def _qkv(self, layer: _FusedLayer, x: torch.Tensor, cos, sin):
+        """x [N, H] (normed) -> q [N, Hq, D], k, v [N, Hkv, D] with RoPE applied to q and k (together)."""
+        Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = F.linear(x, layer.qkv_w, layer.qkv_b).view(-1, Hq + 2 * Hkv, D)  # [N, Hq + 2 Hkv, D]
+        qk = rotate(qkv[:, :Hq + Hkv], cos, sin)
+        return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
+
+    @staticmethod
+    def _mlp(layer: _FusedLayer, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, layer.gate_up_w).chunk(2, dim=-1)
+        return layer.down_proj(F.silu(gate) * up)
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor):
         cos, sin = self.rotary(x, positions[None])  # [1, N, D]
-        return cos[0], sin[0]
+        return rope_tables(cos[0], sin[0])
 
     @torch.no_grad()
     def forward_chunks(self, ids, positions, slots, chunks, kv) -> torch.Tensor:
@@ -73,7 +115,7 @@ class PagedLlama:
         h = self.embed(ids)  # [N, H]
         cos, sin = self._rope(h, positions)
         for li, layer in enumerate(self.layers):
-            x = layer.input_layernorm(h)
+            x = layer.input_norm(h)
             q, k, v = self._qkv(layer, x, cos, sin)
             # Every chunk stores before any chunk attends: a prompt admitted this step may hit blocks another
             # chunk of this step fills (Scheduler._add_chunk relies on it).
@@ -81,8 +123,8 @@ class PagedLlama:
             out = torch.empty_like(q)
             for off, n, start, table in chunks:
                 out[off:off + n] = chunk_attention(q[off:off + n], k_cache[li], v_cache[li], table, start, self.scale)
-            h = h + layer.self_attn.o_proj(out.flatten(1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + layer.o_proj(out.flatten(1))
+            h = h + self._mlp(layer, layer.post_norm(h))
         return self.norm(h)
 
     @torch.no_grad()
@@ -95,21 +137,22 @@ class PagedLlama:
         k_cache, v_cache = kv
         h = self.embed(ids.reshape(-1))  # [B*K, H]
         cos, sin = self._rope(h, positions.repeat_interleave(K))
-        new_k = new_v = None
-        if store_slots is None:
-            shape = (self.num_layers, B, K, self.num_kv_heads, self.head_dim)
-            new_k = torch.empty(shape, dtype=k_cache.dtype, device=h.device)
-            new_v = torch.empty_like(new_k)
+        new_k, new_v = [], []  # per layer [B, K, Hkv, D], unless stored
+        plan = self.ops.candidate_plan(block_tables, context_lens, K, self.num_heads // self.num_kv_heads,
+                                       k_cache.shape[2])
         for li, layer in enumerate(self.layers):
-            x = layer.input_layernorm(h)
+            x = layer.input_norm(h)
             q, k, v = self._qkv(layer, x, cos, sin)
             if store_slots is None:
-                new_k[li], new_v[li] = k.view(B, K, *k.shape[1:]), v.view(B, K, *v.shape[1:])
+                new_k.append(k.view(B, K, *k.shape[1:]))
+                new_v.append(v.view(B, K, *v.shape[1:]))
             out = self.ops.candidate_attention(q.view(B, K, *q.shape[1:]), k.view(B, K, *k.shape[1:]),
                                                v.view(B, K, *v.shape[1:]), k_cache[li], v_cache[li], block_tables,
-                                               context_lens, self.scale)  # [B, K, Hq, D]
+                                               context_lens, self.scale, plan)  # [B, K, Hq, D]
             if store_slots is not None:
                 self.ops.store_kv(k, v, k_cache[li], v_cache[li], store_slots)
-            h = h + layer.self_attn.o_proj(out.reshape(B * K, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.norm(h).view(B, K, -1), new_k, new_v
+            h = h + layer.o_proj(out.reshape(B * K, -1))
+            h = h + self._mlp(layer, layer.post_norm(h))
+        if store_slots is not None:
+            return self.norm(h).view(B, K, -1), None, None
+        return self.norm(h).view(B, K, -1), torch.stack(new_k), torch.stack(new_v)

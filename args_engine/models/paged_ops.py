@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .. import ops as cpp_ops
 from ..decoding.common import topk_logprobs
-from ..kernels.refs import args_select_ref
+from ..kernels.refs import args_choose, args_scores
 
 
 def triton_available(device: torch.device) -> bool:
@@ -25,23 +25,31 @@ def gather_prefix(cache: torch.Tensor, block_table: torch.Tensor, length: int) -
     return cache[blocks].flatten(0, 1)[:length]
 
 
-def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
+def candidate_plan_torch(block_tables, context_lens, K: int, G: int, block_size: int):
+    """What every layer's candidate attention shares in one forward: the prefix's blocks [B, nblk] (int64), its
+    length T, and the mask [B, 1, K*G, T+K] that keeps each query to its valid prefix and its own key."""
+    B = block_tables.shape[0]
+    T = int(context_lens.max()) if B else 0
+    blocks = block_tables[:, :(T + block_size - 1) // block_size].long()  # [B, nblk]
+    prefix = torch.arange(T, device=block_tables.device)[None, :] < context_lens[:, None]  # [B, T]
+    own = torch.eye(K, dtype=torch.bool, device=block_tables.device).repeat_interleave(G, dim=0)  # [K*G, K]
+    mask = torch.cat([prefix[:, None, :].expand(B, K * G, T), own.expand(B, -1, -1)], dim=2)  # [B, K*G, T+K]
+    return blocks, T, mask[:, None]
+
+
+def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, plan=None):
     """q [B, K, Hq, D]; k_new, v_new [B, K, Hkv, D]: each query attends to its sequence's paged prefix
-    (context_lens[b] positions) plus its own new key only. -> [B, K, Hq, D]"""
+    (context_lens[b] positions) plus its own new key only. plan: candidate_plan_torch's (made here if None).
+    -> [B, K, Hq, D]"""
     B, K, Hq, D = q.shape
     Hkv = k_new.shape[2]
     G = Hq // Hkv
-    T = int(context_lens.max()) if B else 0
-    bs = key_cache.shape[1]
-    blocks = block_tables[:, :(T + bs - 1) // bs].long()  # [B, nblk]
-    # One SDPA over [prefix | the K candidates' own keys]: a mask keeps each query to the valid prefix and itself.
+    blocks, T, mask = plan or candidate_plan_torch(block_tables, context_lens, K, G, key_cache.shape[1])
+    # One SDPA over [prefix | the K candidates' own keys]: the mask keeps each query to the valid prefix and itself.
     keys = torch.cat([key_cache[blocks].flatten(1, 2)[:, :T], k_new], dim=1).transpose(1, 2)  # [B, Hkv, T+K, D]
     values = torch.cat([value_cache[blocks].flatten(1, 2)[:, :T], v_new], dim=1).transpose(1, 2)
     qh = q.view(B, K, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, K * G, D)  # [B, Hkv, K*G, D]
-    prefix = torch.arange(T, device=q.device)[None, :] < context_lens[:, None]  # [B, T]
-    own = torch.eye(K, dtype=torch.bool, device=q.device).repeat_interleave(G, dim=0)  # [K*G, K]
-    mask = torch.cat([prefix[:, None, :].expand(B, K * G, T), own.expand(B, -1, -1)], dim=2)  # [B, K*G, T+K]
-    out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask[:, None], scale=scale)  # [B, Hkv, KG, D]
+    out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=scale)  # [B, Hkv, KG, D]
     return out.view(B, Hkv, K, G, D).permute(0, 2, 1, 3, 4).reshape(B, K, Hq, D)
 
 
@@ -82,10 +90,17 @@ class PagedOps:
             key_cache.view(-1, *key_cache.shape[2:])[slots] = key
             value_cache.view(-1, *value_cache.shape[2:])[slots] = value
 
-    def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
-        fn = self._k["candidate_attention"] if self.use_triton else candidate_attention_torch
-        return fn(q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache, value_cache, block_tables,
-                  context_lens, scale)
+    def candidate_plan(self, block_tables, context_lens, K: int, G: int, block_size: int):
+        """Per-forward metadata the torch attention shares across layers (None for the kernel)."""
+        return None if self.use_triton else candidate_plan_torch(block_tables, context_lens, K, G, block_size)
+
+    def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale,
+                            plan=None):
+        if self.use_triton:
+            return self._k["candidate_attention"](q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache,
+                                                  value_cache, block_tables, context_lens, scale)
+        return candidate_attention_torch(q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache,
+                                         value_cache, block_tables, context_lens, scale, plan)
 
     def topk_logprobs(self, logits: torch.Tensor, k: int):
         """logits [B, V] -> (logp [B, k], ids [B, k]), highest first."""
@@ -99,5 +114,10 @@ class PagedOps:
         if self.use_triton:
             return self._k["args_select"](logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value,
                                           key_cache, value_cache, slots)
-        return args_select_ref(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache,
-                               value_cache, slots)
+        # torch: choose as the kernel does; the engine never passes slot -1 (padding rows write a spare block),
+        # so the commit needs no mask (args_select_ref's boolean indexing costs several ops per call)
+        choice = args_choose(args_scores(logp, rewards, k, w), temperature, gumbel)  # [B]
+        rows = torch.arange(len(choice), device=choice.device)
+        for cand, cache in ((cand_key, key_cache), (cand_value, value_cache)):
+            cache.view(cache.shape[0], -1, *cache.shape[3:])[:, slots] = cand[:, rows, choice]
+        return choice, cand_ids[rows, choice], rewards[rows, choice]
