@@ -23,6 +23,12 @@ def copy_blocks(key_cache, value_cache, block_mapping) -> None:
     torch.ops.args_engine.copy_blocks(key_cache, value_cache, block_mapping)
 
 
+def has_copy_blocks(device: torch.device) -> bool:
+    """Whether the extension was built with copy_blocks for this device type (CUDA ops are optional)."""
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    return torch._C._dispatch_has_kernel_for_dispatch_key("args_engine::copy_blocks", key)
+
+
 def copy_blocks_ref(key_cache, value_cache, block_mapping) -> None:
     for src, dst in block_mapping.tolist():
         key_cache[dst] = key_cache[src]

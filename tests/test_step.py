@@ -169,3 +169,23 @@ def test_no_synchronization_but_the_read_on_cuda(models, mode):
             engine.decoder.step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("native_op", [True, False])
+def test_copy_on_write_copies_every_layer_of_each_cache(models, monkeypatch, native_op):
+    """The runner's block copy (the C++ cache op where built, else torch) copies all layers of both caches."""
+    from args_engine import ops
+    engine = native(models, num_blocks=8)
+    runner = engine.decoder.runner
+    monkeypatch.setattr(ops, "has_copy_blocks", lambda device: native_op)
+    caches = list({id(kv): kv for kv in (runner.lm_kv, runner.rm_kv)}.values())
+    g = torch.Generator().manual_seed(0)
+    for k, v in caches:
+        k.copy_(torch.randn(k.shape, generator=g, dtype=k.dtype))
+        v.copy_(torch.randn(v.shape, generator=g, dtype=v.dtype))
+    before = [(k.clone(), v.clone()) for k, v in caches]
+    runner._copy_blocks(torch.tensor([[1, 5], [2, 6]]))
+    for (k, v), (k0, v0) in zip(caches, before):
+        for x, x0 in ((k, k0), (v, v0)):
+            assert torch.equal(x[:, [5, 6]], x0[:, [1, 2]])
+            assert torch.equal(x[:, :5], x0[:, :5]) and torch.equal(x[:, 7:], x0[:, 7:])

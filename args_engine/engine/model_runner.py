@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import ops as cpp_ops
 from ..decoding.common import gated, selection_arrays
 from ..decoding.logit_controls import apply_logit_controls
 from ..models.hf import RewardModel, shares_trunk
@@ -225,10 +226,16 @@ class ModelRunner:
         return StepResult(toks, rewards, logprobs)
 
     def _copy_blocks(self, pairs: torch.Tensor) -> None:
-        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst), every layer of each cache."""
-        src, dst = pairs[:, 0], pairs[:, 1]
+        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst), every layer of each cache: the C++/CUDA
+        cache op where the extension has it for this device, else torch indexing."""
+        native = cpp_ops.has_copy_blocks(pairs.device)
         for k, v in {id(kv): kv for kv in (self.lm_kv, self.rm_kv)}.values():
-            k[:, dst], v[:, dst] = k[:, src], v[:, src]
+            if native:
+                for layer in range(k.shape[0]):
+                    cpp_ops.copy_blocks(k[layer], v[layer], pairs)
+            else:
+                src, dst = pairs[:, 0], pairs[:, 1]
+                k[:, dst], v[:, dst] = k[:, src], v[:, src]
 
     def _prefill(self, batch: StepBatch) -> torch.Tensor:
         """Run the chunks through both trunks (same tokens, same slots). -> LM logits [R, V] of the sequences whose

@@ -3,7 +3,7 @@
 to the bandwidth floor: (LM weights + RM weights + K/V read per step) / measured device copy bandwidth. At B = 1
 also HF greedy, the reference decoder and the original-style baseline, side by side.
 
-    python benchmarks/gpu/bench_e2e_gpu.py [--out DIR] [--batches 1,8,64] [--new-tokens 128]
+    python benchmarks/gpu/bench_e2e_gpu.py [--out DIR] [--batches 1,8,64] [--new-tokens 128] [--step-mode M]
 """
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--tiny", action="store_true", help="a tiny config on CPU, to check the script runs")
+    ap.add_argument("--step-mode", default=None, help="graph (CUDA default), static or dynamic")
     args = ap.parse_args()
     device, config = ("cpu", TINY) if args.tiny else ("cuda", LLAMA_1B)
     if args.tiny:
@@ -87,7 +88,7 @@ def main():
     bw = copy_bandwidth(device)
     # Prefix cache off: the runs reuse the same prompts, and a hit would skip prefill that the timings include.
     engine = ARGSEngine(lm, rm, backend="native", batch_size=64, cache_memory_gb=16.0 if device == "cuda" else 0.1,
-                        enable_prefix_caching=False)
+                        enable_prefix_caching=False, step_mode=args.step_mode)
     n, P, k = args.new_tokens, args.prompt_tokens, 10
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, config["vocab_size"], (P,), generator=gen).tolist() for _ in range(64)]
@@ -97,7 +98,7 @@ def main():
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (--tiny check)",
               "torch": torch.__version__, "dtype": "bfloat16", "shared_trunk": engine.decoder.runner.shared,
               "model": "random Llama-3.2-1B-shaped LM and RM", "k": k, "w": 1.0, "prompt_tokens": P,
-              "new_tokens": n, "copy_bandwidth_GBps": bw / 1e9, "weight_bytes_per_step": weights, "runs": []}
+              "new_tokens": n, "step_mode": engine.decoder.runner.step_mode, "copy_bandwidth_GBps": bw / 1e9, "weight_bytes_per_step": weights, "runs": []}
 
     def params(m):
         return ARGSParams(k=k, w=1.0, max_new_tokens=m, ignore_eos=True)
@@ -128,7 +129,7 @@ def main():
     print(json.dumps(result["b1_side_by_side"]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_e2e_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"bench_e2e_gpu_{result['step_mode']}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,20 @@ ln -sfn ../kernels args_engine/kernels  # setup.py's package_dir mapping, for an
 timeout ${BUILD_S:-90} python setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1
 echo "build exit $?"
 
-step "end-to-end"
-timeout ${E2E_S:-110} python benchmarks/gpu/bench_e2e_gpu.py --out "$OUT" 2>&1 | grep -v Warning | tail -8
-
-step "GPU tests"
-timeout ${TESTS_S:-50} python -m pytest tests/test_native_gpu.py tests/test_kernel_*.py -v --maxfail=10 -rs \
-  -p no:cacheprovider --import-mode=importlib > "$OUT/tests.log" 2>&1
+step "GPU tests (graph replay == eager, no sync but the step's read, kernels)"
+timeout ${TESTS_S:-90} python -m pytest tests/test_step.py tests/test_native_gpu.py tests/test_kernel_*.py -v \
+  --maxfail=10 -rs -p no:cacheprovider --import-mode=importlib > "$OUT/tests.log" 2>&1
 grep -E "passed|failed|FAILED|Error" "$OUT/tests.log" | tail -15
+
+step "end-to-end, CUDA graphs"
+timeout ${E2E_S:-110} python benchmarks/gpu/bench_e2e_gpu.py --out "$OUT" --step-mode graph 2>&1 | grep -v Warning | tail -8
+step "end-to-end, eager (one transfer per step, no graphs)"
+timeout ${E2E_S:-110} python benchmarks/gpu/bench_e2e_gpu.py --out "$OUT" --step-mode dynamic --batches 1,8 2>&1 \
+  | grep -v Warning | tail -4
+
+step "micro benchmarks (pytest-benchmark, CUDA cases)"
+timeout ${MICRO_S:-60} python -m pytest benchmarks/micro --benchmark-only -k cuda -q -p no:cacheprovider \
+  --import-mode=importlib --benchmark-json "$OUT/micro.json" 2>&1 | tail -25
 
 step "kernel benchmarks"
 OUT="$OUT" timeout ${KERNELS_S:-30} python benchmarks/bench_kernels.py 2>&1 | tail -20
