@@ -40,7 +40,7 @@ def cmd_generate(args) -> None:
                         **_logit_controls(args))
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
                                         backend=args.backend, raw=args.raw, batch_size=args.batch_size,
-                                        **_native_options(args))
+                                        **_rm_options(args), **_native_options(args))
     outs = engine.generate(prompts, params)
     greedy = None
     if args.compare:  # plain greedy under the same controls: what they do is not credited to ARGS
@@ -77,6 +77,25 @@ def _logit_controls(args) -> dict:
                 min_p=args.min_p, top_p=args.top_p, logit_bias=bias or None)
 
 
+def _rm_options(args) -> dict:
+    """--rm-weights / --rm-objective (multi-objective reward models), when given."""
+    opts = {}
+    if args.rm_weights is not None:
+        try:
+            opts["rm_weights"] = [float(x) for x in args.rm_weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--rm-weights must be comma-separated numbers, got {args.rm_weights!r}") from None
+    if args.rm_objective is not None:
+        opts["rm_objective"] = args.rm_objective
+    return opts
+
+
+def _add_rm_options(parser) -> None:
+    r = parser.add_argument_group("multi-objective reward models (num_labels > 1)")
+    r.add_argument("--rm-objective", type=int, metavar="I", help="the reward is the RM's output I")
+    r.add_argument("--rm-weights", metavar="W1,W2,...", help="the reward is W . the RM's outputs")
+
+
 def _native_options(args) -> dict:
     """The native engine's cache and token-budget flags that were given."""
     opts = {name: getattr(args, name) for name in ("num_blocks", "block_size", "max_num_batched_tokens",
@@ -102,7 +121,8 @@ def cmd_serve(args) -> None:
                           api_key=args.api_key or os.environ.get("ARGS_ENGINE_API_KEY") or None,
                           auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [])
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                                        backend="native", batch_size=args.batch_size, **_native_options(args))
+                                        backend="native", batch_size=args.batch_size, **_rm_options(args),
+                                        **_native_options(args))
     serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
 
 
@@ -135,7 +155,7 @@ def cmd_eval(args) -> None:
     start = time.perf_counter()
     results = evaluate(prompts, methods, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        out=args.out, lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                       prompts_name=name)
+                       prompts_name=name, rm_options=_rm_options(args))
     print(f"{'method':<28} {'reward':>8} {'win-tie':>8} {'div %':>7} {'coh':>6} {'tok/s':>7} {'s':>7}")
     for label, m in results["methods"].items():
         print(f"{label:<28} {m['avg_reward']:>8.3f} {m['win_tie_vs_greedy']:>8.1%} {100 * m['diversity']:>7.2f} "
@@ -187,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--logit-bias", action="append", metavar="TOKEN_ID:BIAS", help="add BIAS to a token's logit")
     g.add_argument("--gate", type=float, help="uncertainty gate tau: where the LM's top token has probability "
                                               ">= tau, take it without RM scoring")
+    _add_rm_options(g)
     _add_native_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -198,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--batch-size", type=int, default=16, help="sequences decoded at once (continuous batching)")
+    _add_rm_options(s)
     _add_native_options(s)
     s.add_argument("--served-model-name", action="append",
                    help="a model id clients may name (repeatable; default: the LM's name and 'args-engine'); "
@@ -250,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
+    _add_rm_options(e)
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("eval-merge", help="merge eval runs that split the methods into one table and plots")

@@ -26,6 +26,9 @@ class ARGSParams:
     smallest set of likeliest tokens holding top_p of the probability is kept); the last two may leave a step
     fewer than k candidates.
 
+    rm_weights (multi-objective RMs): this request's weights over the RM's outputs (reward = weights . outputs);
+    None takes the engine's (--rm-weights / --rm-objective).
+
     gate (uncertainty-gated ARGS): None, or tau in (0, 1]: at a step where the LM's top token has probability
     >= tau (after the controls), take it without scoring candidates with the RM; the RM only reads that token
     (its cache stays exact). Ungated steps run ARGS as usual.
@@ -48,6 +51,7 @@ class ARGSParams:
     min_p: float = 0.0
     top_p: float = 1.0
     gate: float | None = None
+    rm_weights: list[float] | None = None
 
     @property
     def has_logit_controls(self) -> bool:
@@ -83,6 +87,8 @@ class ARGSParams:
         if self.gate is not None and (not isinstance(self.gate, (int, float)) or isinstance(self.gate, bool)
                                       or not 0.0 < self.gate <= 1.0):
             raise ValueError(f"gate must be None or a probability in (0, 1], got {self.gate!r}")
+        if self.rm_weights is not None:
+            self.rm_weights = check_rm_weights(self.rm_weights)
         if self.stop is not None and not (isinstance(self.stop, (list, tuple))
                                           and all(isinstance(s, str) and s for s in self.stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
@@ -111,3 +117,19 @@ class ARGSParams:
                     raise ValueError(f"logit_bias: token id {t!r} is not in [0, {vocab_size or 'vocabulary size'})")
                 if not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b) or abs(b) > 100:
                     raise ValueError(f"logit_bias: bias {b!r} of token {t} must be a number in [-100, 100]")
+
+
+def check_rm_weights(weights, n: int | None = None) -> list[float]:
+    """A list of finite floats (of length n when given), or a ValueError naming the problem."""
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+        raise ValueError(f"rm_weights must be a list of numbers, got {weights!r}")
+    out = []
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"rm_weights must be finite numbers, got {w!r}")
+        out.append(float(w))
+    if not out:
+        raise ValueError("rm_weights must not be empty")
+    if n is not None and len(out) != n:
+        raise ValueError(f"rm_weights has {len(out)} values but the reward model has {n} outputs")
+    return out

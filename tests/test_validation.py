@@ -58,13 +58,13 @@ def test_rm_vocab_differs():
         ARGSEngine(tiny_lm(), rm, tokenizer=char_tokenizer())
 
 
-def test_rm_with_several_labels():
-    with pytest.raises(ValueError, match="scalar head"):
+def test_rm_with_several_labels_needs_weights():
+    with pytest.raises(ValueError, match="2 outputs .multi-objective.: choose one with rm_objective"):
         ARGSEngine(tiny_lm(), tiny_rm(num_labels=2), tokenizer=char_tokenizer())
 
 
 def test_rm_that_is_a_causal_lm():
-    with pytest.raises(ValueError, match="scalar head"):
+    with pytest.raises(ValueError, match="no `score` head"):
         ARGSEngine(tiny_lm(), tiny_lm(), tokenizer=char_tokenizer())
 
 
@@ -100,7 +100,7 @@ def test_encoder_rm_rejected():
     rm = BertForSequenceClassification(BertConfig(vocab_size=tiny_lm().config.vocab_size, hidden_size=32,
                                                   num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                                   num_labels=1))
-    with pytest.raises(ValueError, match="no scalar `score` head"):
+    with pytest.raises(ValueError, match="no `score` head"):
         ARGSEngine(tiny_lm(), rm, tokenizer=char_tokenizer())
 
 

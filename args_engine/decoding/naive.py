@@ -30,7 +30,8 @@ class NaiveDecoder:
                 seqs = torch.cat([ids.expand(n, -1), cand[0, :n].view(n, 1)], dim=1)  # [n, T + 1]
                 hidden = self.rm.forward_trunk(input_ids=seqs, attention_mask=torch.ones_like(seqs),
                                                use_cache=False)[:, -1]  # [n, H]
-                rewards = self.rm.rewards(hidden).view(1, n)  # [1, n]
+                weights = self.rm.row_weights([req.params.rm_weights] * n, seqs.device)  # [n, N] or None
+                rewards = self.rm.rewards(hidden, weights).view(1, n)  # [1, n]
                 j = select_candidates(logp[:, :n], rewards, [req], [n < k])[0].item()
                 append_token(req, cand[0, j].item(), rewards[0, j].item(), self.tokenizer, self.eos_ids)
                 if on_step:

@@ -64,7 +64,7 @@ class ReferenceDecoder:
             hidden = self.rm.forward_trunk(
                 input_ids=cand, attention_mask=candidate_mask(valid, kmax, rm_dtype),
                 position_ids=next_pos[:, None].expand(-1, kmax), cache=rm_cache, use_cache=True)  # [B, kmax, H]
-            rewards = self.rm.rewards(hidden)  # [B, kmax]
+            rewards = self.rm.rewards(hidden, self.rm.row_weights([r.params.rm_weights for r in active], device))
             gate = gated([r.params for r in active], logp[:, 0].tolist())  # an oracle: it still scores them all
             choice = select_candidates(logp, rewards, active, gate)  # [B]
             commit_candidates(rm_cache, choice, kmax)

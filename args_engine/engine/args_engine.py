@@ -11,7 +11,7 @@ from ..decoding.naive import NaiveDecoder
 from ..decoding.reference import ReferenceDecoder
 from ..models.hf import RewardModel, check_pair, context_length, load_pair, resolve_dtype
 from ..models.llama import native_unsupported_reason
-from ..params import ARGSParams
+from ..params import ARGSParams, check_rm_weights
 from ..progress import progress_bar
 from .llm_engine import LLMEngine, TokenEvent
 
@@ -37,11 +37,14 @@ class ARGSEngine:
     """
 
     def __init__(self, lm, rm, tokenizer=None, rm_tokenizer=None, backend: str = "auto", raw: bool = False,
-                 batch_size: int = 16, eos_ids: set[int] | None = None, **native_options):
+                 batch_size: int = 16, eos_ids: set[int] | None = None, rm_weights=None, rm_objective=None,
+                 **native_options):
         """backend: "native" (paged caches, continuous batching; Llama-family LM and RM), "reference" (HF
         models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
         "auto" (native when both models are Llama-family, else reference). batch_size: sequences decoded at
         once. eos_ids: the tokens that end a response (default: the LM's and the tokenizer's EOS).
+        rm_weights / rm_objective (multi-objective RMs, num_labels > 1): reward = rm_weights . outputs, or the
+        one output rm_objective; a request's ARGSParams.rm_weights overrides.
         native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
         use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk), enable_prefix_caching
         (default True: prompts that begin like an earlier one reuse its cached K/V blocks), step_mode ("graph":
@@ -52,7 +55,7 @@ class ARGSEngine:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.lm, self.tokenizer, self.raw, self.batch_size = lm, tokenizer, raw, batch_size
-        self.rm = rm if isinstance(rm, RewardModel) else RewardModel(rm)
+        self.rm = RewardModel.wrap(rm, rm_weights, rm_objective)
         check_pair(lm, self.rm, tokenizer, rm_tokenizer)
         self.vocab_size = lm.config.vocab_size
         limits = [c for c in (context_length(lm.config), context_length(self.rm.config)) if c is not None]
@@ -91,6 +94,10 @@ class ARGSEngine:
 
     def make_request(self, prompt: Prompt, params: ARGSParams) -> Request:
         params.validate(vocab_size=self.vocab_size)
+        if params.rm_weights is not None:
+            if self.rm.num_objectives == 1:
+                raise ValueError("rm_weights applies to multi-objective reward models; this one has one output")
+            check_rm_weights(params.rm_weights, self.rm.num_objectives)
         if params.logprobs is not None and self.backend != "native":
             raise ValueError(f"logprobs needs the native backend; this engine runs {self.backend!r}")
         if params.stop and self.tokenizer is None:

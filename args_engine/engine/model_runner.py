@@ -22,7 +22,7 @@ import torch
 from .. import ops as cpp_ops
 from ..decoding.common import gated, selection_arrays
 from ..decoding.logit_controls import apply_logit_controls
-from ..models.hf import RewardModel, shares_trunk
+from ..models.hf import RewardModel, combine_objectives, shares_trunk
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
 from .cuda_graphs import StepGraphs, batch_bucket
@@ -51,7 +51,7 @@ class StepBatch:
 
     `ready`: the sequences that take an ARGS step (those whose prompt this step completes, then the decode
     rows), padded to `rows` rows in static modes. Tensor names: prefill `pf_ids pf_pos pf_slots pf_tables`;
-    ARGS `tables pos rm_slots k w temp [gumbel]`; two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`;
+    ARGS `tables pos rm_slots k w temp [gumbel] [rm_w]`; two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`;
     copy-on-write `copies`."""
 
     prefill: list[tuple[Sequence, int]]
@@ -79,7 +79,7 @@ class ModelRunner:
         self.shared = shares_trunk(lm, rm.model) if share_trunk is None else share_trunk
         self.lm = PagedLlama(lm, self.ops)
         self.rm = self.lm if self.shared else PagedLlama(rm.model, self.ops)
-        self.lm_head, self.rm_head = lm.get_output_embeddings(), rm.head
+        self.lm_head, self.rm_head, self.reward_model = lm.get_output_embeddings(), rm.head, rm
         self.device = self.lm.device
         step_mode = step_mode or ("graph" if self.device.type == "cuda" else "dynamic")
         if step_mode not in STEP_MODES:
@@ -144,6 +144,9 @@ class ModelRunner:
             sel = self._selection(ready, kmax)
             for name, x in sel.items():
                 a[name] = self._pad(x, rows, 1 if name == "k" else 0)
+            rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
+            if rm_w is not None:  # multi-objective: each row's weights [B, N]
+                a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
             if decode and not self.shared:
                 D = len(decode)
                 lm_rows = self._rows(D)
@@ -272,24 +275,29 @@ class ModelRunner:
         if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
             controlled = torch.cat([controlled, controlled.new_zeros(batch.rows - B, controlled.shape[1])])
         key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t)
-        inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel") if n in t}
+        inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel", "rm_w") if n in t}
         return self._args_graphs(key, batch.kmax, logits=controlled, **inputs)
 
-    def _args_core(self, kmax: int, logits, tables, pos, rm_slots, k, w, temp, gumbel=None) -> dict[str, torch.Tensor]:
+    def _args_core(self, kmax: int, logits, tables, pos, rm_slots, k, w, temp, gumbel=None,
+                   rm_w=None) -> dict[str, torch.Tensor]:
         """ARGS proper on static shapes: top-kmax of the (controlled) logits [B, V]; the RM reads each row's
         candidates against its prefix; args_select scores, chooses and commits the chosen K/V. -> tokens [B] and
         rewards [B] of the chosen, and (shared trunk) the LM's next-token logits [B, V] after the choice."""
         logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax]
-        tokens, chosen, hidden = self._score(logp, cand, tables, pos, rm_slots, k, w, temp, gumbel)
+        tokens, chosen, hidden = self._score(logp, cand, tables, pos, rm_slots, k, w, temp, gumbel, rm_w)
         out = {"tokens": tokens, "rewards": chosen}
         if self.shared:
             out["next_logits"] = self.lm_head(hidden)  # [B, V]
         return out
 
-    def _score(self, logp, cand, tables, pos, slots, k, w, temp, gumbel):
+    def _rewards(self, hidden: torch.Tensor, rm_w: torch.Tensor | None) -> torch.Tensor:
+        """hidden [B, ..., H] -> rewards [B, ...]; rm_w [B, N]: a multi-objective RM's weights per row."""
+        return combine_objectives(self.rm_head(hidden), rm_w)
+
+    def _score(self, logp, cand, tables, pos, slots, k, w, temp, gumbel, rm_w=None):
         """logp, cand [B, K] -> (tokens [B], their rewards [B], their hidden states [B, H])"""
         hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, K, H]
-        rewards = self.rm_head(hidden).squeeze(-1)  # [B, K]
+        rewards = self._rewards(hidden, rm_w)  # [B, K]
         choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
                                                       self.rm_kv[0], self.rm_kv[1], slots)
         return tokens, chosen, hidden[torch.arange(len(choice), device=choice.device), choice]
@@ -303,6 +311,7 @@ class ModelRunner:
         logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
         gate = gated(params, self.read(logp[:, 0]))
         tables, pos, slots = t["tables"][:B], t["pos"][:B], t["rm_slots"][:B]
+        rm_w = t["rm_w"][:B] if "rm_w" in t else None
         tokens = torch.empty(B, dtype=cand.dtype, device=self.device)  # [B]
         chosen = torch.empty(B, dtype=torch.float64, device=self.device)  # [B]
         hidden = None
@@ -313,14 +322,14 @@ class ModelRunner:
             if gate[rows[0]]:  # the top token, read by the RM alone and stored at its slot
                 top = cand[r, :1]  # [G, 1]
                 h, _, _ = self.rm.forward_candidates(top, pos[r], tables[r], pos[r], self.rm_kv, store_slots=slots[r])
-                tok, c, h = top[:, 0], self.rm_head(h[:, 0]).squeeze(-1), h[:, 0]
+                tok, c, h = top[:, 0], self._rewards(h[:, 0], None if rm_w is None else rm_w[r]), h[:, 0]
             else:
                 sub = [seqs[i] for i in rows]
                 km = max(s.params.k for s in sub)
                 sel = {n: torch.from_numpy(x).to(self.device) for n, x in selection_arrays(
                     [s.params for s in sub], [s.req.generator for s in sub], km).items()}
                 tok, c, h = self._score(logp[r, :km], cand[r, :km], tables[r], pos[r], slots[r], sel["k"], sel["w"],
-                                        sel["temp"], sel.get("gumbel"))
+                                        sel["temp"], sel.get("gumbel"), None if rm_w is None else rm_w[r])
             tokens[r], chosen[r] = tok, c.to(chosen.dtype)
             hidden = h.new_empty(B, h.shape[-1]) if hidden is None else hidden  # [B, H]
             hidden[r] = h

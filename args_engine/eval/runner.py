@@ -17,15 +17,16 @@ from .rm_score import score_replies
 
 
 def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_size: int = 8,
-                backend: str = "auto") -> EvalModels:
-    """LM, RM and tokenizer loaded once; the ARGS engine is built on the same objects (no second copy)."""
+                backend: str = "auto", rm_weights=None, rm_objective: int | None = None) -> EvalModels:
+    """LM, RM and tokenizer loaded once; the ARGS engine is built on the same objects (no second copy).
+    rm_weights / rm_objective: a multi-objective RM's reward (weights . outputs, or one output)."""
     from ..engine import ARGSEngine
     from ..models.hf import RewardModel, load_pair, resolve_dtype
     from ..models.llama import native_unsupported_reason
 
     dtype = resolve_dtype(dtype)
     lm_model, tok, rm_model, rm_tok = load_pair(lm, rm, device, dtype)
-    rm_model = RewardModel(rm_model)
+    rm_model = RewardModel(rm_model, rm_weights, rm_objective)
     native = backend == "native" or (backend == "auto" and not (native_unsupported_reason(lm_model)
                                                                 or native_unsupported_reason(rm_model.model)))
     # No prefix cache: a reused block's K/V was computed in another batch, which changes float32's last bits, and
@@ -47,14 +48,14 @@ def _describe(source) -> str:
 def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = None, judge: Judge | None = None,
              encoder=None, max_new_tokens: int = 128, batch_size: int = 8, out: str | Path | None = None,
              lm=None, rm=None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
-             prompts_name: str = "custom") -> dict:
+             prompts_name: str = "custom", rm_options: dict | None = None) -> dict:
     """Decode `prompts` (chat message lists) with each method and score the responses. Greedy is always run
     (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder."""
     if not prompts:
         raise ValueError("no prompts")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
-    models = models or load_models(lm, rm, device, dtype, batch_size)
+    models = models or load_models(lm, rm, device, dtype, batch_size, **(rm_options or {}))
     judge = judge or Judge.load(device=device)
     check_independent(judge, models.rm)
     encoder = encoder or judge.encoder

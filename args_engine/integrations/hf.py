@@ -21,17 +21,17 @@ from ..models.hf import RewardModel
 from ..params import ARGSParams
 
 
-def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int]):
+def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int], rm_weights=None):
     """The ARGSEngine for these settings, kept on the LM so repeated calls reuse it: one slot, replaced (cache and
     all) when a call asks for other settings, so engines never pile up."""
     from ..engine import ARGSEngine
 
-    key = (id(reward_model), backend, batch_size, frozenset(eos_ids))
+    key = (id(reward_model), backend, batch_size, frozenset(eos_ids), None if rm_weights is None else tuple(rm_weights))
     slot = model.__dict__.get("_args_engine")
     if slot is None or slot[0] != key or slot[1] is not reward_model:
         model.__dict__["_args_engine"] = None  # drop the old engine (and its KV cache) before building the next
         slot = (key, reward_model, ARGSEngine(model, reward_model, backend=backend, batch_size=batch_size,
-                                              eos_ids=eos_ids or None))
+                                              eos_ids=eos_ids or None, rm_weights=rm_weights))
         model.__dict__["_args_engine"] = slot
     return slot[2]
 
@@ -57,21 +57,22 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
              args_k: int = 10, args_w: float = 1.0, args_mode: str | None = None, args_seed: int | None = 0,
              args_backend: str = "auto", args_batch_size: int | None = None, args_presence_penalty: float = 0.0,
              args_frequency_penalty: float = 0.0, args_logit_bias: dict[int, float] | None = None,
-             args_gate: float | None = None, **model_kwargs):
+             args_gate: float | None = None, args_rm_weights: list[float] | None = None, **model_kwargs):
     """A `custom_generate` callable: `model.generate(**inputs, custom_generate=generate, reward_model=rm, ...)`.
 
     input_ids [B, P] (left padding marked by `attention_mask`) -> LongTensor [B, P + n] with n the longest
     response; rows that stopped early are padded with the pad token after their EOS, as `generate` does.
     `generation_config.return_dict_in_generate` gives a GenerateDecoderOnlyOutput with `sequences` only.
 
-    reward_model: a decoder-only *ForSequenceClassification model (num_labels=1) or a RewardModel.
+    reward_model: a decoder-only *ForSequenceClassification model or a RewardModel.
     args_k, args_w: ARGS candidates and reward weight. args_mode: "greedy" or "stochastic" (default: stochastic
     when `do_sample=True`, with the config's temperature). args_seed: sampling seed of the first row (row b
     uses args_seed + b, so num_return_sequences > 1 gives distinct samples). args_backend: ARGSEngine backend.
     args_batch_size: sequences decoded at once (default 16; any number of rows is decoded). num_beams > 1 is
     refused. Logit controls come from the config (repetition_penalty, no_repeat_ngram_size, top_p, min_p,
     single-token sequence_bias) and from args_presence_penalty, args_frequency_penalty, args_logit_bias.
-    args_gate: the uncertainty gate tau (ARGSParams.gate).
+    args_gate: the uncertainty gate tau (ARGSParams.gate). args_rm_weights: a multi-objective RM's weights
+    (reward = weights . outputs), or pass a RewardModel built with them.
     Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample, temperature.
     Logits processors, stopping criteria and streamers do not apply (ARGS picks every token).
     """
@@ -96,7 +97,7 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
                          seed=None if args_seed is None else args_seed + b, gate=args_gate, **controls)
               for b in range(B)]
     eos = set(_ids_list(cfg.eos_token_id))
-    engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos)
+    engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos, args_rm_weights)
     eos = engine.eos_ids
 
     mask = model_kwargs.get("attention_mask")  # [B, P] or None (generate drops an all-ones mask)
@@ -139,9 +140,9 @@ class ARGSLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, reward_model, k: int = 10, w: float = 1.0, attention_mask: torch.Tensor | None = None,
-                 pad_token_id: int | None = None):
+                 pad_token_id: int | None = None, rm_weights: list[float] | None = None, rm_objective: int | None = None):
         ARGSParams(k=k, w=w)  # validates k and w
-        self.rm = reward_model if isinstance(reward_model, RewardModel) else RewardModel(reward_model)
+        self.rm = RewardModel.wrap(reward_model, rm_weights, rm_objective)  # multi-objective: weights . outputs
         self.k, self.w, self.pad_token_id = k, float(w), pad_token_id
         self.prompt_mask = attention_mask
         self.reset()
@@ -201,7 +202,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
         hidden = self.rm.forward_trunk(input_ids=cand, attention_mask=candidate_mask(self._valid, self.k, dtype),
                                        position_ids=pos[:, None].expand(-1, self.k), cache=self._cache,
                                        use_cache=True)  # [B, k, H]
-        rewards = self.rm.rewards(hidden)  # [B, k]
+        rewards = self.rm.rewards(hidden)  # [B, k] (multi-objective: the default weights)
         self._ids, self._cand = ids, cand
         out = torch.full_like(scores, float("-inf"))  # [B, V]
         return out.scatter(1, cand.to(scores.device), (logp + self.w * rewards.to(logp.dtype)).to(scores))

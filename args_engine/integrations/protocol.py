@@ -25,7 +25,7 @@ def error_body(message: str, param: str | None = None, type_: str = "invalid_req
 # the engine's ValueError messages start with the ARGSParams field name; map it back to the request field
 _PARAM_OF = {"k": "args_k", "w": "args_w", "mode": "args_mode", "temperature": "temperature",
              "max_new_tokens": "max_tokens", "seed": "seed", "stop": "stop", "logit_bias": "logit_bias",
-             "gate": "args_gate",
+             "gate": "args_gate", "rm_weights": "args_rm_weights",
              **{name: name for name in ("top_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
                                         "no_repeat_ngram_size", "min_p", "logprobs")}}
 
@@ -110,7 +110,7 @@ def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1,
     kw = dict(k=k, w=_get(body, "args_w", (int, float), 1.0), mode=mode, temperature=temperature,
               max_new_tokens=_get(body, "max_tokens", int, config.default_max_tokens), stop=stop or None,
               logprobs=parse_logprobs(body, chat), logit_bias=parse_logit_bias(body),
-              gate=_get(body, "args_gate", (int, float)),
+              gate=_get(body, "args_gate", (int, float)), rm_weights=_get(body, "args_rm_weights", list),
               **{name: _get(body, name, kind, default) for name, (kind, default) in _CONTROLS.items()})
     if n > 1 and "args_mode" not in body:
         raise BadRequest("n > 1 in the default greedy mode returns n identical choices; set args_mode "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..params import check_rm_weights
 from ..progress import quiet_transformers
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,29 +93,82 @@ def _model_kwargs(model, kw: dict) -> dict:
 
 
 class RewardModel(torch.nn.Module):
-    """A sequence-classification RM split into its trunk and scalar head, so a reward can be read at any
-    position (the candidates of a step) instead of only at the last non-pad token."""
+    """A sequence-classification RM split into its trunk and its head, so a reward can be read at any position
+    (the candidates of a step) instead of only at the last non-pad token.
 
-    def __init__(self, model):
+    Multi-objective RMs (num_labels = N > 1, ArmoRM-style) give N outputs per position; the reward is
+    weights . outputs. `weights` ([N] floats) or `objective` (one output's index) set the default; a request
+    may bring its own (ARGSParams.rm_weights). A single-output RM's reward is its output."""
+
+    def __init__(self, model, weights=None, objective: int | None = None):
         super().__init__()
-        if getattr(model.config, "num_labels", None) != 1:
-            raise ValueError(f"the reward model must have a scalar head (num_labels=1), got "
-                             f"num_labels={getattr(model.config, 'num_labels', None)}")
+        num_labels = getattr(model.config, "num_labels", None)
         # Decoder-only classifiers (Llama, GPT-2, OPT, Mistral, Qwen2, ...) put a `score` head on the last token;
         # encoder classifiers (BERT-style `classifier` on a pooled first token) cannot score a growing prefix.
         head = getattr(model, "score", None)
-        if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
-            raise ValueError(f"{type(model).__name__} has no scalar `score` head on the last token; use a "
-                             "decoder-only *ForSequenceClassification model with num_labels=1")
+        if not isinstance(head, torch.nn.Linear):
+            raise ValueError(f"{type(model).__name__} has no `score` head on the last token; use a decoder-only "
+                             "*ForSequenceClassification model")
         self.model, self.head, self.trunk = model, head, model.base_model
         self.config = model.config
+        self.num_objectives = head.out_features
+        if num_labels != self.num_objectives:
+            raise ValueError(f"num_labels ({num_labels}) != the score head's outputs ({self.num_objectives})")
+        self.weights = self._default_weights(weights, objective)  # [N] float64, or None for one output
+
+    @classmethod
+    def wrap(cls, rm, weights=None, objective: int | None = None) -> "RewardModel":
+        """rm: a *ForSequenceClassification model or a RewardModel (kept as is unless weights are given)."""
+        if isinstance(rm, RewardModel):
+            if weights is None and objective is None:
+                return rm
+            rm = rm.model
+        return cls(rm, weights, objective)
+
+    def _default_weights(self, weights, objective) -> torch.Tensor | None:
+        n = self.num_objectives
+        if weights is not None and objective is not None:
+            raise ValueError("give rm_weights or rm_objective, not both")
+        if objective is not None:
+            if isinstance(objective, bool) or not isinstance(objective, int) or not 0 <= objective < n:
+                raise ValueError(f"rm_objective must be an output index in [0, {n}), got {objective!r}")
+            weights = [1.0 if i == objective else 0.0 for i in range(n)]
+        if weights is not None:
+            return torch.tensor(check_rm_weights(weights, n), dtype=torch.float64)
+        if n > 1:
+            raise ValueError(f"the reward model has {n} outputs (multi-objective): choose one with rm_objective "
+                             f"(--rm-objective i) or combine them with rm_weights (--rm-weights w1,...,w{n})")
+        return None
+
+    def row_weights(self, per_row: list, device) -> torch.Tensor | None:
+        """The reward weights of each row [B, N] float64 (a request's own rm_weights, else the default), or None
+        for a single-output RM."""
+        if self.weights is None:
+            return None
+        rows = [self.weights if w is None else torch.tensor(w, dtype=torch.float64) for w in per_row]
+        return torch.stack(rows).to(device) if rows else self.weights.new_zeros(0, self.num_objectives).to(device)
 
     def forward_trunk(self, **kw) -> torch.Tensor:
         """Trunk forward -> last hidden states [B, T, H]."""
         return self.trunk(**_model_kwargs(self.trunk, kw)).last_hidden_state
 
-    def rewards(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).squeeze(-1)  # [..., H] -> [...]
+    def rewards(self, hidden: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, ..., H] -> rewards [B, ...]. weights [B, N] (row_weights) for a multi-objective RM; None
+        takes the default for every row."""
+        return combine_objectives(self.head(hidden), weights if weights is not None else self.weights)
+
+
+def combine_objectives(outputs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The head's outputs [B, ..., N] -> rewards [B, ...]: the output itself when N = 1, else weights . outputs
+    with weights [N] or per row [B, N] (accumulated in float64, returned in the outputs' dtype)."""
+    if outputs.shape[-1] == 1 and weights is None:
+        return outputs.squeeze(-1)
+    if weights is None:
+        raise ValueError("a multi-objective reward needs weights")
+    w = weights.to(outputs.device)
+    if w.dim() == 2:  # per row: [B, N] -> [B, 1, ..., 1, N]
+        w = w.view(w.shape[0], *([1] * (outputs.dim() - 2)), w.shape[1])
+    return (outputs.double() * w).sum(-1).to(outputs.dtype)
 
 
 def shares_trunk(lm, rm_model) -> bool:
