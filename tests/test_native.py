@@ -38,7 +38,10 @@ def assert_same(ref_outs, nat_outs):
         torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+NATIVE_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
+
+
+@pytest.mark.parametrize("family", NATIVE_FAMILIES)
 def test_auto_picks_native_for_llama_family(family):
     lm, rm, tok = models(family, torch.float32)
     assert ARGSEngine(lm, rm, tokenizer=tok).backend == "native"
@@ -47,12 +50,12 @@ def test_auto_picks_native_for_llama_family(family):
 def test_auto_keeps_reference_for_other_families():
     lm, rm, tok = models("gpt2", torch.float32)
     assert ARGSEngine(lm, rm, tokenizer=tok).backend == "reference"
-    with pytest.raises(ValueError, match="native"):
+    with pytest.raises(ValueError, match="model family 'gpt2' is not one of the native families"):
         ARGSEngine(lm, rm, tokenizer=tok, backend="native")
 
 
 @pytest.mark.parametrize("use_triton", USE_TRITON)
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("family", NATIVE_FAMILIES)
 def test_greedy_equals_reference_single_and_batched(family, use_triton):
     lm, rm, tok = models(family)
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")

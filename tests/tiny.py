@@ -8,7 +8,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification, MistralForCausalLM,
                           MistralForSequenceClassification, OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
-                          PreTrainedTokenizerFast, Qwen2ForCausalLM, Qwen2ForSequenceClassification)
+                          Phi3ForCausalLM, Phi3ForSequenceClassification, PreTrainedTokenizerFast, Qwen2ForCausalLM,
+                          Qwen2ForSequenceClassification, Qwen3ForCausalLM, Qwen3ForSequenceClassification)
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 CHARS = list(string.printable[:-5]) + ["\n"]  # printable without \t\r\x0b\x0c, plus newline
@@ -42,6 +43,16 @@ def _config(family: str, num_labels: int | None = None):
         return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=1, max_position_embeddings=256, initializer_range=0.2, sliding_window=None,
                    **common)
+    if family == "qwen3":  # per-head q/k RMSNorm
+        from transformers import Qwen3Config
+        return Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, max_position_embeddings=256, initializer_range=0.2,
+                           **common)
+    if family == "phi3":  # q/k/v and gate/up fused in the checkpoint
+        from transformers import Phi3Config
+        return Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+                          sliding_window=None, **common)
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.2, **common)
     if family == "opt":
@@ -51,10 +62,11 @@ def _config(family: str, num_labels: int | None = None):
 
 
 _LM = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM,
-       "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}
+       "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM}
 _RM = {"llama": LlamaForSequenceClassification, "gpt2": GPT2ForSequenceClassification,
        "opt": OPTForSequenceClassification, "mistral": MistralForSequenceClassification,
-       "qwen2": Qwen2ForSequenceClassification}
+       "qwen2": Qwen2ForSequenceClassification, "qwen3": Qwen3ForSequenceClassification,
+       "phi3": Phi3ForSequenceClassification}
 
 
 def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float64):

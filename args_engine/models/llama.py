@@ -1,4 +1,5 @@
-"""Native Llama-family trunk (Llama 2/3, SmolLM2, Mistral, Qwen2 with q/k/v bias) on paged KV caches.
+"""Native Llama-family trunk on paged KV caches: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v bias), Qwen3 (per-head
+q/k RMSNorm before RoPE) and Phi-3 (q/k/v and gate/up already fused in the checkpoint).
 
 It runs the weights of a loaded Hugging Face model in place (its RMSNorm and rotary modules, its Linear weights),
 so numerics match the HF forward and q/k/v biases come for free; attention and the caches are ours. At load,
@@ -11,20 +12,27 @@ import torch.nn.functional as F
 
 from .paged_ops import PagedOps, chunk_attention
 
-NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def native_unsupported_reason(model) -> str | None:
-    """Why the native runner cannot run `model` (None when it can)."""
+    """Why the native runner cannot run `model` (None when it can): the family by name when it is not one of
+    NATIVE_MODEL_TYPES, or the setting of a supported family it does not handle."""
     cfg = model.config
     if cfg.model_type not in NATIVE_MODEL_TYPES:
-        return f"model_type {cfg.model_type!r} is not one of {NATIVE_MODEL_TYPES}"
+        return f"model family {cfg.model_type!r} is not one of the native families {NATIVE_MODEL_TYPES}"
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"hidden_act {cfg.hidden_act!r} (native supports silu)"
-    layer = model.base_model.layers[0]
-    attn = layer.self_attn
-    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or hasattr(attn, "q_norm"):
-        return "attention is not the plain Llama q/k/v/o layout"
+    if getattr(cfg, "partial_rotary_factor", 1.0) != 1.0:
+        return f"partial_rotary_factor {cfg.partial_rotary_factor} (native rotates the whole head)"
+    attn, mlp = model.base_model.layers[0].self_attn, model.base_model.layers[0].mlp
+    split = all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj"))
+    if not (split or hasattr(attn, "qkv_proj")) or not hasattr(attn, "o_proj"):
+        return "attention is neither the q/k/v/o nor the qkv/o layout"
+    if not (all(hasattr(mlp, n) for n in ("gate_proj", "up_proj")) or hasattr(mlp, "gate_up_proj")):
+        return "the MLP is neither gate/up/down nor gate_up/down"
+    if hasattr(attn, "q_norm") != (cfg.model_type == "qwen3"):
+        return "q/k norms outside Qwen3"
     return None
 
 
@@ -51,8 +59,15 @@ class _FusedLayer:
 
     def __init__(self, layer):
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv_w, self.qkv_b = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
-        self.gate_up_w, _ = fuse_linears([mlp.gate_proj, mlp.up_proj])
+        if hasattr(attn, "qkv_proj"):  # Phi-3: fused in the checkpoint
+            self.qkv_w, self.qkv_b = attn.qkv_proj.weight, attn.qkv_proj.bias
+        else:
+            self.qkv_w, self.qkv_b = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+        if hasattr(mlp, "gate_up_proj"):
+            self.gate_up_w = mlp.gate_up_proj.weight
+        else:
+            self.gate_up_w, _ = fuse_linears([mlp.gate_proj, mlp.up_proj])
+        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)  # Qwen3
         self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
 
@@ -95,7 +110,10 @@ class PagedLlama:
         """x [N, H] (normed) -> q [N, Hq, D], k, v [N, Hkv, D] with RoPE applied to q and k (together)."""
         Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = F.linear(x, layer.qkv_w, layer.qkv_b).view(-1, Hq + 2 * Hkv, D)  # [N, Hq + 2 Hkv, D]
-        qk = rotate(qkv[:, :Hq + Hkv], cos, sin)
+        qk = qkv[:, :Hq + Hkv]
+        if layer.q_norm is not None:  # Qwen3: RMSNorm over each head, before RoPE
+            qk = torch.cat([layer.q_norm(qk[:, :Hq]), layer.k_norm(qk[:, Hq:])], dim=1)
+        qk = rotate(qk, cos, sin)
         return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
 
     @staticmethod
