@@ -48,6 +48,7 @@ class Request:
     generator: torch.Generator | None = None
     detok: IncrementalText | None = None  # the response's text so far (with a tokenizer)
     rm_tokens: int = 0  # k per ARGS step, 1 per gated step
+    rm_prefix: str | None = None  # bridged RMs: the prompt as the RM reads it (decoding/bridge.py)
     logprobs: list[float] = field(default_factory=list)  # with params.logprobs (native backend)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 

@@ -6,6 +6,7 @@ import time
 from typing import Iterator, Sequence
 
 from ..chat import Prompt, render_prompt
+from ..decoding.bridge import BridgeDecoder, RMTextView
 from ..decoding.common import GenerationOutput, Request, finish_output
 from ..decoding.naive import NaiveDecoder
 from ..decoding.reference import ReferenceDecoder
@@ -56,14 +57,19 @@ class ARGSEngine:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.lm, self.tokenizer, self.raw, self.batch_size = lm, tokenizer, raw, batch_size
         self.rm = RewardModel.wrap(rm, rm_weights, rm_objective)
-        check_pair(lm, self.rm, tokenizer, rm_tokenizer)
+        bridged = check_pair(lm, self.rm, tokenizer, rm_tokenizer)
         self.vocab_size = lm.config.vocab_size
-        limits = [c for c in (context_length(lm.config), context_length(self.rm.config)) if c is not None]
+        # bridged: the RM reads its own tokens (an encoder truncates them from the left), so only the LM's limit
+        limits = [c for c in (context_length(lm.config), None if bridged else context_length(self.rm.config))
+                  if c is not None]
         self.context_length = min(limits) if limits else None
         self.eos_ids = set(eos_ids) if eos_ids is not None else _eos_ids(lm, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)  # pad slots are masked anyway
+        self.bridge = RMTextView(tokenizer, rm_tokenizer, context_length(self.rm.config)) if bridged else None
         unsupported = native_unsupported_reason(lm) or native_unsupported_reason(self.rm.model)
+        if bridged:
+            unsupported = "the RM reads text through the tokenizer bridge, which the reference backend runs"
         if backend == "native" and unsupported:
             raise ValueError(f"backend='native' cannot run these models: {unsupported}; use backend='reference'")
         self.backend = ("reference" if unsupported else "native") if backend == "auto" else backend
@@ -77,7 +83,9 @@ class ARGSEngine:
             self.decoder = LLMEngine(lm, self.rm, tokenizer, self.eos_ids, max_num_seqs=batch_size,
                                      max_context=self.context_length, **native_options)
         elif self.backend == "naive":
-            self.decoder = NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids)
+            self.decoder = NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids, self.bridge)
+        elif bridged:
+            self.decoder = BridgeDecoder(lm, self.rm, tokenizer, self.eos_ids, self.bridge)
         else:
             self.decoder = ReferenceDecoder(lm, self.rm, tokenizer, self.eos_ids, self.pad_id)
 
@@ -108,7 +116,10 @@ class ARGSEngine:
         limit = self.context_length or (len(ids) + params.max_new_tokens)
         if len(ids) >= limit:
             raise ValueError(f"prompt is {len(ids)} tokens; the context holds {limit}, leaving no room to generate")
-        return Request(ids, params, max_len=limit)
+        req = Request(ids, params, max_len=limit)
+        if self.bridge is not None:
+            req.rm_prefix = self.bridge.prefix(prompt, self.raw)
+        return req
 
     def _requests(self, prompts, params) -> tuple[list, list[Request]]:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)) or \

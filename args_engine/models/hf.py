@@ -92,6 +92,9 @@ def _model_kwargs(model, kw: dict) -> dict:
     return kw
 
 
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra")
+
+
 class RewardModel(torch.nn.Module):
     """A sequence-classification RM split into its trunk and its head, so a reward can be read at any position
     (the candidates of a step) instead of only at the last non-pad token.
@@ -103,15 +106,17 @@ class RewardModel(torch.nn.Module):
     def __init__(self, model, weights=None, objective: int | None = None):
         super().__init__()
         num_labels = getattr(model.config, "num_labels", None)
-        # Decoder-only classifiers (Llama, GPT-2, OPT, Mistral, Qwen2, ...) put a `score` head on the last token;
-        # encoder classifiers (BERT-style `classifier` on a pooled first token) cannot score a growing prefix.
+        # Decoder-only classifiers (Llama, GPT-2, OPT, Mistral, Qwen2, ...) put a `score` head on the last token:
+        # a reward at any position, so candidates share the prefix cache. Encoder classifiers (BERT, RoBERTa,
+        # DeBERTa-v2: a classifier on a pooled first token) read each candidate's whole text (decoding/bridge.py).
         head = getattr(model, "score", None)
-        if not isinstance(head, torch.nn.Linear):
-            raise ValueError(f"{type(model).__name__} has no `score` head on the last token; use a decoder-only "
-                             "*ForSequenceClassification model")
-        self.model, self.head, self.trunk = model, head, model.base_model
+        self.is_encoder = not isinstance(head, torch.nn.Linear)
+        if self.is_encoder and model.config.model_type not in ENCODER_TYPES:
+            raise ValueError(f"{type(model).__name__} has no `score` head on the last token and is not an encoder "
+                             f"classifier ({', '.join(ENCODER_TYPES)}); use a *ForSequenceClassification model")
+        self.model, self.head, self.trunk = model, None if self.is_encoder else head, model.base_model
         self.config = model.config
-        self.num_objectives = head.out_features
+        self.num_objectives = num_labels if self.is_encoder else head.out_features
         if num_labels != self.num_objectives:
             raise ValueError(f"num_labels ({num_labels}) != the score head's outputs ({self.num_objectives})")
         self.weights = self._default_weights(weights, objective)  # [N] float64, or None for one output
@@ -147,6 +152,10 @@ class RewardModel(torch.nn.Module):
             return None
         rows = [self.weights if w is None else torch.tensor(w, dtype=torch.float64) for w in per_row]
         return torch.stack(rows).to(device) if rows else self.weights.new_zeros(0, self.num_objectives).to(device)
+
+    def encoder_rewards(self, inputs: dict, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder RM: tokenized texts (input_ids, attention_mask, ... [n, T]) -> rewards [n]."""
+        return combine_objectives(self.model(**inputs).logits, weights if weights is not None else self.weights)
 
     def forward_trunk(self, **kw) -> torch.Tensor:
         """Trunk forward -> last hidden states [B, T, H]."""
@@ -204,14 +213,21 @@ def next_token_logits(lm, **kw) -> torch.Tensor:
     return lm(**kw).logits[:, -1]
 
 
-def check_pair(lm, rm: RewardModel, tokenizer=None, rm_tokenizer=None) -> None:
+def check_pair(lm, rm: RewardModel, tokenizer=None, rm_tokenizer=None) -> bool:
+    """Check the LM; -> whether the RM must read text through the bridge (decoding/bridge.py): an encoder RM, or
+    a decoder RM on another vocabulary or tokenizer."""
     if getattr(lm.config, "is_encoder_decoder", False) or not hasattr(lm, "get_output_embeddings") \
             or lm.get_output_embeddings() is None:
         raise ValueError(f"the LM must be a decoder-only causal LM with a language-model head, got "
                          f"{type(lm).__name__}")
-    lv, rv = lm.config.vocab_size, rm.config.vocab_size
-    if lv != rv:
-        raise ValueError(f"LM and RM vocabularies differ (LM vocab_size={lv}, RM vocab_size={rv}); ARGS scores "
-                         "the LM's candidate tokens with the RM, so both must share one tokenizer")
-    if tokenizer is not None and rm_tokenizer is not None and tokenizer.get_vocab() != rm_tokenizer.get_vocab():
-        raise ValueError("LM and RM tokenizers differ; ARGS needs one shared vocabulary")
+    if rm.is_encoder:
+        bridged, why = True, f"the RM is an encoder ({rm.config.model_type})"
+    elif tokenizer is not None and rm_tokenizer is not None and tokenizer.get_vocab() != rm_tokenizer.get_vocab():
+        bridged, why = True, "LM and RM tokenizers differ"
+    else:
+        lv, rv = lm.config.vocab_size, rm.config.vocab_size
+        bridged, why = lv != rv, f"LM and RM vocabularies differ (LM vocab_size={lv}, RM vocab_size={rv})"
+    if bridged and (tokenizer is None or rm_tokenizer is None):
+        raise ValueError(f"{why}: the RM must read the text, so pass both tokenizers (tokenizer= for the LM, "
+                         "rm_tokenizer= for the RM)")
+    return bridged

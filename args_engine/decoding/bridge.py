@@ -1,0 +1,188 @@
+"""Reward models on another tokenizer, and encoder reward models: the RM reads text.
+
+Definition. At each step the RM scores candidate c on the text it would see if everything were re-tokenized
+from scratch:
+
+    rm_ids(c) = rm_tokenizer(prefix + lm_tokenizer.decode(response_ids + [c], skip_special_tokens=True))
+
+where `prefix` is the prompt rendered with the RM's own chat template (generation prompt included; the
+"role: content" fallback without one), or the prompt's text as is for raw prompts. An LM token that ends inside
+a UTF-8 character decodes as the full decode does (U+FFFD until the character completes). A decoder RM's reward
+is its head at the last token of rm_ids(c); an encoder's is its classifier on rm_ids(c), truncated from the left
+to its maximum length. NaiveDecoder computes exactly this, with no caches: the oracle.
+
+Keeping the RM cache (BridgeDecoder). Re-tokenizing the text can change only its last few tokens, so the RM
+cache holds the committed RM tokens and, each step, is cut back to the longest prefix that every candidate's
+rm_ids still starts with (usually all of it). The candidates' variable-length tails go through the RM in one
+forward, each attending to the shared prefix and to its own earlier tail tokens (a ragged tree mask), and the
+chosen candidate's tail K/V stay in the cache. Every K/V in the cache is then that of a prefix of rm_ids(c),
+so the scores equal the definition's."""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from ..models.hf import RewardModel, next_token_logits
+from .common import Request, append_token, gated, select_candidates, topk_logprobs
+from .logit_controls import apply_logit_controls
+from .masks import _additive
+
+
+class RMTextView:
+    """How a bridged RM reads a request: the RM-side prompt text, and the RM token ids of prompt + response."""
+
+    def __init__(self, lm_tokenizer, rm_tokenizer, max_length: int | None = None):
+        if lm_tokenizer is None or rm_tokenizer is None:
+            raise ValueError("a reward model on another tokenizer needs both tokenizers (tokenizer= and "
+                             "rm_tokenizer=) to turn LM tokens into RM text")
+        self.lm_tok, self.rm_tok, self.max_length = lm_tokenizer, rm_tokenizer, max_length
+        self._template = bool(getattr(rm_tokenizer, "chat_template", None))
+
+    def prefix(self, prompt, raw: bool) -> str:
+        """The prompt as the RM reads it before the response."""
+        if not isinstance(prompt, str) and all(isinstance(t, int) for t in prompt):
+            return self.lm_tok.decode(prompt)  # token ids: their text as is
+        if isinstance(prompt, str) and raw:
+            return prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if self._template:
+            return self.rm_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    def response_text(self, response_ids: list[int]) -> str:
+        return self.lm_tok.decode(response_ids, skip_special_tokens=True)
+
+    def ids(self, prefix: str, response_ids: list[int]) -> list[int]:
+        """rm_ids: prefix + the response's text, tokenized from scratch (special tokens as a template writes them,
+        else the tokenizer's own, e.g. BOS or [CLS] ... [SEP])."""
+        text = prefix + self.response_text(response_ids)
+        return self.rm_tok(text, add_special_tokens=not self._template)["input_ids"]
+
+    def encode(self, prefix: str, responses: list[list[int]], device) -> dict[str, torch.Tensor]:
+        """Encoder input for several responses: padded, truncated from the left to max_length."""
+        texts = [prefix + self.response_text(r) for r in responses]
+        side = getattr(self.rm_tok, "truncation_side", "right")
+        self.rm_tok.truncation_side = "left"  # keep the newest text; the special tokens stay
+        try:
+            enc = self.rm_tok(texts, padding=True, truncation=self.max_length is not None,
+                              max_length=self.max_length, return_tensors="pt", add_special_tokens=True)
+        finally:
+            self.rm_tok.truncation_side = side
+        return {k: v.to(device) for k, v in enc.items()}
+
+
+def bridged_rewards(rm: RewardModel, view: RMTextView, prefix: str, response_ids: list[int], cands: list[int],
+                    weights, device) -> torch.Tensor:
+    """The definition, from scratch: the reward of each candidate [n] (NaiveDecoder's RM call)."""
+    responses = [response_ids + [c] for c in cands]
+    if rm.is_encoder:
+        return rm.encoder_rewards(view.encode(prefix, responses, device), weights)
+    out = []
+    for r in responses:
+        ids = torch.tensor([view.ids(prefix, r)], device=device)
+        hidden = rm.forward_trunk(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)  # [1, T, H]
+        out.append(rm.rewards(hidden[:, -1], None if weights is None else weights[:1])[0])
+    return torch.stack(out)
+
+
+class BridgeDecoder:
+    """The reference backend for bridged RMs: one request at a time, the LM on its own KV cache, a decoder RM
+    on the cache described in the module docstring (an encoder RM reads the k candidate texts in one batch)."""
+
+    name = "reference"
+
+    def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], view: RMTextView):
+        self.lm, self.rm, self.tokenizer, self.eos_ids, self.view = lm, rm, tokenizer, eos_ids, view
+        self.rm_tokens_recomputed = 0  # RM tokens re-read because re-tokenization changed them (a statistic)
+
+    @torch.no_grad()
+    def run(self, reqs: list[Request], on_step=None) -> None:
+        for req in reqs:
+            self._decode(req, on_step)
+
+    def _decode(self, req: Request, on_step) -> None:
+        device = next(self.lm.parameters()).device
+        lm_cache, rm_cache = DynamicCache(), DynamicCache()
+        cached: list[int] = []  # RM tokens whose K/V rm_cache holds
+        ids = torch.tensor([req.prompt_ids], device=device)
+        logits = next_token_logits(self.lm, input_ids=ids, cache=lm_cache, use_cache=True)  # [1, V]
+        weights = self.rm.row_weights([req.params.rm_weights], device)
+        while not req.finished:
+            k = req.params.k
+            logits = apply_logit_controls(logits, [req.params], [req.prompt_ids + req.out_ids],
+                                          [len(req.prompt_ids)])
+            logp, cand = topk_logprobs(logits, k)  # [1, k]
+            n = 1 if gated([req.params], logp[:, 0].tolist())[0] else k
+            cands = cand[0, :n].tolist()
+            if self.rm.is_encoder:
+                rewards = bridged_rewards(self.rm, self.view, req.rm_prefix, req.out_ids, cands, weights, device)
+            else:
+                rewards, commit = self._score_cached(req, cands, rm_cache, cached, weights, device)
+            j = select_candidates(logp[:, :n], rewards[None], [req], [n < k])[0].item()
+            if not self.rm.is_encoder:
+                cached[:] = commit(j)
+            token = cands[j]
+            append_token(req, token, rewards[j].item(), self.tokenizer, self.eos_ids)
+            if on_step:
+                on_step(1)
+            if not req.finished:
+                logits = next_token_logits(self.lm, input_ids=torch.tensor([[token]], device=device), cache=lm_cache,
+                                           use_cache=True)
+
+    def _score_cached(self, req: Request, cands: list[int], cache: DynamicCache, cached: list[int], weights,
+                      device):
+        """-> (rewards [n], commit(j) -> the RM tokens the cache holds after keeping candidate j's tail)."""
+        rm_ids = [self.view.ids(req.rm_prefix, req.out_ids + [c]) for c in cands]
+        keep = min(len(cached), *(len(r) - 1 for r in rm_ids))  # every candidate keeps >= 1 token to score
+        for r in rm_ids:
+            keep = _common_prefix(cached, r, keep)
+        if keep < len(cached):
+            self.rm_tokens_recomputed += len(cached) - keep
+            _crop(cache, keep)
+        tails = [r[keep:] for r in rm_ids]
+        lens = [len(t) for t in tails]
+        flat = torch.tensor([sum(tails, [])], device=device)  # [1, S]
+        pos = torch.tensor([[keep + i for t in tails for i in range(len(t))]], device=device)
+        mask = _additive(_tree_keep(lens, keep, device), next(self.rm.parameters()).dtype)[None, None]
+        hidden = self.rm.forward_trunk(input_ids=flat, attention_mask=mask, position_ids=pos, cache=cache,
+                                       use_cache=True)[0]  # [S, H]
+        ends = torch.tensor(lens, device=device).cumsum(0) - 1  # last token of each tail
+        rewards = self.rm.rewards(hidden[ends], None if weights is None else weights.expand(len(cands), -1))
+        starts = [e - n + 1 for e, n in zip(ends.tolist(), lens)]
+
+        def commit(j: int) -> list[int]:
+            _keep_segment(cache, keep, keep + starts[j], lens[j])
+            return rm_ids[j]
+        req.rm_tokens += sum(lens) - len(cands)  # the tails' extra tokens (select_candidates counts one each)
+        return rewards, commit
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _tree_keep(lens: list[int], prefix: int, device) -> torch.Tensor:
+    """Ragged tree over a cached prefix: each tail token sees the whole prefix and its own tail up to itself.
+    -> keep [S, prefix + S] (bool)"""
+    S = sum(lens)
+    seg = torch.repeat_interleave(torch.arange(len(lens), device=device), torch.tensor(lens, device=device))  # [S]
+    idx = torch.arange(S, device=device)
+    own = (seg[:, None] == seg[None, :]) & (idx[None, :] <= idx[:, None])  # [S, S]
+    return torch.cat([torch.ones(S, prefix, dtype=torch.bool, device=device), own], dim=1)
+
+
+def _crop(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` positions (transformers' own crop has changed meaning across versions)."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+
+
+def _keep_segment(cache: DynamicCache, prefix: int, start: int, length: int) -> None:
+    """The cache holds prefix + every tail; keep the prefix and the tail at [start, start + length)."""
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            kv = getattr(layer, name)  # [1, H, prefix + S, D]
+            setattr(layer, name, torch.cat([kv[:, :, :prefix], kv[:, :, start:start + length]], dim=2))

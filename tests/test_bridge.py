@@ -1,0 +1,160 @@
+"""Reward models on another tokenizer (decoder RMs, through the bridge that keeps the RM cache) and encoder RMs:
+tokens identical to the naive oracle, which re-tokenizes each candidate's whole text from scratch every step
+(decoding/bridge.py). Tiny random models in float64; the LM on the default SmolLM2 tokenizer; the RM on a BPE
+tokenizer trained here on HH text, or on the offline MiniLM package's WordPiece tokenizer."""
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config,
+                          DebertaV2ForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                          LlamaForSequenceClassification, PreTrainedTokenizerFast)
+
+from args_engine import ARGSEngine, ARGSParams
+
+pytestmark = pytest.mark.slow  # the SmolLM2 tokenizer comes with the default LM (converted once, ~25 s)
+
+PROMPTS = ["How do I bake bread at home?", "Dis-moi : où est le café ? 😀 日本語もどうぞ",
+           [{"role": "user", "content": "Tell me about the ocean 🌊"}]]
+N = 16
+RM_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+               "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def lm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from args_engine.models.defaults import default_lm_dir
+    return AutoTokenizer.from_pretrained(default_lm_dir())
+
+
+@pytest.fixture(scope="module")
+def lm(lm_tokenizer):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(lm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      initializer_range=0.5, eos_token_id=lm_tokenizer.eos_token_id)
+    return LlamaForCausalLM(cfg).double().eval()
+
+
+def hh_lines(limit=400):
+    from args_engine.reward.data import load_pairs
+    return [p.chosen for p in load_pairs()[:limit]]
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A byte-level BPE trained here on HH text (another vocabulary entirely), with its own chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(hh_lines(), trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = RM_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="module")
+def wordpiece_tokenizer():
+    from transformers import AutoTokenizer
+
+    from args_engine.eval.embed import minilm_dir
+    return AutoTokenizer.from_pretrained(minilm_dir())
+
+
+def decoder_rm(vocab: int, num_labels: int = 1):
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      initializer_range=0.5, num_labels=num_labels, pad_token_id=0)
+    return LlamaForSequenceClassification(cfg).double().eval()
+
+
+def encoder_rm(kind: str, vocab: int, num_labels: int = 1):
+    torch.manual_seed(2)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=32, num_labels=num_labels, initializer_range=0.5)
+    if kind == "bert":
+        return BertForSequenceClassification(BertConfig(**common)).double().eval()
+    return DebertaV2ForSequenceClassification(DebertaV2Config(**common, pooler_hidden_size=32)).double().eval()
+
+
+def run(lm, rm, lm_tok, rm_tok, backend, params, **kw):
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tok, rm_tokenizer=rm_tok, backend=backend, eos_ids=set(), **kw)
+    return engine, engine.generate(PROMPTS, params, progress=False)
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert x.token_ids == y.token_ids and x.text == y.text
+        torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["rm-chat-template", "no-template"])
+@pytest.mark.parametrize("mode", ["greedy", "stochastic"])
+def test_bpe_bridge_equals_the_definition(lm, lm_tokenizer, bpe_tokenizer, template, mode):
+    rm_tok = bpe_tokenizer
+    if not template:
+        rm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend_tokenizer, bos_token="<s>",
+                                         eos_token="</s>", pad_token="<pad>")
+    rm = decoder_rm(len(rm_tok))
+    params = ARGSParams(k=6, w=3.0, max_new_tokens=N, mode=mode, temperature=0.9, seed=5)
+    engine, cached = run(lm, rm, lm_tokenizer, rm_tok, "auto", params)
+    assert engine.backend == "reference" and engine.bridge is not None
+    _, naive = run(lm, rm, lm_tokenizer, rm_tok, "naive", params)
+    assert_same(naive, cached)
+    # the cache is used: the RM read far fewer tokens than re-reading every candidate's whole text
+    full = sum(len(engine.bridge.ids(engine.make_request(p, params).rm_prefix, [])) for p in PROMPTS) * N * 6
+    assert sum(o.rm_tokens for o in cached) < full / 5
+
+
+def test_partial_characters_decode_as_the_full_text(lm, lm_tokenizer, bpe_tokenizer):
+    """The LM's byte-level tokens split emoji and CJK characters: the RM's text is the full decode's."""
+    from args_engine.decoding.bridge import RMTextView
+    view = RMTextView(lm_tokenizer, bpe_tokenizer)
+    ids = lm_tokenizer("😀日本", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2  # bytes of one character over several tokens
+    for n in range(1, len(ids) + 1):
+        assert view.response_text(ids[:n]) == lm_tokenizer.decode(ids[:n], skip_special_tokens=True)
+    assert view.response_text(ids) == "😀日本"
+
+
+def test_wordpiece_decoder_rm(lm, lm_tokenizer, wordpiece_tokenizer):
+    rm = decoder_rm(len(wordpiece_tokenizer))
+    params = ARGSParams(k=5, w=4.0, max_new_tokens=N)
+    _, cached = run(lm, rm, lm_tokenizer, wordpiece_tokenizer, "reference", params)
+    _, naive = run(lm, rm, lm_tokenizer, wordpiece_tokenizer, "naive", params)
+    assert_same(naive, cached)
+
+
+@pytest.mark.parametrize("kind,tok", [("bert", "wordpiece"), ("deberta-v2", "bpe")])
+def test_encoder_rm_equals_the_definition(lm, lm_tokenizer, bpe_tokenizer, wordpiece_tokenizer, kind, tok):
+    rm_tok = wordpiece_tokenizer if tok == "wordpiece" else bpe_tokenizer
+    rm = encoder_rm(kind, len(rm_tok))
+    params = ARGSParams(k=5, w=4.0, max_new_tokens=N, gate=0.2)
+    engine, batched = run(lm, rm, lm_tokenizer, rm_tok, "auto", params)
+    assert engine.rm.is_encoder and engine.backend == "reference"
+    _, naive = run(lm, rm, lm_tokenizer, rm_tok, "naive", params)
+    assert_same(naive, batched)
+    # texts longer than the encoder's 32 positions were truncated from the left, not refused
+    assert max(len(engine.bridge.ids(engine.make_request(p, params).rm_prefix, o.token_ids))
+               for p, o in zip(PROMPTS, batched)) > 32
+
+
+def test_multi_objective_bridged_rm(lm, lm_tokenizer, bpe_tokenizer):
+    rm = decoder_rm(len(bpe_tokenizer), num_labels=3)
+    params = [ARGSParams(k=5, w=3.0, max_new_tokens=N), ARGSParams(k=5, w=3.0, max_new_tokens=N,
+                                                                   rm_weights=[0.0, 1.0, -1.0]),
+              ARGSParams(k=4, w=2.0, max_new_tokens=N)]
+    _, cached = run(lm, rm, lm_tokenizer, bpe_tokenizer, "reference", params, rm_weights=[1.0, 0.5, 0.0])
+    _, naive = run(lm, rm, lm_tokenizer, bpe_tokenizer, "naive", params, rm_weights=[1.0, 0.5, 0.0])
+    assert_same(naive, cached)
+
+
+def test_bridge_errors_are_named(lm, lm_tokenizer, bpe_tokenizer):
+    rm = decoder_rm(len(bpe_tokenizer))
+    with pytest.raises(ValueError, match="vocabularies differ .* pass both tokenizers"):
+        ARGSEngine(lm, rm, tokenizer=lm_tokenizer)
+    with pytest.raises(ValueError, match="backend='native' cannot run these models: the RM reads text"):
+        ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="native")
