@@ -158,3 +158,11 @@ def test_bridge_errors_are_named(lm, lm_tokenizer, bpe_tokenizer):
         ARGSEngine(lm, rm, tokenizer=lm_tokenizer)
     with pytest.raises(ValueError, match="backend='native' cannot run these models: the RM reads text"):
         ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="native")
+
+
+def test_readme_reward_models_snippet(lm, lm_tokenizer, bpe_tokenizer):
+    from test_readme_dropin import snippet
+    ns = dict(lm=lm, rm=decoder_rm(len(bpe_tokenizer)), lm_tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer,
+              armo_rm=decoder_rm(lm.config.vocab_size, num_labels=3), tok=lm_tokenizer)
+    exec(snippet("reward-models"), ns)
+    assert ns["engine"].rm.num_objectives == 3
