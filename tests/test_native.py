@@ -310,3 +310,22 @@ def test_native_options_are_checked():
     gpt_lm, gpt_rm, _ = models("gpt2")
     with pytest.raises(ValueError, match="native backend only"):
         ARGSEngine(gpt_lm, gpt_rm, tokenizer=tok, block_size=4)  # auto resolves to reference here
+
+
+@pytest.mark.parametrize("family", NATIVE_FAMILIES)
+def test_native_norm_and_rope_equal_hf_bit_for_bit(family):
+    """The runner's fused RMSNorm and its RoPE table give exactly the HF modules' values (float32)."""
+    from args_engine.models.llama import RMSNorm, rotate
+    lm = tiny_lm(family, dtype=torch.float32)
+    base = lm.base_model
+    x = torch.randn(7, lm.config.hidden_size) * 3
+    assert torch.equal(RMSNorm(base.norm)(x), base.norm(x))
+    runner = ARGSEngine(lm, tiny_rm(family, dtype=torch.float32), tokenizer=char_tokenizer(),
+                        backend="native").decoder.runner
+    pos = torch.tensor([0, 5, 3, 200, 17])
+    cos, sin = runner.lm._rope(x[:5], pos)
+    hf_cos, hf_sin = base.rotary_emb(x[:5], pos[None])
+    q = torch.randn(5, 4, cos.shape[-1])
+    half = q.shape[-1] // 2
+    hf_rot = q * hf_cos[0][:, None] + torch.cat((-q[..., half:], q[..., :half]), -1) * hf_sin[0][:, None]
+    assert torch.equal(rotate(q, cos, sin), hf_rot)
