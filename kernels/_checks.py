@@ -1,4 +1,4 @@
-"""Input checks the kernel launchers share."""
+"""What the kernel launchers share: input checks, and cached scalar arguments."""
 from __future__ import annotations
 
 import torch
@@ -13,3 +13,16 @@ def check_tensors_on_one_device(ref_name: str, **named) -> None:
         if t.device != ref.device:
             raise ValueError(f"{name} is on device {t.device} but {ref_name} is on {ref.device}: "
                              "all tensors must share one device")
+
+
+_SCALES: dict[tuple, torch.Tensor] = {}
+
+
+def scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The softmax scale as a [1] tensor in the accumulator dtype, made once per (scale, dtype, device): an
+    allocation per layer call would be a launch each (and memory a CUDA graph must hold)."""
+    key = (scale, dtype, device)
+    t = _SCALES.get(key)
+    if t is None:
+        t = _SCALES[key] = torch.full((1,), scale, dtype=dtype, device=device)
+    return t

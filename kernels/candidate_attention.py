@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device
+from ._checks import check_tensors_on_one_device, scale_tensor
 
 
 @triton.jit
@@ -131,19 +131,6 @@ def _candidate_attention_combine_kernel(
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 MAX_TILE_ROWS = 64  # query rows (candidates x group) per program: more would spill registers; extra tiles instead
-_scales: dict[tuple, torch.Tensor] = {}
-
-
-def _scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The softmax scale as a [1] tensor in the accumulator dtype, made once per (scale, dtype, device): an
-    allocation per layer call would be a launch each (and memory a CUDA graph must hold)."""
-    key = (scale, dtype, device)
-    t = _scales.get(key)
-    if t is None:
-        t = _scales[key] = torch.full((1,), scale, dtype=dtype, device=device)
-    return t
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -209,7 +196,7 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     DP = max(16, triton.next_power_of_2(D))
     BLOCK_N = 64 if q.is_cuda else 128
     prec = "ieee" if q.dtype in (torch.float32, torch.float64) else None  # fp32: no TF32 rounding
-    scale_t = _scale_tensor(float(scale), acc, q.device)
+    scale_t = scale_tensor(float(scale), acc, q.device)
     max_ctx = max(1, block_tables.shape[1] * BS)
     if split is None:
         split = 1

@@ -24,7 +24,7 @@ from ..decoding.common import gated, selection_arrays
 from ..decoding.logit_controls import apply_logit_controls
 from ..models.hf import RewardModel, combine_objectives, shares_trunk
 from ..models.llama import PagedLlama
-from ..models.paged_ops import PagedOps
+from ..models.paged_ops import PagedOps, PrefillChunks
 from .cuda_graphs import StepGraphs, batch_bucket
 from .sequence import Sequence
 from .step_inputs import HostRead, StepTransfer
@@ -131,6 +131,10 @@ class ModelRunner:
             a["pf_pos"] = np.array(pos, dtype=np.int64)
             a["pf_slots"] = bm.slots(seqs, pos).numpy()
             a["pf_tables"] = bm.block_tables([s for s, _ in prefill]).numpy()
+            a["pf_cu"] = np.cumsum([0] + [n for _, n in prefill], dtype=np.int32)
+            a["pf_starts"] = np.array([s.lm_cached for s, _ in prefill], dtype=np.int32)
+            ends = np.cumsum([n for _, n in prefill]) - 1
+            a["pf_last"] = ends[[s.lm_cached + n == s.num_tokens for s, n in prefill]].astype(np.int64)
         ready = [s for s, n in prefill if s.lm_cached + n == s.num_tokens] + decode
         B, rows, lm_rows, kmax = len(ready), 0, 0, 0
         if ready:
@@ -244,17 +248,16 @@ class ModelRunner:
         """Run the chunks through both trunks (same tokens, same slots). -> LM logits [R, V] of the sequences whose
         prompt is now complete (in chunk order)."""
         t = batch.t
-        spans, last, off = [], [], 0
-        for i, (seq, n) in enumerate(batch.prefill):
-            spans.append((off, n, seq.lm_cached, t["pf_tables"][i]))
+        spans, off = [], 0
+        for seq, n in batch.prefill:
+            spans.append((off, n, seq.lm_cached))
             off += n
-            if seq.lm_cached + n == seq.num_tokens:
-                last.append(off - 1)
-        args = (t["pf_ids"], t["pf_pos"], t["pf_slots"], spans)
+        chunks = PrefillChunks(spans, t["pf_tables"], t["pf_cu"], t["pf_starts"])
+        args = (t["pf_ids"], t["pf_pos"], t["pf_slots"], chunks)
         h_lm = self.lm.forward_chunks(*args, self.lm_kv)  # [N, H]
         if not self.shared:
             self.rm.forward_chunks(*args, self.rm_kv)
-        return self.lm_head(h_lm[last])
+        return self.lm_head(h_lm[t["pf_last"]])  # the last token of each completed prompt
 
     def _decode(self, batch: StepBatch) -> torch.Tensor:
         """The LM reads each decode row's last committed token. -> logits [D, V]"""

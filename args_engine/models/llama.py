@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .paged_ops import PagedOps, chunk_attention
+from .paged_ops import PagedOps
 
 NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
@@ -154,8 +154,8 @@ class PagedLlama:
 
     @torch.no_grad()
     def forward_chunks(self, ids, positions, slots, chunks, kv) -> torch.Tensor:
-        """Prefill. ids, positions, slots [N]: the concatenated chunks; chunks: (offset in ids, length, start
-        position, block_table row) per sequence. Stores every chunk's K/V. -> hidden [N, H]"""
+        """Prefill. ids, positions, slots [N]: the concatenated chunks; chunks: PrefillChunks (per sequence:
+        offset in ids, length, start position, block table). Stores every chunk's K/V. -> hidden [N, H]"""
         k_cache, v_cache = kv
         h = self.embed(ids)  # [N, H]
         cos, sin = self._rope(h, positions)
@@ -165,9 +165,7 @@ class PagedLlama:
             # Every chunk stores before any chunk attends: a prompt admitted this step may hit blocks another
             # chunk of this step fills (Scheduler._add_chunk relies on it).
             self.ops.store_kv(k, v, k_cache[li], v_cache[li], slots)
-            out = torch.empty_like(q)
-            for off, n, start, table in chunks:
-                out[off:off + n] = chunk_attention(q[off:off + n], k_cache[li], v_cache[li], table, start, self.scale)
+            out = self.ops.prefill_attention(q, k_cache[li], v_cache[li], chunks, self.scale)  # [N, Hq, D]
             h = h + layer.o_proj(out.flatten(1))
             h = h + self._mlp(layer, layer.post_norm(h))
         return self.norm(h)

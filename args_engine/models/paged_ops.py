@@ -3,6 +3,7 @@ or plain torch (CPU). Paged cache layout: [num_blocks, block_size, Hkv, D] per l
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -69,15 +70,31 @@ def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: f
     return out.view(Hkv, G, C, D).permute(2, 0, 1, 3).reshape(C, Hq, D)
 
 
+@dataclass
+class PrefillChunks:
+    """A step's prefill chunks: spans (offset in the step's tokens, length, start position) per sequence on the
+    host, and the same as device tensors for the kernel: tables [P, MB] int32, cu_seqlens [P + 1], starts [P]."""
+
+    spans: list[tuple[int, int, int]]
+    tables: torch.Tensor
+    cu_seqlens: torch.Tensor
+    starts: torch.Tensor
+
+    @property
+    def max_len(self) -> int:
+        return max(n for _, n, _ in self.spans)
+
+
 class PagedOps:
     """use_triton: the Triton kernels; otherwise torch and the C++ CPU ops."""
 
     def __init__(self, use_triton: bool):
         self.use_triton = use_triton
         if use_triton:
-            from ..kernels import args_select, candidate_attention, store_kv, topk_logprobs
+            from ..kernels import args_select, candidate_attention, prefill_attention, store_kv, topk_logprobs
             self._k = dict(args_select=args_select.args_select, store_kv=store_kv.store_kv,
                            candidate_attention=candidate_attention.candidate_attention,
+                           prefill_attention=prefill_attention.prefill_attention,
                            topk_logprobs=topk_logprobs.topk_logprobs)
 
     def store_kv(self, key, value, key_cache, value_cache, slots) -> None:
@@ -89,6 +106,17 @@ class PagedOps:
         else:  # the engine never passes slot -1, so no masking (store_kv_ref's) on this per-layer path
             key_cache.view(-1, *key_cache.shape[2:])[slots] = key
             value_cache.view(-1, *value_cache.shape[2:])[slots] = value
+
+    def prefill_attention(self, q, key_cache, value_cache, chunks: PrefillChunks, scale: float) -> torch.Tensor:
+        """q [N, Hq, D] of every chunk, their K/V already stored -> causal attention over each sequence [N, Hq, D]:
+        one kernel launch for all chunks, or chunk_attention per chunk in torch."""
+        if self.use_triton:
+            return self._k["prefill_attention"](q, key_cache, value_cache, chunks.tables, chunks.cu_seqlens,
+                                                chunks.starts, chunks.max_len, scale)
+        out = torch.empty_like(q)
+        for (off, n, start), table in zip(chunks.spans, chunks.tables):
+            out[off:off + n] = chunk_attention(q[off:off + n], key_cache, value_cache, table, start, scale)
+        return out
 
     def candidate_plan(self, block_tables, context_lens, K: int, G: int, block_size: int):
         """Per-forward metadata the torch attention shares across layers (None for the kernel)."""
