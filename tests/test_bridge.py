@@ -166,3 +166,12 @@ def test_readme_reward_models_snippet(lm, lm_tokenizer, bpe_tokenizer):
               armo_rm=decoder_rm(lm.config.vocab_size, num_labels=3), tok=lm_tokenizer)
     exec(snippet("reward-models"), ns)
     assert ns["engine"].rm.num_objectives == 3
+
+
+def test_eval_refuses_a_bridged_rm(lm, lm_tokenizer, bpe_tokenizer):
+    """eval's final scoring reads the LM's tokens: a bridged RM is refused, not scored on the wrong tokens."""
+    from args_engine.eval.methods import parse_methods
+    from args_engine.eval.runner import evaluate, from_engine
+    engine = ARGSEngine(lm, decoder_rm(len(bpe_tokenizer)), tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer)
+    with pytest.raises(ValueError, match="not supported by eval yet"):
+        evaluate([[{"role": "user", "content": "hi"}]], parse_methods("greedy"), models=from_engine(engine))

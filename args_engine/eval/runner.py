@@ -56,6 +56,9 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     models = models or load_models(lm, rm, device, dtype, batch_size, **(rm_options or {}))
+    if getattr(models.engine, "bridge", None) is not None:  # score_replies reads the LM's tokens
+        raise ValueError("eval scores responses with the decoding RM on the LM's tokens: an RM on another "
+                         "tokenizer, or an encoder RM, is not supported by eval yet (decode with it instead)")
     judge = judge or Judge.load(device=device)
     check_independent(judge, models.rm)
     encoder = encoder or judge.encoder
