@@ -1,7 +1,9 @@
-"""What the kernel launchers share: input checks, and cached scalar arguments."""
+"""What the kernels and their launchers share: input checks, cached scalar arguments, the soft cap."""
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 
 def check_tensors_on_one_device(ref_name: str, **named) -> None:
@@ -26,3 +28,9 @@ def scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torc
     if t is None:
         t = _SCALES[key] = torch.full((1,), scale, dtype=dtype, device=device)
     return t
+
+
+@triton.jit
+def soft_cap(x, cap):
+    """Gemma 2's score cap: cap * tanh(x / cap), tanh written with exp (no libdevice call under the interpreter)."""
+    return cap * (1.0 - 2.0 / (tl.exp(2.0 * x / cap) + 1.0))

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device, scale_tensor
+from ._checks import check_tensors_on_one_device, scale_tensor, soft_cap
 
 
 @triton.jit
@@ -23,9 +23,9 @@ def _candidate_attention_kernel(
         q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr,
         part_m_ptr, part_l_ptr, part_acc_ptr,  # [B, HKV, S, M], [B, HKV, S, M], [B, HKV, S, M, DP] (SPLIT only)
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, s_bt,
-        K, HKV, RT, BS, chunk, scale_ptr,
+        K, HKV, RT, BS, chunk, scale_ptr, cap,
         GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr,
-        ACC: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr):
+        ACC: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, CAP: tl.constexpr):
     b = tl.program_id(0)
     pid = tl.program_id(1)  # kv head x row tile
     kvh = pid // RT
@@ -58,6 +58,8 @@ def _candidate_attention_kernel(
         kt = tl.load(kc_ptr + kv_off, mask=kv_ok, other=0.0)
         vt = tl.load(vc_ptr + kv_off, mask=kv_ok, other=0.0)
         sc = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision=PREC) * scale  # [M, BLOCK_N]
+        if CAP:
+            sc = soft_cap(sc, cap)
         sc = tl.where(p_ok[None, :], sc, float("-inf"))
         m_new = tl.maximum(m, tl.max(sc, axis=1))  # finite: every tile has a valid position
         alpha = tl.exp(m - m_new)
@@ -73,16 +75,19 @@ def _candidate_attention_kernel(
         tl.store(part_acc_ptr + base[:, None] * DP + d[None, :], acc)
     else:
         _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
-                            skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, ACC)
+                            skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, ACC, CAP)
 
 
 @triton.jit
 def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
-                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, ACC: tl.constexpr):
+                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, ACC: tl.constexpr,
+                        CAP: tl.constexpr):
     # Each query's own new key/value: one more softmax column, private to the query's candidate j.
     kn = tl.load(kn_ptr + b * skn_b + j[:, None] * skn_j + kvh * skn_h + d[None, :], mask=rd_ok, other=0.0)
     vn = tl.load(vn_ptr + b * svn_b + j[:, None] * svn_j + kvh * svn_h + d[None, :], mask=rd_ok, other=0.0)
     s_own = tl.sum(q.to(ACC) * kn.to(ACC), axis=1) * scale  # [M]
+    if CAP:
+        s_own = soft_cap(s_own, cap)
     m_new = tl.maximum(m, s_own)
     alpha = tl.exp(m - m_new)  # 0 when there is no prefix (m = -inf)
     p_own = tl.exp(s_own - m_new)
@@ -97,8 +102,9 @@ def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, 
 def _candidate_attention_combine_kernel(
         q_ptr, kn_ptr, vn_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h,
-        K, HKV, RT, S, scale_ptr,
-        GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr):
+        K, HKV, RT, S, scale_ptr, cap,
+        GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr,
+        CAP: tl.constexpr):
     b = tl.program_id(0)
     pid = tl.program_id(1)
     kvh = pid // RT
@@ -125,7 +131,7 @@ def _candidate_attention_combine_kernel(
         acc = acc * a[:, None] + accs * c[:, None]
         m = m_new
     _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
-                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, ACC)
+                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, ACC, CAP)
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -178,7 +184,7 @@ def _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens):
 
 def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, key_cache: torch.Tensor,
                         value_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
-                        scale: float, split: int | None = None) -> torch.Tensor:
+                        scale: float, split: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """q [B, K, Hq, D], k_new/v_new [B, K, Hkv, D], caches [NB, BS, Hkv, D], block_tables [B, MB] int32,
     context_lens [B] int32 -> out [B, K, Hq, D] (q's dtype). `split`: programs per (b, kv head) along the
     prefix; default: a heuristic on CUDA, 1 elsewhere. The context must fit the table: context_lens <= MB * BS
@@ -207,25 +213,29 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
     split = triton.cdiv(max_ctx, chunk)
     strides = (*q.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3], *out.stride()[:3], block_tables.stride(0))
-    meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc])
+    meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc], CAP=softcap is not None)
+    cap = float(softcap or 1.0)
     nw = 4
     if split == 1:
         _candidate_attention_kernel[(B, Hkv * RT, 1)](
             q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, out, out, out,
-            *strides, K, Hkv, RT, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=False, num_warps=nw, **meta)
+            *strides, K, Hkv, RT, BS, chunk, scale_t, cap, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=False, num_warps=nw,
+            **meta)
         return out
     part_m = torch.empty(B, Hkv * RT, split, M, dtype=acc, device=q.device)
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(B, Hkv * RT, split, M, DP, dtype=acc, device=q.device)
     _candidate_attention_kernel[(B, Hkv * RT, split)](
         q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, part_m, part_l, part_acc,
-        *strides, K, Hkv, RT, BS, chunk, scale_t, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw, **meta)
+        *strides, K, Hkv, RT, BS, chunk, scale_t, cap, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw,
+        **meta)
     _candidate_attention_combine_kernel[(B, Hkv * RT)](
-        q, k_new, v_new, out, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, num_warps=nw, **meta)
+        q, k_new, v_new, out, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, cap, num_warps=nw,
+        **meta)
     return out
 
 
-def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale):
+def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, softcap=None):
     """Plain torch: gather each sequence's prefix, append the query's own key/value, softmax in the
     accumulator dtype."""
     B, K, Hq, D = q.shape
@@ -244,7 +254,10 @@ def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_table
         vn = v_new[b].to(acc).repeat_interleave(group, dim=1)
         s_pre = torch.einsum("khd,thd->kht", qb, kp) * scale  # [K, Hq, T]
         s_own = (qb * kn).sum(-1, keepdim=True) * scale  # [K, Hq, 1]
-        p = torch.softmax(torch.cat([s_pre, s_own], dim=-1), dim=-1)  # [K, Hq, T + 1]
+        scores = torch.cat([s_pre, s_own], dim=-1)  # [K, Hq, T + 1]
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
+        p = torch.softmax(scores, dim=-1)
         o = torch.einsum("kht,thd->khd", p[..., :T], vp) + p[..., T:] * vn  # [K, Hq, D]
         out[b] = o.to(q.dtype)
     return out

@@ -12,14 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device, scale_tensor
+from ._checks import check_tensors_on_one_device, scale_tensor, soft_cap
 
 
 @triton.jit
-def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, out_ptr, scale_ptr,
+def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, out_ptr, scale_ptr, cap,
                               sq_n, sq_h, so_n, so_h, s_bt, HKV, BS,
                               GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr,
-                              BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+                              BLOCK_N: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, CAP: tl.constexpr):
     p = tl.program_id(0)
     mt = tl.program_id(1)
     h = tl.program_id(2)
@@ -40,6 +40,7 @@ def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, 
     l = tl.zeros([BLOCK_M], ACC)
     acc = tl.zeros([BLOCK_M, DP], ACC)
     end = tl.minimum(start + n, start + (mt + 1) * BLOCK_M)  # keys past the tile's last query are masked anyway
+    end = tl.where(mt * BLOCK_M < n, end, 0)  # a tile past a short chunk's end: nothing to do
     nn = tl.arange(0, BLOCK_N)
     for s0 in range(0, end, BLOCK_N):
         pos = s0 + nn
@@ -51,6 +52,8 @@ def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, 
         kt = tl.load(kc_ptr + off, mask=kv_ok, other=0.0)
         vt = tl.load(vc_ptr + off, mask=kv_ok, other=0.0)
         sc = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision=PREC) * scale  # [BLOCK_M, BLOCK_N]
+        if CAP:
+            sc = soft_cap(sc, cap)
         keep = p_ok[None, :] & (pos[None, :] <= q_pos[:, None])
         sc = tl.where(keep, sc, float("-inf"))
         m_new = tl.maximum(mx, tl.max(sc, axis=1))
@@ -70,10 +73,11 @@ _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                       block_tables: torch.Tensor, cu_seqlens: torch.Tensor, starts: torch.Tensor, max_chunk: int,
-                      scale: float) -> torch.Tensor:
+                      scale: float, softcap: float | None = None) -> torch.Tensor:
     """q [N, Hq, D] (the chunks' queries, concatenated), caches [NB, BS, Hkv, D] holding every position up to
     each chunk's end, block_tables [P, MB] int32, cu_seqlens [P + 1] int32 (chunk offsets in q), starts [P]
-    int32 (each chunk's first position), max_chunk: the longest chunk (a host int, so no sync) -> [N, Hq, D]."""
+    int32 (each chunk's first position), max_chunk: the longest chunk (a host int, so no sync), softcap: Gemma 2's
+    score cap (None: off) -> [N, Hq, D]."""
     check_tensors_on_one_device("q", q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables,
                                 cu_seqlens=cu_seqlens, starts=starts)
     if q.dim() != 3 or key_cache.dim() != 4 or tuple(value_cache.shape) != tuple(key_cache.shape):
@@ -100,9 +104,9 @@ def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     BLOCK_M = 16 if max_chunk <= 16 else 32 if not q.is_cuda else 64
     grid = (P, triton.cdiv(max(max_chunk, 1), BLOCK_M), Hq)
     _prefill_attention_kernel[grid](
-        q, key_cache, value_cache, block_tables, cu_seqlens, starts, out, scale_t,
+        q, key_cache, value_cache, block_tables, cu_seqlens, starts, out, scale_t, float(softcap or 1.0),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), Hkv, BS,
         GROUP=Hq // Hkv, D=D, DP=max(16, triton.next_power_of_2(D)), BLOCK_M=BLOCK_M,
         BLOCK_N=64 if q.is_cuda else 128, ACC=_TL[acc],
-        PREC="ieee" if q.dtype in (torch.float32, torch.float64) else None, num_warps=4)
+        PREC="ieee" if q.dtype in (torch.float32, torch.float64) else None, CAP=softcap is not None, num_warps=4)
     return out

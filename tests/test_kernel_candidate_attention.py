@@ -21,10 +21,10 @@ def _inputs(B, K, Hq, Hkv, D, BS, ctxs, dtype, device, NB=None, seed=0):
     return q, kn, vn, kc, vc, bt, cl
 
 
-def _check(args, split=None):
+def _check(args, split=None, softcap=None):
     D = args[0].shape[-1]
-    out = candidate_attention(*args, D ** -0.5, split=split)
-    ref = candidate_attention_ref(*args, D ** -0.5)
+    out = candidate_attention(*args, D ** -0.5, split=split, softcap=softcap)
+    ref = candidate_attention_ref(*args, D ** -0.5, softcap=softcap)
     assert out.dtype == args[0].dtype and out.shape == args[0].shape
     t = tol(args[0].dtype)
     torch.testing.assert_close(out, ref, atol=t, rtol=t)
@@ -57,6 +57,15 @@ def test_split_matches_ref(device, dtype, split):
 ])
 def test_multi_tile(device, dtype, B, K, Hq, Hkv, D, BS, ctxs, split):
     _check(_inputs(B, K, Hq, Hkv, D, BS, ctxs, dtype, device, seed=K), split=split)
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("split", [None, 3])
+def test_soft_cap(device, dtype, split):
+    """Gemma 2's cap * tanh(score / cap), the own key's score included."""
+    args = list(_inputs(2, 4, 4, 2, 16, 4, [21, 0], dtype, device, seed=9))
+    args[0] = args[0] * 4  # large scores, so the cap bends them
+    _check(args, split=split, softcap=2.0)
 
 
 @pytest.mark.parametrize("device", devices())

@@ -40,6 +40,18 @@ def test_matches_the_per_chunk_path(device, dtype, chunks, Hq, Hkv, D, BS):
     torch.testing.assert_close(out, ref, atol=t, rtol=t)
 
 
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+def test_soft_cap(device, dtype):
+    chunks = [(0, 9), (20, 4)]
+    q, kc, vc, tables, cu, starts = _case(chunks, 4, 2, 16, 4, dtype, device, seed=3)
+    q = q * 4
+    out = prefill_attention(q, kc, vc, tables, cu, starts, 9, 0.25, softcap=2.0)
+    ref = torch.cat([chunk_attention(q[cu[i]:cu[i + 1]].double(), kc.double(), vc.double(), tables[i], s, 0.25,
+                                     softcap=2.0) for i, (s, _) in enumerate(chunks)]).to(dtype)
+    t = max(tol(dtype), 1e-6)  # the torch path takes a capped softmax in float32, as HF's Gemma 2 does
+    torch.testing.assert_close(out, ref, atol=t, rtol=t)
+
+
 def test_bad_inputs():
     q, kc, vc, tables, cu, starts = _case([(0, 4)], 4, 2, 16, 4, torch.float32, "cpu")
     with pytest.raises(ValueError, match="cu_seqlens must be int32"):

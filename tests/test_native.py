@@ -31,14 +31,19 @@ def assert_all_free(engine):
     bm.allocator.check()
 
 
-def assert_same(ref_outs, nat_outs):
+def assert_same(ref_outs, nat_outs, tol=1e-9):
     for a, b in zip(ref_outs, nat_outs, strict=True):
         assert a.token_ids == b.token_ids
         assert a.finish_reason == b.finish_reason and a.text == b.text
-        torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=tol, atol=tol)
 
 
-NATIVE_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3"]
+# Gemma 2's HF attention takes its softmax in float32 even in a float64 model: rewards agree to float32's
+# precision there (the tokens exactly).
+REWARD_TOL = {"gemma2": 1e-5}
+
+
+NATIVE_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2"]
 
 
 @pytest.mark.parametrize("family", NATIVE_FAMILIES)
@@ -61,8 +66,9 @@ def test_greedy_equals_reference_single_and_batched(family, use_triton):
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok, use_triton=use_triton)
     expected = [ref.generate(p, GREEDY, progress=False)[0] for p in PROMPTS]
-    assert_same(expected, nat.generate(PROMPTS, GREEDY, progress=False))
-    assert_same(expected[2:3], nat.generate(PROMPTS[2], GREEDY, progress=False))
+    tol = REWARD_TOL.get(family, 1e-9)
+    assert_same(expected, nat.generate(PROMPTS, GREEDY, progress=False), tol)
+    assert_same(expected[2:3], nat.generate(PROMPTS[2], GREEDY, progress=False), tol)
     assert_all_free(nat)
 
 
@@ -315,13 +321,14 @@ def test_native_options_are_checked():
 @pytest.mark.parametrize("family", NATIVE_FAMILIES)
 def test_native_norm_and_rope_equal_hf_bit_for_bit(family):
     """The runner's fused RMSNorm and its RoPE table give exactly the HF modules' values (float32)."""
-    from args_engine.models.llama import RMSNorm, rotate
+    from args_engine.models.llama import rotate
     lm = tiny_lm(family, dtype=torch.float32)
     base = lm.base_model
     x = torch.randn(7, lm.config.hidden_size) * 3
-    assert torch.equal(RMSNorm(base.norm)(x), base.norm(x))
     runner = ARGSEngine(lm, tiny_rm(family, dtype=torch.float32), tokenizer=char_tokenizer(),
                         backend="native").decoder.runner
+    assert torch.equal(runner.lm.norm(x), base.norm(x))
+    assert torch.equal(runner.lm.layers[0].input_norm(x), base.layers[0].input_layernorm(x))
     pos = torch.tensor([0, 5, 3, 200, 17])
     cos, sin = runner.lm._rope(x[:5], pos)
     hf_cos, hf_sin = base.rotary_emb(x[:5], pos[None])

@@ -10,10 +10,13 @@ Padding rows point at a spare cache block no sequence owns (see ModelRunner.allo
 land there and nothing reads them."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -39,18 +42,28 @@ class StepGraphs:
 
     The returned tensors are the graph's own buffers: read or copy them before the next call with the same key."""
 
-    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool):
-        self.fn, self.capture = fn, capture
+    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool, max_graphs: int = 32):
+        self.fn, self.capture, self.max_graphs = fn, capture, max_graphs
         self.graphs: dict[tuple, _Graph] = {}
+        self.eager_keys: set[tuple] = set()  # shapes past max_graphs, or whose capture failed: run eagerly
         self._pool = None
 
     def __call__(self, key: tuple, *args, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """args: fn's non-tensor arguments (part of `key`); inputs: its tensors."""
-        if not self.capture:
+        """args: fn's non-tensor arguments (part of `key`); inputs: its tensors. key None: run eagerly."""
+        if not self.capture or key is None or key in self.eager_keys:
             return self.fn(*args, **inputs)
         g = self.graphs.get(key)
         if g is None:
-            g = self.graphs[key] = self._capture(args, inputs)
+            if len(self.graphs) >= self.max_graphs:
+                self.eager_keys.add(key)
+                return self.fn(*args, **inputs)
+            try:
+                g = self.graphs[key] = self._capture(args, inputs)
+            except RuntimeError as e:  # e.g. out of memory: this shape runs eagerly from now on
+                logger.warning("CUDA graph capture failed for %s, running it eagerly: %s", key, e)
+                self.eager_keys.add(key)
+                torch.cuda.synchronize()
+                return self.fn(*args, **inputs)
         else:
             for name, x in inputs.items():
                 g.inputs[name].copy_(x, non_blocking=True)

@@ -79,14 +79,22 @@ class ModelRunner:
         self.shared = shares_trunk(lm, rm.model) if share_trunk is None else share_trunk
         self.lm = PagedLlama(lm, self.ops)
         self.rm = self.lm if self.shared else PagedLlama(rm.model, self.ops)
-        self.lm_head, self.rm_head, self.reward_model = lm.get_output_embeddings(), rm.head, rm
+        self.rm_head, self.reward_model = rm.head, rm
+        self._lm_head = lm.get_output_embeddings()
+        self._logit_cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
         self.device = self.lm.device
-        step_mode = step_mode or ("graph" if self.device.type == "cuda" else "dynamic")
+        # Capture needs a step free of host syncs: the Triton kernels (the torch attention reads its context length)
+        # and RoPE from a table (HF's dynamic rope types read the longest position).
+        no_graph = ("it needs a CUDA device" if self.device.type != "cuda" else
+                    "it needs the Triton kernels (use_triton)" if not use_triton else
+                    "a model's RoPE type depends on the sequence length" if not all(m.static_rope for m in self.models)
+                    else None)
+        step_mode = step_mode or ("graph" if no_graph is None else "dynamic")
         if step_mode not in STEP_MODES:
             raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
-        if step_mode == "graph" and self.device.type != "cuda":
-            raise ValueError("step_mode 'graph' (CUDA graphs) needs a CUDA device; use 'static' to run the same "
-                             "padded step on CPU")
+        if step_mode == "graph" and no_graph:
+            raise ValueError(f"step_mode 'graph' (CUDA graphs) is not possible here: {no_graph}; 'static' runs the "
+                             "same padded step without capture")
         self.step_mode = step_mode
         self.block_size = block_size
         self.lm_kv = self.rm_kv = None
@@ -95,6 +103,13 @@ class ModelRunner:
         capture = step_mode == "graph"
         self._args_graphs = StepGraphs(self._args_core, capture)
         self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., H] -> the LM's logits [..., V] (Gemma 2: soft-capped, as its HF forward does)."""
+        logits = self._lm_head(hidden)
+        if self._logit_cap:
+            logits = torch.tanh(logits / self._logit_cap) * self._logit_cap
+        return logits
 
     @property
     def models(self) -> list[PagedLlama]:
@@ -140,6 +155,8 @@ class ModelRunner:
         if ready:
             rows = self._rows(B)
             kmax = max(s.params.k for s in ready)
+            if self.static:  # a power of two: few graph shapes; rows with a smaller k ignore the extra candidates
+                kmax = 1 << (kmax - 1).bit_length()
             tables = bm.block_tables(ready, self._width(ready, bm) if self.static else 0).numpy()
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
             a["tables"] = self._pad(tables, rows, self.spare_block)
@@ -216,8 +233,10 @@ class ModelRunner:
                 s.req.rm_tokens += s.params.k
         B = len(seqs)
         if self.shared:
+            if self.step_mode == "graph":  # out of the graph's buffers, which another bucket's replay may reuse
+                next_logits = next_logits[:B].clone()
             for b, s in enumerate(seqs):
-                s.next_logits = next_logits[b]  # [V]: read by the next step (graph outputs stay until then)
+                s.next_logits = next_logits[b]  # [V]: the LM's logits for the next step
         parts = [tokens[:B].to(torch.float64), chosen[:B].to(torch.float64)]  # exact: ids < 2**53
         want = [p.logprobs for p in params]
         n_top = max((n for n in want if n is not None), default=None)
@@ -265,7 +284,7 @@ class ModelRunner:
         if self.shared:  # computed by the previous step's candidate forward
             return torch.stack([s.next_logits for s in batch.decode])
         t = batch.t
-        key = ("decode", batch.lm_rows, t["lm_tables"].shape[1])
+        key = ("decode", batch.lm_rows, t["lm_tables"].shape[1]) if batch_bucket(len(batch.decode)) else None
         out = self._decode_graphs(key, ids=t["lm_ids"], pos=t["lm_pos"], tables=t["lm_tables"], slots=t["lm_slots"])
         return out["logits"][:D]
 
@@ -277,7 +296,7 @@ class ModelRunner:
         t, B = batch.t, len(batch.ready)
         if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
             controlled = torch.cat([controlled, controlled.new_zeros(batch.rows - B, controlled.shape[1])])
-        key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t)
+        key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t) if batch_bucket(B) else None
         inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel", "rm_w") if n in t}
         return self._args_graphs(key, batch.kmax, logits=controlled, **inputs)
 

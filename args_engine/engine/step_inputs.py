@@ -1,11 +1,8 @@
 """A step's metadata, moved to the device in one copy.
 
 Every per-step array (token ids, positions, slots, block tables, k, w, temperature, Gumbel noise) is written
-into one host buffer, pinned on CUDA, and copied with a single non-blocking transfer; the device tensors are
-views of the copied bytes. A `torch.tensor(list, device="cuda")` per array would block the host once each.
-
-Reusing one pinned buffer is safe because every step ends with a blocking device-to-host read of its chosen
-tokens, which waits for the previous step's copy too."""
+into one pinned host buffer and copied with a single non-blocking transfer; the device tensors are views of the
+copied bytes. A `torch.tensor(list, device="cuda")` per array would block the host once each."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +44,6 @@ class StepTransfer:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._pinned = torch.empty(0, dtype=torch.uint8)
         self.num_transfers = 0
 
     def pack(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -56,9 +52,10 @@ class StepTransfer:
         if self.device.type == "cpu":
             return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
         layout, size = layout_of(arrays)
-        if self._pinned.numel() < size:
-            self._pinned = torch.empty(max(size, 2 * self._pinned.numel()), dtype=torch.uint8).pin_memory()
-        host = self._pinned[:size]
+        # A fresh pinned block from torch's caching host allocator: it records the copy's event and hands the
+        # block out again only once the copy is done (a step without a read, e.g. prefill alone, may still be
+        # copying when the next one packs).
+        host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
         pack_into(host, arrays, layout)
         dev = torch.empty(size, dtype=torch.uint8, device=self.device)
         dev.copy_(host, non_blocking=True)

@@ -1,5 +1,6 @@
 """Native Llama-family trunk on paged KV caches: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v bias), Qwen3 (per-head
-q/k RMSNorm before RoPE) and Phi-3 (q/k/v and gate/up already fused in the checkpoint).
+q/k RMSNorm before RoPE), Phi-3 (q/k/v and gate/up already fused in the checkpoint) and Gemma 2 (scaled
+embeddings, (1 + w) sandwich norms, GeLU, soft-capped attention scores; the runner caps the final logits).
 
 It runs the weights of a loaded Hugging Face model in place (its RMSNorm and rotary modules, its Linear weights),
 so numerics match the HF forward and q/k/v biases come for free; attention and the caches are ours. At load,
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 
 from .paged_ops import PagedOps
 
-NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
+_GEMMA = ("gemma2",)  # (1 + w) norms of their own, sandwich norms, soft-capped attention and logits
 
 
 def native_unsupported_reason(model) -> str | None:
@@ -21,7 +23,7 @@ def native_unsupported_reason(model) -> str | None:
     cfg = model.config
     if cfg.model_type not in NATIVE_MODEL_TYPES:
         return f"model family {cfg.model_type!r} is not one of the native families {NATIVE_MODEL_TYPES}"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
+    if cfg.model_type not in _GEMMA and getattr(cfg, "hidden_act", "silu") != "silu":
         return f"hidden_act {cfg.hidden_act!r} (native supports silu)"
     if getattr(cfg, "partial_rotary_factor", 1.0) != 1.0:
         return f"partial_rotary_factor {cfg.partial_rotary_factor} (native rotates the whole head)"
@@ -67,10 +69,17 @@ class RMSNorm:
         return self.weight * torch.rms_norm(x.to(torch.float32), self.shape, eps=self.eps).to(x.dtype)
 
 
-class _FusedLayer:
-    """One decoder layer's fused projections (views shared with the HF modules)."""
+def _norm(module, gemma: bool):
+    """The fused Llama RMSNorm, or (Gemma's (1 + w) norm) the HF module itself."""
+    return module if gemma else RMSNorm(module)
 
-    def __init__(self, layer):
+
+class _FusedLayer:
+    """One decoder layer's fused projections (views shared with the HF modules) and its norms: Llama-style
+    (input norm; post-attention norm before the MLP) or Gemma 2's sandwich (norms after attention and after
+    the MLP too)."""
+
+    def __init__(self, layer, gemma: bool = False):
         attn, mlp = layer.self_attn, layer.mlp
         if hasattr(attn, "qkv_proj"):  # Phi-3: fused in the checkpoint
             self.qkv_w, self.qkv_b = attn.qkv_proj.weight, attn.qkv_proj.bias
@@ -84,7 +93,23 @@ class _FusedLayer:
         if hasattr(attn, "q_norm"):  # Qwen3
             self.q_norm, self.k_norm = RMSNorm(attn.q_norm), RMSNorm(attn.k_norm)
         self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
-        self.input_norm, self.post_norm = RMSNorm(layer.input_layernorm), RMSNorm(layer.post_attention_layernorm)
+        act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn")
+        self.act = F.silu if isinstance(act, torch.nn.SiLU) else act
+        self.input_norm = _norm(layer.input_layernorm, gemma)
+        if gemma:
+            self.attn_out_norm = layer.post_attention_layernorm
+            self.mlp_in_norm, self.mlp_out_norm = layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm
+        else:
+            self.attn_out_norm = self.mlp_out_norm = None
+            self.mlp_in_norm = RMSNorm(layer.post_attention_layernorm)
+
+    def attn_residual(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """h + o_proj(attention) (Gemma: normed first) -> then h + MLP block."""
+        out = self.o_proj(attn_out)
+        h = h + (out if self.attn_out_norm is None else self.attn_out_norm(out))
+        gate, up = F.linear(self.mlp_in_norm(h), self.gate_up_w).chunk(2, dim=-1)
+        out = self.down_proj(self.act(gate) * up)
+        return h + (out if self.mlp_out_norm is None else self.mlp_out_norm(out))
 
 
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +134,14 @@ class PagedLlama:
             raise ValueError(f"the native runner cannot run {type(model).__name__}: {reason}")
         base = model.base_model
         cfg = model.config
-        self.embed, self.norm, self.rotary = base.embed_tokens, RMSNorm(base.norm), base.rotary_emb
+        gemma = cfg.model_type in _GEMMA
+        self.embed, self.norm, self.rotary = base.embed_tokens, _norm(base.norm, gemma), base.rotary_emb
         # RoPE tables by position, grown on demand: static rope types only (dynamic ones depend on the length)
-        self._rope_table = getattr(self.rotary, "rope_type", "default") in ("default", "linear", "llama3")
+        self._rope_table = self.static_rope = getattr(self.rotary, "rope_type", "default") in ("default", "linear",
+                                                                                               "llama3")
         self._cos = self._sin = None  # [P, 1, D]
-        self.layers = [_FusedLayer(layer) for layer in base.layers]
+        self.layers = [_FusedLayer(layer, gemma) for layer in base.layers]
+        self.softcap = getattr(cfg, "attn_logit_softcapping", None) if gemma else None  # tanh cap on scores
         attn = base.layers[0].self_attn
         self.num_layers = len(self.layers)
         self.head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -133,11 +161,6 @@ class PagedLlama:
             qk = torch.cat([layer.q_norm(qk[:, :Hq]), layer.k_norm(qk[:, Hq:])], dim=1)
         qk = rotate(qk, cos, sin)
         return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
-
-    @staticmethod
-    def _mlp(layer: _FusedLayer, x: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(x, layer.gate_up_w).chunk(2, dim=-1)
-        return layer.down_proj(F.silu(gate) * up)
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor):
         """-> cos, signed sin [N, 1, D] for rotate(). HF's rotary module computes each position's values
@@ -165,9 +188,9 @@ class PagedLlama:
             # Every chunk stores before any chunk attends: a prompt admitted this step may hit blocks another
             # chunk of this step fills (Scheduler._add_chunk relies on it).
             self.ops.store_kv(k, v, k_cache[li], v_cache[li], slots)
-            out = self.ops.prefill_attention(q, k_cache[li], v_cache[li], chunks, self.scale)  # [N, Hq, D]
-            h = h + layer.o_proj(out.flatten(1))
-            h = h + self._mlp(layer, layer.post_norm(h))
+            out = self.ops.prefill_attention(q, k_cache[li], v_cache[li], chunks, self.scale,
+                                             self.softcap)  # [N, Hq, D]
+            h = layer.attn_residual(h, out.flatten(1))
         return self.norm(h)
 
     @torch.no_grad()
@@ -191,11 +214,10 @@ class PagedLlama:
                 new_v.append(v.view(B, K, *v.shape[1:]))
             out = self.ops.candidate_attention(q.view(B, K, *q.shape[1:]), k.view(B, K, *k.shape[1:]),
                                                v.view(B, K, *v.shape[1:]), k_cache[li], v_cache[li], block_tables,
-                                               context_lens, self.scale, plan)  # [B, K, Hq, D]
+                                               context_lens, self.scale, plan, self.softcap)  # [B, K, Hq, D]
             if store_slots is not None:
                 self.ops.store_kv(k, v, k_cache[li], v_cache[li], store_slots)
-            h = h + layer.o_proj(out.reshape(B * K, -1))
-            h = h + self._mlp(layer, layer.post_norm(h))
+            h = layer.attn_residual(h, out.reshape(B * K, -1))
         if store_slots is not None:
             return self.norm(h).view(B, K, -1), None, None
         return self.norm(h).view(B, K, -1), torch.stack(new_k), torch.stack(new_v)

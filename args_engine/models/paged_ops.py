@@ -38,10 +38,23 @@ def candidate_plan_torch(block_tables, context_lens, K: int, G: int, block_size:
     return blocks, T, mask[:, None]
 
 
-def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, plan=None):
+def attention(q, k, v, keep, scale: float, softcap: float | None = None) -> torch.Tensor:
+    """q [..., M, D], k, v [..., T, D], keep [..., M, T] bool -> [..., M, D]. SDPA (its fused CPU kernel), or with
+    a soft cap (Gemma 2: scores -> cap * tanh(scores / cap)) the eager formula HF's Gemma 2 runs (softmax in
+    float32, as HF does)."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+
+
+def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, plan=None,
+                              softcap: float | None = None):
     """q [B, K, Hq, D]; k_new, v_new [B, K, Hkv, D]: each query attends to its sequence's paged prefix
     (context_lens[b] positions) plus its own new key only. plan: candidate_plan_torch's (made here if None).
-    -> [B, K, Hq, D]"""
+    softcap: Gemma 2's score cap. -> [B, K, Hq, D]"""
     B, K, Hq, D = q.shape
     Hkv = k_new.shape[2]
     G = Hq // Hkv
@@ -50,11 +63,12 @@ def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tab
     keys = torch.cat([key_cache[blocks].flatten(1, 2)[:, :T], k_new], dim=1).transpose(1, 2)  # [B, Hkv, T+K, D]
     values = torch.cat([value_cache[blocks].flatten(1, 2)[:, :T], v_new], dim=1).transpose(1, 2)
     qh = q.view(B, K, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, K * G, D)  # [B, Hkv, K*G, D]
-    out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=scale)  # [B, Hkv, KG, D]
+    out = attention(qh, keys, values, mask, scale, softcap)  # [B, Hkv, KG, D]
     return out.view(B, Hkv, K, G, D).permute(0, 2, 1, 3, 4).reshape(B, K, Hq, D)
 
 
-def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: float) -> torch.Tensor:
+def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: float,
+                    softcap: float | None = None) -> torch.Tensor:
     """Prefill of one chunk: q [C, Hq, D] at positions start..start+C-1, whose K/V are already stored; attends
     causally to positions 0..start+C-1 of the paged cache. -> [C, Hq, D]"""
     C, Hq, D = q.shape
@@ -65,8 +79,8 @@ def chunk_attention(q, key_cache, value_cache, block_table, start: int, scale: f
     # GQA as shared kv heads, 4D: keeps SDPA on its fused CPU kernel (3D inputs and enable_gqa fall back to math)
     G = Hq // Hkv
     qg = q.view(C, Hkv, G, D).permute(1, 2, 0, 3).reshape(Hkv, G * C, D)
-    out = F.scaled_dot_product_attention(qg[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
-                                         attn_mask=keep.repeat(G, 1), scale=scale)  # [1, Hkv, G*C, D]
+    out = attention(qg[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None], keep.repeat(G, 1), scale,
+                    softcap)  # [1, Hkv, G*C, D]
     return out.view(Hkv, G, C, D).permute(2, 0, 1, 3).reshape(C, Hq, D)
 
 
@@ -107,15 +121,16 @@ class PagedOps:
             key_cache.view(-1, *key_cache.shape[2:])[slots] = key
             value_cache.view(-1, *value_cache.shape[2:])[slots] = value
 
-    def prefill_attention(self, q, key_cache, value_cache, chunks: PrefillChunks, scale: float) -> torch.Tensor:
+    def prefill_attention(self, q, key_cache, value_cache, chunks: PrefillChunks, scale: float,
+                          softcap: float | None = None) -> torch.Tensor:
         """q [N, Hq, D] of every chunk, their K/V already stored -> causal attention over each sequence [N, Hq, D]:
         one kernel launch for all chunks, or chunk_attention per chunk in torch."""
         if self.use_triton:
             return self._k["prefill_attention"](q, key_cache, value_cache, chunks.tables, chunks.cu_seqlens,
-                                                chunks.starts, chunks.max_len, scale)
+                                                chunks.starts, chunks.max_len, scale, softcap)
         out = torch.empty_like(q)
         for (off, n, start), table in zip(chunks.spans, chunks.tables):
-            out[off:off + n] = chunk_attention(q[off:off + n], key_cache, value_cache, table, start, scale)
+            out[off:off + n] = chunk_attention(q[off:off + n], key_cache, value_cache, table, start, scale, softcap)
         return out
 
     def candidate_plan(self, block_tables, context_lens, K: int, G: int, block_size: int):
@@ -123,12 +138,12 @@ class PagedOps:
         return None if self.use_triton else candidate_plan_torch(block_tables, context_lens, K, G, block_size)
 
     def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale,
-                            plan=None):
+                            plan=None, softcap: float | None = None):
         if self.use_triton:
             return self._k["candidate_attention"](q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache,
-                                                  value_cache, block_tables, context_lens, scale)
+                                                  value_cache, block_tables, context_lens, scale, softcap=softcap)
         return candidate_attention_torch(q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache,
-                                         value_cache, block_tables, context_lens, scale, plan)
+                                         value_cache, block_tables, context_lens, scale, plan, softcap)
 
     def topk_logprobs(self, logits: torch.Tensor, k: int):
         """logits [B, V] -> (logp [B, k], ids [B, k]), highest first."""
