@@ -95,12 +95,12 @@ def test_text_prompt_without_tokenizer():
     assert len(out.token_ids) <= 3 and out.text == ""
 
 
-def test_encoder_rm_rejected():
+def test_encoder_rm_needs_its_tokenizer():
     from transformers import BertConfig, BertForSequenceClassification
     rm = BertForSequenceClassification(BertConfig(vocab_size=tiny_lm().config.vocab_size, hidden_size=32,
                                                   num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                                   num_labels=1))
-    with pytest.raises(ValueError, match="no `score` head"):
+    with pytest.raises(ValueError, match="the RM is an encoder .bert.: the RM must read the text, so pass both"):
         ARGSEngine(tiny_lm(), rm, tokenizer=char_tokenizer())
 
 
