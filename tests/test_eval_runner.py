@@ -53,6 +53,19 @@ def test_tiny_end_to_end(tmp_path):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_greedy_with_controls_is_kept_beside_the_reference(tmp_path):
+    """greedy:rp=... is a baseline of its own (a control's effect must not be credited to ARGS); plain greedy
+    given again is the reference, run once."""
+    methods = parse_methods("greedy,greedy:rp=1.3,greedy:nrng=2,args-greedy:k=3:w=1,args-greedy:k=3:w=1:rp=1.3,"
+                            "args-greedy:k=3:w=2:rp=1.3")
+    res = evaluate(PROMPTS[:2], methods, models=tiny_models(batch_size=2), judge=tiny_judge(), max_new_tokens=6,
+                   batch_size=2, out=tmp_path, progress=False)
+    assert list(res["methods"])[:3] == ["greedy", "greedy:rp=1.3", "greedy:nrng=2"]
+    # several ARGS variants at one w: one line each in the w plot
+    assert (tmp_path / "reward_diversity_coherence_vs_w.png").read_bytes()[:4] == b"\x89PNG"
+    assert res["methods"]["greedy:rp=1.3"]["params"]["repetition_penalty"] == 1.3
+
+
 def test_eval_refuses_a_judge_of_the_rm_family(tmp_path):
     class LlamaLike(HashEncoder):
         family = "llama"

@@ -11,25 +11,39 @@ def _plt():
     return plt
 
 
+def _variant(params: dict) -> str:
+    """An ARGS-greedy method's settings besides w: its logit controls and gate (k when not 10), '' when none."""
+    skip = {"kind", "w", "T", "n", "seed"}
+    return ", ".join(f"{k}={v:g}" for k, v in params.items() if k not in skip and v is not None
+                     and not (k == "k" and v == 10))
+
+
 def plot_vs_w(results: dict, path: str | Path) -> bool:
-    """ARGS-greedy methods by w, with greedy as w = 0 (ARGS with w = 0 is greedy). False when there is no
-    ARGS-greedy method to plot."""
+    """ARGS-greedy methods by w, one line per variant (no controls; each control or gate setting), with greedy
+    as w = 0 on the plain line (ARGS with w = 0 is greedy). False when there is no ARGS-greedy method."""
     methods = results["methods"]
-    points = sorted((m["params"]["w"], m) for m in methods.values() if m["params"]["kind"] == "args-greedy")
-    if not points:
+    lines: dict[str, list] = {}
+    for m in methods.values():
+        if m["params"]["kind"] == "args-greedy":
+            lines.setdefault(_variant(m["params"]), []).append((m["params"]["w"], m))
+    if not lines:
         return False
-    if "greedy" in methods:
-        points = [(0.0, methods["greedy"])] + points
+    if "greedy" in methods and "" in lines:
+        lines[""].append((0.0, methods["greedy"]))
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    ws = [w for w, _ in points]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, key, title, scale in ((axes[0], "avg_reward", "average reward", 1), (axes[1], "diversity",
                                   "diversity (%)", 100), (axes[2], "coherence", "coherence", 1)):
-        ax.plot(ws, [m[key] * scale for _, m in points], "o-")
+        for variant, points in sorted(lines.items()):
+            points.sort(key=lambda p: p[0])
+            ax.plot([w for w, _ in points], [m[key] * scale for _, m in points], "o-", label=variant or "no controls")
+        if "greedy" in methods:
+            ax.axhline(methods["greedy"][key] * scale, color="grey", ls=":", lw=1)
         ax.set_xlabel("w (ARGS-greedy; w = 0 is greedy)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"ARGS-greedy vs w ({results['config']['n_prompts']} prompts)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"ARGS-greedy vs w ({results['config']['n_prompts']} prompts; dotted: greedy)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

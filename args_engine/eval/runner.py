@@ -62,7 +62,8 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     judge = judge or Judge.load(device=device)
     check_independent(judge, models.rm)
     encoder = encoder or judge.encoder
-    methods = [parse_method("greedy")] + [m for m in methods if m.kind != "greedy"]
+    # plain greedy first, once: the reference; greedy with logit controls is a method of its own
+    methods = [parse_method("greedy")] + [m for m in methods if m.label != "greedy"]
     prompt_texts = [hh_text(m) for m in prompts]
     results = {"config": {"n_prompts": len(prompts), "prompts": prompts_name, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "lm": _describe(lm), "rm": _describe(rm), "device": device,
