@@ -40,10 +40,10 @@ def assert_same(ref_outs, nat_outs, tol=1e-9):
 
 # Gemma 2's HF attention takes its softmax in float32 even in a float64 model: rewards agree to float32's
 # precision there (the tokens exactly).
-REWARD_TOL = {"gemma2": 1e-5}
+REWARD_TOL = {"gemma2": 1e-5, "gemma3": 1e-5}
 
 
-NATIVE_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2"]
+NATIVE_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 
 
 @pytest.mark.parametrize("family", NATIVE_FAMILIES)
@@ -330,8 +330,9 @@ def test_native_norm_and_rope_equal_hf_bit_for_bit(family):
     assert torch.equal(runner.lm.norm(x), base.norm(x))
     assert torch.equal(runner.lm.layers[0].input_norm(x), base.layers[0].input_layernorm(x))
     pos = torch.tensor([0, 5, 3, 200, 17])
-    cos, sin = runner.lm._rope(x[:5], pos)
-    hf_cos, hf_sin = base.rotary_emb(x[:5], pos[None])
+    rope = runner.lm.layers[-1].rope_type  # Gemma 3: the last tiny layer is global
+    cos, sin = runner.lm._rope(x[:5], pos)[rope]
+    hf_cos, hf_sin = base.rotary_emb(x[:5], pos[None], *([rope] if rope else []))
     q = torch.randn(5, 4, cos.shape[-1])
     half = q.shape[-1] // 2
     hf_rot = q * hf_cos[0][:, None] + torch.cat((-q[..., half:], q[..., :half]), -1) * hf_sin[0][:, None]

@@ -5,7 +5,8 @@ import string
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import (Gemma2ForCausalLM, Gemma2ForSequenceClassification, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
+from transformers import (Gemma2ForCausalLM, Gemma2ForSequenceClassification, Gemma3ForCausalLM,
+                          Gemma3TextForSequenceClassification, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification, MistralForCausalLM,
                           MistralForSequenceClassification, OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
                           Phi3ForCausalLM, Phi3ForSequenceClassification, PreTrainedTokenizerFast, Qwen2ForCausalLM,
@@ -59,6 +60,12 @@ def _config(family: str, num_labels: int | None = None):
                             num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=256,
                             attn_logit_softcapping=2.0, final_logit_softcapping=5.0, query_pre_attn_scalar=24,
                             initializer_range=0.2, **common)
+    if family == "gemma3":  # Gemma 2's layout plus per-head q/k norms and local/global RoPE by layer
+        from transformers import Gemma3TextConfig
+        return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=256,
+                                layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16,
+                                initializer_range=0.2, **common)
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, initializer_range=0.2, **common)
     if family == "opt":
@@ -69,11 +76,12 @@ def _config(family: str, num_labels: int | None = None):
 
 _LM = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM,
        "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM,
-       "gemma2": Gemma2ForCausalLM}
+       "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM}
 _RM = {"llama": LlamaForSequenceClassification, "gpt2": GPT2ForSequenceClassification,
        "opt": OPTForSequenceClassification, "mistral": MistralForSequenceClassification,
        "qwen2": Qwen2ForSequenceClassification, "qwen3": Qwen3ForSequenceClassification,
-       "phi3": Phi3ForSequenceClassification, "gemma2": Gemma2ForSequenceClassification}
+       "phi3": Phi3ForSequenceClassification, "gemma2": Gemma2ForSequenceClassification,
+       "gemma3": Gemma3TextForSequenceClassification}
 
 
 def tiny_lm(family: str = "llama", seed: int = 0, dtype=torch.float64):

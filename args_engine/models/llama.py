@@ -1,6 +1,7 @@
 """Native Llama-family trunk on paged KV caches: Llama 2/3, SmolLM2, Mistral, Qwen2 (q/k/v bias), Qwen3 (per-head
-q/k RMSNorm before RoPE), Phi-3 (q/k/v and gate/up already fused in the checkpoint) and Gemma 2 (scaled
-embeddings, (1 + w) sandwich norms, GeLU, soft-capped attention scores; the runner caps the final logits).
+q/k RMSNorm before RoPE), Phi-3 (q/k/v and gate/up already fused in the checkpoint), Gemma 2 ((1 + w) sandwich
+norms, GeLU, soft-capped attention scores; the runner caps the final logits; HF's embedding module scales) and
+Gemma 3 (Gemma 2's layout with per-head q/k norms and a local or global RoPE per layer).
 
 It runs the weights of a loaded Hugging Face model in place (its RMSNorm and rotary modules, its Linear weights),
 so numerics match the HF forward and q/k/v biases come for free; attention and the caches are ours. At load,
@@ -13,8 +14,9 @@ import torch.nn.functional as F
 
 from .paged_ops import PagedOps
 
-NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
-_GEMMA = ("gemma2",)  # (1 + w) norms of their own, sandwich norms, soft-capped attention and logits
+NATIVE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
+_GEMMA = ("gemma2", "gemma3_text")  # (1 + w) norms of their own, sandwich norms; Gemma 2 soft-caps too
+_STATIC_ROPE = ("default", "linear", "llama3")  # rope types whose values depend on the position alone
 
 
 def native_unsupported_reason(model) -> str | None:
@@ -33,8 +35,8 @@ def native_unsupported_reason(model) -> str | None:
         return "attention is neither the q/k/v/o nor the qkv/o layout"
     if not (all(hasattr(mlp, n) for n in ("gate_proj", "up_proj")) or hasattr(mlp, "gate_up_proj")):
         return "the MLP is neither gate/up/down nor gate_up/down"
-    if hasattr(attn, "q_norm") != (cfg.model_type == "qwen3"):
-        return "q/k norms outside Qwen3"
+    if hasattr(attn, "q_norm") != (cfg.model_type in ("qwen3", "gemma3_text")):
+        return "q/k norms outside Qwen3 and Gemma 3"
     return None
 
 
@@ -90,8 +92,9 @@ class _FusedLayer:
         else:
             self.gate_up_w, _ = fuse_linears([mlp.gate_proj, mlp.up_proj])
         self.q_norm = self.k_norm = None
-        if hasattr(attn, "q_norm"):  # Qwen3
-            self.q_norm, self.k_norm = RMSNorm(attn.q_norm), RMSNorm(attn.k_norm)
+        if hasattr(attn, "q_norm"):  # Qwen3, Gemma 3
+            self.q_norm, self.k_norm = _norm(attn.q_norm, gemma), _norm(attn.k_norm, gemma)
+        self.rope_type = None  # Gemma 3: local or global RoPE (PagedLlama sets it)
         self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
         act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn")
         self.act = F.silu if isinstance(act, torch.nn.SiLU) else act
@@ -124,6 +127,33 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+class RopeTable:
+    """cos and signed sin of one RoPE type for positions 0..P-1, made by HF's rotary module (which computes each
+    position's values elementwise, so indexing the table gives the same values) and grown on demand. Rope types
+    whose values depend on the sequence length (dynamic NTK, longrope) call the module every forward instead."""
+
+    def __init__(self, rotary, layer_type: str | None = None):
+        self.rotary, self.layer_type = rotary, layer_type
+        kind = getattr(rotary, "rope_type", "default")
+        self.static = (kind.get(layer_type, "default") if isinstance(kind, dict) else kind) in _STATIC_ROPE
+        self.cos = self.sin = None  # [P, 1, D]
+
+    def _hf(self, x: torch.Tensor, positions: torch.Tensor):
+        args = (x, positions[None]) if self.layer_type is None else (x, positions[None], self.layer_type)
+        cos, sin = self.rotary(*args)  # [1, N, D]
+        return rope_tables(cos[0], sin[0])
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor):
+        if not self.static:
+            return self._hf(x, positions)
+        # on CUDA the whole context at once: reading the longest position would sync the host
+        need = int(positions.max()) + 1 if not x.is_cuda else self.rotary.config.max_position_embeddings
+        if self.cos is None or self.cos.shape[0] < need or self.cos.dtype != x.dtype:
+            size = max(need, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
+            self.cos, self.sin = self._hf(x, torch.arange(size, device=x.device))
+        return self.cos[positions], self.sin[positions]
+
+
 class PagedLlama:
     """Trunk forwards over paged caches k/v [L, NB, BS, Hkv, D]. Returns final-norm hidden states; the caller
     applies its head (lm_head or the RM's scalar score)."""
@@ -136,11 +166,12 @@ class PagedLlama:
         cfg = model.config
         gemma = cfg.model_type in _GEMMA
         self.embed, self.norm, self.rotary = base.embed_tokens, _norm(base.norm, gemma), base.rotary_emb
-        # RoPE tables by position, grown on demand: static rope types only (dynamic ones depend on the length)
-        self._rope_table = self.static_rope = getattr(self.rotary, "rope_type", "default") in ("default", "linear",
-                                                                                               "llama3")
-        self._cos = self._sin = None  # [P, 1, D]
         self.layers = [_FusedLayer(layer, gemma) for layer in base.layers]
+        if cfg.model_type == "gemma3_text":  # per layer type (Gemma 2's types differ only in the window)
+            for layer, kind in zip(self.layers, cfg.layer_types):
+                layer.rope_type = kind
+        self.ropes = {t: RopeTable(self.rotary, t) for t in {layer.rope_type for layer in self.layers}}
+        self.static_rope = all(r.static for r in self.ropes.values())
         self.softcap = getattr(cfg, "attn_logit_softcapping", None) if gemma else None  # tanh cap on scores
         attn = base.layers[0].self_attn
         self.num_layers = len(self.layers)
@@ -162,18 +193,9 @@ class PagedLlama:
         qk = rotate(qk, cos, sin)
         return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor):
-        """-> cos, signed sin [N, 1, D] for rotate(). HF's rotary module computes each position's values
-        elementwise, so a table made by it once and indexed gives the same values."""
-        if not self._rope_table:
-            cos, sin = self.rotary(x, positions[None])  # [1, N, D]
-            return rope_tables(cos[0], sin[0])
-        need = int(positions.max()) + 1 if not x.is_cuda else self.rotary.max_seq_len_cached
-        if self._cos is None or self._cos.shape[0] < need or self._cos.dtype != x.dtype:
-            size = max(need, 2 * (0 if self._cos is None else self._cos.shape[0]), 256)
-            cos, sin = self.rotary(x, torch.arange(size, device=x.device)[None])
-            self._cos, self._sin = rope_tables(cos[0], sin[0])
-        return self._cos[positions], self._sin[positions]
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> dict:
+        """-> {rope type: (cos, signed sin) [N, 1, D]}, once per forward for the layers' RoPE types."""
+        return {t: table(x, positions) for t, table in self.ropes.items()}
 
     @torch.no_grad()
     def forward_chunks(self, ids, positions, slots, chunks, kv) -> torch.Tensor:
@@ -181,10 +203,10 @@ class PagedLlama:
         offset in ids, length, start position, block table). Stores every chunk's K/V. -> hidden [N, H]"""
         k_cache, v_cache = kv
         h = self.embed(ids)  # [N, H]
-        cos, sin = self._rope(h, positions)
+        ropes = self._rope(h, positions)
         for li, layer in enumerate(self.layers):
             x = layer.input_norm(h)
-            q, k, v = self._qkv(layer, x, cos, sin)
+            q, k, v = self._qkv(layer, x, *ropes[layer.rope_type])
             # Every chunk stores before any chunk attends: a prompt admitted this step may hit blocks another
             # chunk of this step fills (Scheduler._add_chunk relies on it).
             self.ops.store_kv(k, v, k_cache[li], v_cache[li], slots)
@@ -202,13 +224,13 @@ class PagedLlama:
         B, K = ids.shape
         k_cache, v_cache = kv
         h = self.embed(ids.reshape(-1))  # [B*K, H]
-        cos, sin = self._rope(h, positions.repeat_interleave(K))
+        ropes = self._rope(h, positions.repeat_interleave(K))
         new_k, new_v = [], []  # per layer [B, K, Hkv, D], unless stored
         plan = self.ops.candidate_plan(block_tables, context_lens, K, self.num_heads // self.num_kv_heads,
                                        k_cache.shape[2])
         for li, layer in enumerate(self.layers):
             x = layer.input_norm(h)
-            q, k, v = self._qkv(layer, x, cos, sin)
+            q, k, v = self._qkv(layer, x, *ropes[layer.rope_type])
             if store_slots is None:
                 new_k.append(k.view(B, K, *k.shape[1:]))
                 new_v.append(v.view(B, K, *v.shape[1:]))
