@@ -1,4 +1,5 @@
-"""What the kernels and their launchers share: input checks, cached scalar arguments, the soft cap."""
+"""What the kernels and their launchers share: input checks, cached scalar arguments, the soft cap, the paged
+K/V tile load."""
 from __future__ import annotations
 
 import torch
@@ -34,3 +35,14 @@ def scale_tensor(scale: float, dtype: torch.dtype, device: torch.device) -> torc
 def soft_cap(x, cap):
     """Gemma 2's score cap: cap * tanh(x / cap), tanh written with exp (no libdevice call under the interpreter)."""
     return cap * (1.0 - 2.0 / (tl.exp(2.0 * x / cap) + 1.0))
+
+
+@triton.jit
+def load_kv_tile(kc_ptr, vc_ptr, table_ptr, pos, p_ok, kvh, d, d_ok, BS, row_stride, D: tl.constexpr):
+    """The keys and values [BLOCK_N, DP] of positions `pos` (valid where p_ok) of one kv head, read through a
+    sequence's block table from caches [NB, BS, HKV, D] (one slot = row_stride elements)."""
+    blk = tl.load(table_ptr + pos // BS, mask=p_ok, other=0)  # physical block of each position
+    slot = blk.to(tl.int64) * BS + pos % BS
+    off = slot[:, None] * row_stride + kvh * D + d[None, :]
+    ok = p_ok[:, None] & d_ok[None, :]
+    return tl.load(kc_ptr + off, mask=ok, other=0.0), tl.load(vc_ptr + off, mask=ok, other=0.0)

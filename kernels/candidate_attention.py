@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device, scale_tensor, soft_cap
+from ._checks import check_tensors_on_one_device, load_kv_tile, scale_tensor, soft_cap
 
 
 @triton.jit
@@ -51,12 +51,7 @@ def _candidate_attention_kernel(
     for s0 in range(start, end, BLOCK_N):
         pos = s0 + n
         p_ok = pos < end
-        blk = tl.load(bt_ptr + b * s_bt + pos // BS, mask=p_ok, other=0)  # physical block of each position
-        slot = blk.to(tl.int64) * BS + pos % BS
-        kv_off = slot[:, None] * row_stride + kvh * D + d[None, :]  # [BLOCK_N, DP]
-        kv_ok = p_ok[:, None] & d_ok[None, :]
-        kt = tl.load(kc_ptr + kv_off, mask=kv_ok, other=0.0)
-        vt = tl.load(vc_ptr + kv_off, mask=kv_ok, other=0.0)
+        kt, vt = load_kv_tile(kc_ptr, vc_ptr, bt_ptr + b * s_bt, pos, p_ok, kvh, d, d_ok, BS, row_stride, D)
         sc = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision=PREC) * scale  # [M, BLOCK_N]
         if CAP:
             sc = soft_cap(sc, cap)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device, scale_tensor, soft_cap
+from ._checks import check_tensors_on_one_device, load_kv_tile, scale_tensor, soft_cap
 
 
 @triton.jit
@@ -45,12 +45,7 @@ def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, 
     for s0 in range(0, end, BLOCK_N):
         pos = s0 + nn
         p_ok = pos < end
-        blk = tl.load(bt_ptr + p * s_bt + pos // BS, mask=p_ok, other=0)
-        slot = blk.to(tl.int64) * BS + pos % BS
-        off = slot[:, None] * row_stride + kvh * D + d[None, :]
-        kv_ok = p_ok[:, None] & d_ok[None, :]
-        kt = tl.load(kc_ptr + off, mask=kv_ok, other=0.0)
-        vt = tl.load(vc_ptr + off, mask=kv_ok, other=0.0)
+        kt, vt = load_kv_tile(kc_ptr, vc_ptr, bt_ptr + p * s_bt, pos, p_ok, kvh, d, d_ok, BS, row_stride, D)
         sc = tl.dot(q, tl.trans(kt), out_dtype=ACC, input_precision=PREC) * scale  # [BLOCK_M, BLOCK_N]
         if CAP:
             sc = soft_cap(sc, cap)
