@@ -80,7 +80,7 @@ class ModelRunner:
         self.lm = PagedLlama(lm, self.ops)
         self.rm = self.lm if self.shared else PagedLlama(rm.model, self.ops)
         self.rm_head, self.reward_model = rm.head, rm
-        self._lm_head = lm.get_output_embeddings()
+        self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
         self._logit_cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
         self.device = self.lm.device
         # Capture needs a step free of host syncs: the Triton kernels (the torch attention reads its context length)
@@ -156,7 +156,7 @@ class ModelRunner:
             rows = self._rows(B)
             kmax = max(s.params.k for s in ready)
             if self.static:  # a power of two: few graph shapes; rows with a smaller k ignore the extra candidates
-                kmax = 1 << (kmax - 1).bit_length()
+                kmax = min(1 << (kmax - 1).bit_length(), self.vocab_size)
             tables = bm.block_tables(ready, self._width(ready, bm) if self.static else 0).numpy()
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
             a["tables"] = self._pad(tables, rows, self.spare_block)
