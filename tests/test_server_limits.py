@@ -244,16 +244,10 @@ def test_cancelled_add_does_not_kill_the_engine_thread():
         while not (await asyncio.wait_for(events.get(), 30)).finished:
             pass
 
-    loop.start()
-    try:
-        asyncio.run(main())
-        deadline = time.monotonic() + 10
-        while (llm.has_unfinished() or llm.num_used_blocks) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert loop._thread.is_alive() and loop.dead is None
-        assert not llm.has_unfinished() and llm.num_used_blocks == 0
-    finally:
-        loop.shutdown()
+    run_until_idle(loop, llm, main)
+    assert loop._thread.is_alive() and loop.dead is None
+    assert not llm.has_unfinished() and llm.num_used_blocks == 0
+    loop.shutdown()
 
 
 def test_cancel_after_the_add_ran_aborts_its_requests():
@@ -276,16 +270,10 @@ def test_cancel_after_the_add_ran_aborts_its_requests():
         with pytest.raises(asyncio.CancelledError):
             await box["task"]
 
-    loop.start()
-    try:
-        asyncio.run(main())
-        deadline = time.monotonic() + 10
-        while llm.has_unfinished() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not llm.has_unfinished() and llm.num_used_blocks == 0
-        assert loop.metrics.registry.get_sample_value("args_engine_requests_aborted_total") == 1
-    finally:
-        loop.shutdown()
+    run_until_idle(loop, llm, main)
+    loop.shutdown()
+    assert not llm.has_unfinished() and llm.num_used_blocks == 0
+    assert loop.metrics.registry.get_sample_value("args_engine_requests_aborted_total") == 1
 
 
 def test_dead_engine_thread_gives_503_not_hangs():
@@ -312,6 +300,20 @@ def test_dead_engine_thread_gives_503_not_hangs():
         assert status == 503 and "died" in health["reason"]
         with pytest.raises(EngineUnavailable):
             asyncio.run(app.state.loop.add([e.make_request("Hi", e_params())]))
+
+
+def run_until_idle(loop, llm, main, timeout=10.0):
+    """Start the loop, run main(), then wait (up to timeout) until the engine holds no request and no block.
+    On an error the loop is shut down; otherwise the caller checks it, then shuts it down."""
+    loop.start()
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + timeout
+        while (llm.has_unfinished() or llm.num_used_blocks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    except BaseException:
+        loop.shutdown()
+        raise
 
 
 def run_loop(loop, coro_fn, timeout=30):
