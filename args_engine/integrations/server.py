@@ -68,14 +68,8 @@ def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAP
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
-        if config.api_key is not None and request.method != "OPTIONS" and (
-                config.auth_health_metrics or request.url.path not in OPEN_PATHS):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
-                return _error(BadRequest("a valid API key is required: Authorization: Bearer <key>", status=401,
-                                         code="invalid_api_key"))
-        return await call_next(request)
+        refused = auth_error(config, request)
+        return refused if refused is not None else await call_next(request)
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request, exc: BadRequest):
@@ -139,6 +133,19 @@ def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAP
         return await _serve(engine, loop, config, request, body, prompts, chat=True, model=model_name)
 
     return app
+
+
+def auth_error(config: ServerConfig, request: Request) -> JSONResponse | None:
+    """The 401 response for a request without the API key the config requires, else None."""
+    if config.api_key is None or request.method == "OPTIONS" or (
+            not config.auth_health_metrics and request.url.path in OPEN_PATHS):
+        return None
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given[:7].lower() == "bearer " else ""
+    if hmac.compare_digest(token.encode(), config.api_key.encode()):
+        return None
+    return _error(BadRequest("a valid API key is required: Authorization: Bearer <key>", status=401,
+                             code="invalid_api_key"))
 
 
 def default_model_name(engine: ARGSEngine) -> str:
