@@ -38,6 +38,10 @@ def cmd_generate(args) -> None:
     params = ARGSParams(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, stop=args.stop or None, gate=args.gate,
                         **_logit_controls(args))
+    if args.ray:
+        return _generate_on_ray(args, prompts, params)
+    if args.out:
+        raise ValueError("--out applies with --ray (results.jsonl there); without it, use --json")
     engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
                                         backend=args.backend, raw=args.raw, batch_size=args.batch_size,
                                         **_rm_options(args), **_native_options(args))
@@ -62,6 +66,51 @@ def cmd_generate(args) -> None:
         print(f"--- ARGS k={params.k} w={params.w} {params.mode} (reward {o.reward:+.3f}, "
               f"{o.tokens_per_s:.1f} tok/s, {o.rm_tokens / max(1, len(o.token_ids)):.1f} RM tokens per token):"
               f"\n{o.text}\n")
+
+
+def _generate_on_ray(args, prompts, params) -> None:
+    from .ray.batch import generate_to_dir
+
+    if not args.out:
+        raise ValueError("--ray writes OUT/results.jsonl: give --out DIR")
+    if args.compare or args.json:
+        raise ValueError("--compare and --json apply without --ray (with --ray, read OUT/results.jsonl)")
+    if args.backend != "auto" or args.raw:
+        raise ValueError("--ray runs the default backend on chat-formatted prompts (no --backend, no --raw)")
+    results = generate_to_dir(prompts, args.out, params, _ray_batch_options(args), progress=True, lm=args.lm,
+                              rm=args.rm, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                              **_rm_options(args), **_native_options(args))
+    print(f"wrote {results} ({len(prompts)} prompts)")
+
+
+def _ray_batch_options(args):
+    from .ray.batch import RayBatchOptions
+
+    return RayBatchOptions(num_replicas=args.replicas, rows_per_batch=args.rows_per_batch,
+                           num_cpus=args.num_cpus_per_replica, num_gpus=args.num_gpus_per_replica,
+                           address=args.ray_address)
+
+
+def _add_ray_options(parser, serving: bool = False) -> None:
+    r = parser.add_argument_group("Ray (pip install 'args-engine[ray]')")
+    r.add_argument("--ray", action="store_true", help="run on a Ray cluster: " + (
+        "N engine replicas behind one OpenAI endpoint (Ray Serve)" if serving else
+        "N engine actors over Ray Data"))
+    r.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1)")
+    r.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    r.add_argument("--num-cpus-per-replica", type=float, default=1.0)
+    r.add_argument("--num-gpus-per-replica", type=float, help="default: 1 with --device cuda, else 0")
+    if serving:
+        r.add_argument("--min-replicas", type=int, help="autoscaling lower bound (with --max-replicas)")
+        r.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
+        r.add_argument("--target-ongoing-requests", type=float, default=16.0,
+                       help="autoscaling aims at this many requests per replica")
+        r.add_argument("--max-ongoing-requests", type=int, default=64,
+                       help="requests one replica takes before its prompts go to their next replica")
+        r.add_argument("--prefix-tokens", type=int, default=64,
+                       help="prompts sharing this many first tokens go to the same replica")
+    else:
+        r.add_argument("--rows-per-batch", type=int, default=64, help="rows handed to an engine actor at once")
 
 
 def _logit_controls(args) -> dict:
@@ -120,9 +169,17 @@ def cmd_serve(args) -> None:
                           max_body_bytes=args.max_body_bytes, max_consecutive_failures=args.max_consecutive_failures,
                           api_key=args.api_key or os.environ.get("ARGS_ENGINE_API_KEY") or None,
                           auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [])
-    engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                                        backend="native", batch_size=args.batch_size, **_rm_options(args),
-                                        **_native_options(args))
+    engine_options = dict(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                          **_rm_options(args), **_native_options(args))
+    if args.ray:
+        from .ray.serving import RayServeOptions, serve_on_ray
+
+        options = RayServeOptions(num_replicas=args.replicas, min_replicas=args.min_replicas,
+                                  max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
+                                  num_cpus=args.num_cpus_per_replica, num_gpus=args.num_gpus_per_replica,
+                                  max_ongoing_requests=args.max_ongoing_requests, prefix_tokens=args.prefix_tokens)
+        return serve_on_ray(engine_options, config, options, host=args.host, port=args.port, address=args.ray_address)
+    engine = ARGSEngine.from_pretrained(backend="native", **engine_options)
     serve(engine, config, host=args.host, port=args.port, log_level=args.log_level)
 
 
@@ -155,7 +212,8 @@ def cmd_eval(args) -> None:
     start = time.perf_counter()
     results = evaluate(prompts, methods, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        out=args.out, lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                       prompts_name=name, rm_options=_rm_options(args))
+                       prompts_name=name, rm_options=_rm_options(args),
+                       ray=_ray_batch_options(args) if args.ray else None)
     print(f"{'method':<28} {'reward':>8} {'win-tie':>8} {'div %':>7} {'coh':>6} {'tok/s':>7} {'s':>7}")
     for label, m in results["methods"].items():
         print(f"{label:<28} {m['avg_reward']:>8.3f} {m['win_tie_vs_greedy']:>8.1%} {100 * m['diversity']:>7.2f} "
@@ -207,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--logit-bias", action="append", metavar="TOKEN_ID:BIAS", help="add BIAS to a token's logit")
     g.add_argument("--gate", type=float, help="uncertainty gate tau: where the LM's top token has probability "
                                               ">= tau, take it without RM scoring")
+    g.add_argument("--out", help="with --ray: write DIR/results.jsonl (a rerun skips the prompts already there)")
     _add_rm_options(g)
     _add_native_options(g)
+    _add_ray_options(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, ...)")
@@ -239,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-consecutive-failures", type=int, default=3,
                    help="failed engine steps in a row before /health answers 503")
     s.add_argument("--log-level", default="info")
+    _add_ray_options(s, serving=True)
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("train-rm", help="train the default reward model (Bradley-Terry on HH-RLHF train split)")
@@ -273,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32")
     e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
     _add_rm_options(e)
+    _add_ray_options(e)
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("eval-merge", help="merge eval runs that split the methods into one table and plots")

@@ -15,6 +15,7 @@ bon, for ARGS the tokens the RM read (k per step, 1 per gated step).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -116,6 +117,8 @@ class EvalModels:
     engine: object  # ARGSEngine
     eos_ids: set[int]
     pad_id: int
+    # (RayBatchOptions, ARGSEngine.from_pretrained keywords): ARGS methods decode on Ray Data actors instead
+    ray: tuple | None = None
 
 
 def _first_eos(row: list[int], eos_ids: set[int]) -> int | None:
@@ -183,15 +186,21 @@ def run_method(spec: MethodSpec, models: EvalModels, prompts, max_new_tokens: in
         return MethodRun(texts, n, sum(n), 0, time.perf_counter() - start)
     if spec.kind == "bon":
         return _run_bon(spec, models, prompts, max_new_tokens, batch_size, on_batch, start)
-    outs = []
-    for s in range(0, len(prompts), batch_size):
-        chunk = prompts[s:s + batch_size]
-        params = [ARGSParams(k=spec.k, w=spec.w, mode=spec.kind.removeprefix("args-"), temperature=spec.T or 0.7,
-                             max_new_tokens=max_new_tokens, seed=spec.seed + s + i, gate=spec.gate,
-                             **spec.controls) for i in range(len(chunk))]
-        outs += models.engine.generate(chunk, params, progress=False)
-        if on_batch:
-            on_batch(len(chunk))
+    params = ARGSParams(k=spec.k, w=spec.w, mode=spec.kind.removeprefix("args-"), temperature=spec.T or 0.7,
+                        max_new_tokens=max_new_tokens, seed=spec.seed, gate=spec.gate, **spec.controls)
+    if models.ray is not None:  # the same requests (prompt i samples with seed + i), decoded on Ray actors
+        from ..ray.batch import generate_prompts
+
+        outs = generate_prompts(prompts, params, models.ray[0], batch_size, seed_offsets=True, on_row=on_batch,
+                                **models.ray[1])
+    else:
+        outs = []
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s:s + batch_size]
+            outs += models.engine.generate(chunk, [dataclasses.replace(params, seed=spec.seed + s + i)
+                                                   for i in range(len(chunk))], progress=False)
+            if on_batch:
+                on_batch(len(chunk))
     n = [len(o.token_ids) for o in outs]
     return MethodRun([o.text for o in outs], n, sum(n), sum(o.rm_tokens for o in outs), time.perf_counter() - start,
                      extra=[{"args_final_reward": o.reward, "finish_reason": o.finish_reason} for o in outs])

@@ -1,6 +1,7 @@
 """Run methods over prompts, score every response, write results.json, results.md and the plots."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -48,14 +49,21 @@ def _describe(source) -> str:
 def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = None, judge: Judge | None = None,
              encoder=None, max_new_tokens: int = 128, batch_size: int = 8, out: str | Path | None = None,
              lm=None, rm=None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
-             prompts_name: str = "custom", rm_options: dict | None = None) -> dict:
+             prompts_name: str = "custom", rm_options: dict | None = None, ray=None) -> dict:
     """Decode `prompts` (chat message lists) with each method and score the responses. Greedy is always run
-    (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder."""
+    (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder.
+    ray (a RayBatchOptions): the ARGS methods decode on Ray Data engine actors built from lm / rm (the same
+    requests and seeds; the baselines, scoring and judging stay in this process)."""
     if not prompts:
         raise ValueError("no prompts")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     models = models or load_models(lm, rm, device, dtype, batch_size, **(rm_options or {}))
+    if ray is not None:
+        if models.engine.backend != "native":
+            raise ValueError("eval --ray runs the native engine; these models need the reference backend")
+        models = dataclasses.replace(models, ray=(ray, dict(lm=lm, rm=rm, device=device, dtype=dtype,
+                                                            enable_prefix_caching=False, **(rm_options or {}))))
     if getattr(models.engine, "bridge", None) is not None:  # score_replies reads the LM's tokens
         raise ValueError("eval scores responses with the decoding RM on the LM's tokens: an RM on another "
                          "tokenizer, or an encoder RM, is not supported by eval yet (decode with it instead)")

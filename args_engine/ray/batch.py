@@ -16,10 +16,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..decoding.common import GenerationOutput
 from ..params import ARGSParams
 
-OUTPUT_COLUMNS = ("id", "prompt", "text", "token_ids", "rewards", "reward", "finish_reason", "rm_tokens",
-                  "tokens_per_s")
+OUTPUT_COLUMNS = ("id", "prompt", "prompt_token_ids", "text", "token_ids", "rewards", "reward", "finish_reason",
+                  "rm_tokens", "tokens_per_s")
 
 
 @dataclass
@@ -55,7 +56,8 @@ class EngineActor:
         seeds = batch["seed"] if "seed" in batch else [None] * len(prompts)
         params = [self.params if s is None else dataclasses.replace(self.params, seed=int(s)) for s in seeds]
         outs = self.engine.generate(prompts, params, progress=False)
-        return {"id": list(batch["id"]), "prompt": list(batch["prompt"]), "text": [o.text for o in outs],
+        return {"id": list(batch["id"]), "prompt": list(batch["prompt"]),
+                "prompt_token_ids": [o.prompt_token_ids for o in outs], "text": [o.text for o in outs],
                 "token_ids": [o.token_ids for o in outs], "rewards": [o.rewards for o in outs],
                 "reward": [o.reward for o in outs], "finish_reason": [o.finish_reason for o in outs],
                 "rm_tokens": [o.rm_tokens for o in outs], "tokens_per_s": [o.tokens_per_s for o in outs]}
@@ -76,23 +78,22 @@ def generate_dataset(ds, params: ARGSParams, lm=None, rm=None, device: str = "cp
     order. lm / rm: local model directories (None: the embedded defaults); they are loaded by each actor.
     skip_ids: ids to leave out (already done). engine_options: further ARGSEngine keywords (native options,
     rm_weights, ...)."""
-    import ray.data
-
     options = options or RayBatchOptions()
     params.validate()
     missing = {"id", "prompt"} - set(ds.schema().names)
     if missing:
         raise ValueError(f"the dataset needs the columns 'id' and 'prompt'; it lacks {sorted(missing)}")
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     if skip_ids:
         done = frozenset(skip_ids)
         ds = ds.filter(lambda row: row["id"] not in done)
     gpus = options.num_gpus if options.num_gpus is not None else (1 if str(device).startswith("cuda") else 0)
     engine = dict(lm=lm, rm=rm, device=device, dtype=dtype, batch_size=batch_size, **engine_options)
-    return ds.map_batches(EngineActor, fn_constructor_kwargs={"engine_options": engine,
-                                                              "params": dataclasses.asdict(params)},
-                          batch_size=options.rows_per_batch, batch_format="numpy", concurrency=options.num_replicas,
-                          num_cpus=options.num_cpus, num_gpus=gpus)
+    out = ds.map_batches(EngineActor, fn_constructor_kwargs={"engine_options": engine,
+                                                             "params": dataclasses.asdict(params)},
+                         batch_size=options.rows_per_batch, batch_format="numpy", concurrency=options.num_replicas,
+                         num_cpus=options.num_cpus, num_gpus=gpus)
+    out.context.execution_options.preserve_order = True  # each dataset carries its own copy of the context
+    return out
 
 
 def done_ids(results: Path) -> set:
@@ -117,8 +118,6 @@ def generate_to_dir(prompts: list, out: str | Path, params: ARGSParams, options:
                     progress: bool = True, **engine_kwargs) -> Path:
     """`args-engine generate --ray`: decode `prompts` (row i has id i) into OUT/results.jsonl, one JSON object
     per row in input order, appended as rows finish; rows already there are skipped. -> the results path."""
-    import ray
-
     from ..progress import progress_bar
 
     options = options or RayBatchOptions()
@@ -129,8 +128,7 @@ def generate_to_dir(prompts: list, out: str | Path, params: ARGSParams, options:
     todo = [{"id": i, "prompt": p} for i, p in enumerate(prompts) if i not in done]
     if not todo:
         return results
-    if not ray.is_initialized():
-        ray.init(address=options.address, log_to_driver=False)
+    _init_ray(options)
     import ray.data
 
     ds = generate_dataset(ray.data.from_items(todo), params, options=options, **engine_kwargs)
@@ -141,6 +139,33 @@ def generate_to_dir(prompts: list, out: str | Path, params: ARGSParams, options:
             f.flush()
             bar.update(1)
     return results
+
+
+def generate_prompts(prompts: list, params: ARGSParams, options: RayBatchOptions | None = None,
+                     batch_size: int = 16, seed_offsets: bool = False, on_row=None,
+                     **engine_kwargs) -> list[GenerationOutput]:
+    """Like ARGSEngine.generate, on Ray: one GenerationOutput per prompt, in order. seed_offsets: prompt i
+    samples with params.seed + i (as `args-engine eval` seeds its rows). on_row(1) after each output."""
+    _init_ray(options or RayBatchOptions())
+    import ray.data
+
+    rows = [{"id": i, "prompt": p, **({"seed": params.seed + i} if seed_offsets and params.seed is not None else {})}
+            for i, p in enumerate(prompts)]
+    outs = []
+    for row in _rows(generate_dataset(ray.data.from_items(rows), params, options=options, batch_size=batch_size,
+                                      **engine_kwargs)):
+        outs.append(GenerationOutput(prompts[row["id"]], row["prompt_token_ids"], row["token_ids"], row["text"],
+                                     row["rewards"], row["finish_reason"], row["tokens_per_s"], row["rm_tokens"]))
+        if on_row:
+            on_row(1)
+    return outs
+
+
+def _init_ray(options: RayBatchOptions) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, log_to_driver=False)
 
 
 def _rows(ds) -> Iterator[dict]:

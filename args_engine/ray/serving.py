@@ -295,3 +295,14 @@ def _parse(value, type_name):
     if "float" in kind:
         return float(value)
     return value
+
+
+def serve_on_ray(engine_options: dict, config: ServerConfig, options: RayServeOptions, host: str = "127.0.0.1",
+                 port: int = 8000, address: str | None = None) -> None:
+    """`args-engine serve --ray`: start Serve's HTTP proxy on host:port and run the application until
+    interrupted."""
+    import ray
+
+    ray.init(address=address)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(application(engine_options, config, options), name="args-engine", route_prefix="/", blocking=True)
