@@ -42,8 +42,9 @@ def cmd_generate(args) -> None:
         return _generate_on_ray(args, prompts, params)
     if args.out:
         raise ValueError("--out applies with --ray (results.jsonl there); without it, use --json")
-    engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
-                                        backend=args.backend, raw=args.raw, batch_size=args.batch_size,
+    engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, rm_device=args.rm_device,
+                                        dtype=args.dtype, backend=args.backend, raw=args.raw,
+                                        batch_size=args.batch_size,
                                         **_rm_options(args), **_native_options(args))
     outs = engine.generate(prompts, params)
     greedy = None
@@ -78,8 +79,8 @@ def _generate_on_ray(args, prompts, params) -> None:
     if args.backend != "auto" or args.raw:
         raise ValueError("--ray runs the default backend on chat-formatted prompts (no --backend, no --raw)")
     results = generate_to_dir(prompts, args.out, params, _ray_batch_options(args), progress=True, lm=args.lm,
-                              rm=args.rm, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                              **_rm_options(args), **_native_options(args))
+                              rm=args.rm, device=args.device, rm_device=args.rm_device, dtype=args.dtype,
+                              batch_size=args.batch_size, **_rm_options(args), **_native_options(args))
     print(f"wrote {results} ({len(prompts)} prompts)")
 
 
@@ -99,7 +100,7 @@ def _add_ray_options(parser, serving: bool = False) -> None:
     r.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1)")
     r.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local cluster)")
     r.add_argument("--num-cpus-per-replica", type=float, default=1.0)
-    r.add_argument("--num-gpus-per-replica", type=float, help="default: 1 with --device cuda, else 0")
+    r.add_argument("--num-gpus-per-replica", type=float, help="default: one per CUDA device the engine uses (--device, --rm-device)")
     if serving:
         r.add_argument("--min-replicas", type=int, help="autoscaling lower bound (with --max-replicas)")
         r.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
@@ -169,8 +170,8 @@ def cmd_serve(args) -> None:
                           max_body_bytes=args.max_body_bytes, max_consecutive_failures=args.max_consecutive_failures,
                           api_key=args.api_key or os.environ.get("ARGS_ENGINE_API_KEY") or None,
                           auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [])
-    engine_options = dict(lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                          **_rm_options(args), **_native_options(args))
+    engine_options = dict(lm=args.lm, rm=args.rm, device=args.device, rm_device=args.rm_device, dtype=args.dtype,
+                          batch_size=args.batch_size, **_rm_options(args), **_native_options(args))
     if args.ray:
         from .ray.serving import RayServeOptions, serve_on_ray
 
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="feed prompts as is, without the chat template")
     g.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
     g.add_argument("--compare", action="store_true", help="also decode plain greedy and show both rewards")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="the LM's device (and the RM's unless --rm-device)")
+    g.add_argument("--rm-device", help="the RM's device, e.g. cuda:1 (native backend; default: --device)")
     g.add_argument("--dtype", default="float32")
     c = g.add_argument_group("logit controls, applied before the k candidates are taken")
     c.add_argument("--repetition-penalty", type=float, default=1.0, help="Hugging Face semantics (1: off)")
@@ -276,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="the LM's device (and the RM's unless --rm-device)")
+    s.add_argument("--rm-device", help="the RM's device, e.g. cuda:1 (default: --device)")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--batch-size", type=int, default=16, help="sequences decoded at once (continuous batching)")
     _add_rm_options(s)

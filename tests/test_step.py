@@ -186,7 +186,8 @@ def test_copy_on_write_copies_every_layer_of_each_cache(models, monkeypatch, nat
         k.copy_(torch.randn(k.shape, generator=g, dtype=k.dtype))
         v.copy_(torch.randn(v.shape, generator=g, dtype=v.dtype))
     before = [(k.clone(), v.clone()) for k, v in caches]
-    runner._copy_blocks(torch.tensor([[1, 5], [2, 6]]))
+    pairs = torch.tensor([[1, 5], [2, 6]])
+    runner._copy_blocks(pairs, pairs)
     for (k, v), (k0, v0) in zip(caches, before):
         for x, x0 in ((k, k0), (v, v0)):
             assert torch.equal(x[:, [5, 6]], x0[:, [1, 2]])

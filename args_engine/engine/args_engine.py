@@ -79,6 +79,10 @@ class ARGSEngine:
         if native_options and self.backend != "native":
             raise ValueError(f"{sorted(native_options)} apply to the native backend only, and this engine runs "
                              f"{self.backend!r}" + (f" ({unsupported})" if unsupported else ""))
+        lm_device, rm_device = next(lm.parameters()).device, next(self.rm.model.parameters()).device
+        if lm_device != rm_device and self.backend != "native":
+            raise ValueError(f"the LM is on {lm_device} and the RM on {rm_device}: only the native backend runs "
+                             f"them on two devices (this engine runs {self.backend!r})")
         if self.backend == "native":
             self.decoder = LLMEngine(lm, self.rm, tokenizer, self.eos_ids, max_num_seqs=batch_size,
                                      max_context=self.context_length, **native_options)
@@ -91,12 +95,14 @@ class ARGSEngine:
 
     @classmethod
     def from_pretrained(cls, lm=None, rm=None, device: str = "cpu", dtype="float32", backend: str = "auto",
-                        raw: bool = False, **kw) -> "ARGSEngine":
+                        raw: bool = False, rm_device: str | None = None, **kw) -> "ARGSEngine":
         """lm / rm: a local Hugging Face directory, a loaded model, or None for the embedded defaults
-        (SmolLM2-135M-Instruct and the project's trained reward head on its trunk)."""
+        (SmolLM2-135M-Instruct and the project's trained reward head on its trunk). device: the LM's; rm_device:
+        the RM's (default: the same). On two devices the native engine keeps each model's cache on its own
+        device and runs the RM's candidate forward there; only the top-k crosses over."""
         dtype = resolve_dtype(dtype)
         tokenizer = kw.pop("tokenizer", None)
-        lm_model, lm_tokenizer, rm_model, rm_tokenizer = load_pair(lm, rm, device, dtype)
+        lm_model, lm_tokenizer, rm_model, rm_tokenizer = load_pair(lm, rm, device, dtype, rm_device)
         return cls(lm_model, rm_model, tokenizer=tokenizer or lm_tokenizer, rm_tokenizer=rm_tokenizer,
                    backend=backend, raw=raw, **kw)
 

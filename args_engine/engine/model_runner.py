@@ -8,11 +8,16 @@ hidden state from the RM forward is exactly what the LM would compute for that t
 logits come from lm_head directly (kept on the Sequence), and the LM decode forward disappears (one trunk
 forward per step).
 
+LM and RM on two devices (two trunks): the RM trunk, its cache and the candidate forward + select live on the
+RM's device. The step's arrays go to each device in one transfer; only the LM's top-k (log p and ids, [B, k])
+cross from the LM's device to the RM's; the chosen tokens come back from the RM's device in the one read.
+
 Step modes: "dynamic" runs each step at its own batch size; "static" pads the decode rows to a batch-size
 bucket in fixed buffers (the CUDA-graph code, runnable and tested on CPU); "graph" (CUDA) captures the static
 step once per bucket and replays it."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -57,7 +62,8 @@ class StepBatch:
     prefill: list[tuple[Sequence, int]]
     decode: list[Sequence]
     ready: list[Sequence]
-    t: dict[str, torch.Tensor]
+    t: dict[str, torch.Tensor]  # on the LM's device
+    rt: dict[str, torch.Tensor]  # the same arrays on the RM's device (t itself when both share one)
     rows: int  # ARGS rows incl. padding
     lm_rows: int  # LM decode rows incl. padding (two trunks)
     kmax: int
@@ -82,10 +88,11 @@ class ModelRunner:
         self.rm_head, self.reward_model = rm.head, rm
         self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
         self._logit_cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
-        self.device = self.lm.device
+        self.device, self.rm_device = self.lm.device, self.rm.device
         # Capture needs a step free of host syncs: the Triton kernels (the torch attention reads its context length)
         # and RoPE from a table (HF's dynamic rope types read the longest position).
         no_graph = ("it needs a CUDA device" if self.device.type != "cuda" else
+                    "the LM and the RM are on different devices" if self.split else
                     "it needs the Triton kernels (use_triton)" if not use_triton else
                     "a model's RoPE type depends on the sequence length" if not all(m.static_rope for m in self.models)
                     else None)
@@ -100,6 +107,7 @@ class ModelRunner:
         self.lm_kv = self.rm_kv = None
         self.spare_block = -1  # the cache block padding rows write to (static modes)
         self.transfer, self.read = StepTransfer(self.device), HostRead()
+        self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
         capture = step_mode == "graph"
         self._args_graphs = StepGraphs(self._args_core, capture)
         self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
@@ -110,6 +118,15 @@ class ModelRunner:
         if self._logit_cap:
             logits = torch.tanh(logits / self._logit_cap) * self._logit_cap
         return logits
+
+    @property
+    def split(self) -> bool:
+        """LM and RM on different devices."""
+        return self.rm_device != self.device
+
+    def _rm_side(self):
+        """Kernels launch on the current CUDA device: make it the RM's for the RM's work."""
+        return torch.cuda.device(self.rm_device) if self.rm_device.type == "cuda" else contextlib.nullcontext()
 
     @property
     def models(self) -> list[PagedLlama]:
@@ -177,7 +194,8 @@ class ModelRunner:
                 a["lm_slots"] = self._pad(bm.slots(decode, lm_pos.tolist()).numpy(), lm_rows, self._spare_slot())
                 a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
         t = self.transfer.pack(a) if a else {}
-        return StepBatch(prefill, decode, ready, t, rows, lm_rows, kmax)
+        rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
+        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax)
 
     def _rows(self, n: int) -> int:
         return (batch_bucket(n) or n) if self.static else n
@@ -211,7 +229,7 @@ class ModelRunner:
         """Prefill chunks, LM decode and the ARGS step of the ready rows -> their tokens (None: no row ready)."""
         t = batch.t
         if "copies" in t:
-            self._copy_blocks(t["copies"])
+            self._copy_blocks(t["copies"], batch.rt["copies"])
         logits = []  # [R, V] rows in `ready` order
         if batch.prefill:
             logits.append(self._prefill(batch))
@@ -241,7 +259,7 @@ class ModelRunner:
         want = [p.logprobs for p in params]
         n_top = max((n for n in want if n is not None), default=None)
         if n_top is not None:
-            parts += _logprob_columns(logits, tokens[:B], n_top)
+            parts += [c.to(tokens.device) for c in _logprob_columns(logits, tokens[:B].to(logits.device), n_top)]
         host = self.read(torch.stack(parts, 1) if n_top is None else torch.cat([p.view(B, -1) for p in parts], 1))
         toks = [int(r[0]) for r in host]
         rewards = [r[1] for r in host]
@@ -251,11 +269,11 @@ class ModelRunner:
                         for r, n in zip(host, want)]
         return StepResult(toks, rewards, logprobs)
 
-    def _copy_blocks(self, pairs: torch.Tensor) -> None:
-        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst), every layer of each cache: the C++/CUDA
-        cache op where the extension has it for this device, else torch indexing."""
-        native = cpp_ops.has_copy_blocks(pairs.device)
-        for k, v in {id(kv): kv for kv in (self.lm_kv, self.rm_kv)}.values():
+    def _copy_blocks(self, lm_pairs: torch.Tensor, rm_pairs: torch.Tensor) -> None:
+        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst) on each cache's device, every layer of
+        each cache: the C++/CUDA cache op where the extension has it for this device, else torch indexing."""
+        for (k, v), pairs in {id(kv): (kv, p) for kv, p in ((self.lm_kv, lm_pairs), (self.rm_kv, rm_pairs))}.values():
+            native = cpp_ops.has_copy_blocks(pairs.device)
             if native:
                 for layer in range(k.shape[0]):
                     cpp_ops.copy_blocks(k[layer], v[layer], pairs)
@@ -266,17 +284,19 @@ class ModelRunner:
     def _prefill(self, batch: StepBatch) -> torch.Tensor:
         """Run the chunks through both trunks (same tokens, same slots). -> LM logits [R, V] of the sequences whose
         prompt is now complete (in chunk order)."""
-        t = batch.t
         spans, off = [], 0
         for seq, n in batch.prefill:
             spans.append((off, n, seq.lm_cached))
             off += n
-        chunks = PrefillChunks(spans, t["pf_tables"], t["pf_cu"], t["pf_starts"])
-        args = (t["pf_ids"], t["pf_pos"], t["pf_slots"], chunks)
-        h_lm = self.lm.forward_chunks(*args, self.lm_kv)  # [N, H]
+
+        def chunk_inputs(t):
+            return t["pf_ids"], t["pf_pos"], t["pf_slots"], PrefillChunks(spans, t["pf_tables"], t["pf_cu"],
+                                                                        t["pf_starts"])
+        h_lm = self.lm.forward_chunks(*chunk_inputs(batch.t), self.lm_kv)  # [N, H]
         if not self.shared:
-            self.rm.forward_chunks(*args, self.rm_kv)
-        return self.lm_head(h_lm[t["pf_last"]])  # the last token of each completed prompt
+            with self._rm_side():
+                self.rm.forward_chunks(*chunk_inputs(batch.rt), self.rm_kv)
+        return self.lm_head(h_lm[batch.t["pf_last"]])  # the last token of each completed prompt
 
     def _decode(self, batch: StepBatch) -> torch.Tensor:
         """The LM reads each decode row's last committed token. -> logits [D, V]"""
@@ -293,7 +313,7 @@ class ModelRunner:
         return {"logits": self.lm_head(h[:, 0])}  # [D, V]
 
     def _args_step(self, controlled: torch.Tensor, batch: StepBatch) -> dict[str, torch.Tensor]:
-        t, B = batch.t, len(batch.ready)
+        t, B = batch.rt, len(batch.ready)  # every input but the logits is the RM's
         if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
             controlled = torch.cat([controlled, controlled.new_zeros(batch.rows - B, controlled.shape[1])])
         key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t) if batch_bucket(B) else None
@@ -305,8 +325,10 @@ class ModelRunner:
         """ARGS proper on static shapes: top-kmax of the (controlled) logits [B, V]; the RM reads each row's
         candidates against its prefix; args_select scores, chooses and commits the chosen K/V. -> tokens [B] and
         rewards [B] of the chosen, and (shared trunk) the LM's next-token logits [B, V] after the choice."""
-        logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax]
-        tokens, chosen, hidden = self._score(logp, cand, tables, pos, rm_slots, k, w, temp, gumbel, rm_w)
+        logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax], on the LM's device
+        with self._rm_side():
+            tokens, chosen, hidden = self._score(logp.to(self.rm_device), cand.to(self.rm_device), tables, pos,
+                                                 rm_slots, k, w, temp, gumbel, rm_w)
         out = {"tokens": tokens, "rewards": chosen}
         if self.shared:
             out["next_logits"] = self.lm_head(hidden)  # [B, V]
@@ -327,34 +349,36 @@ class ModelRunner:
     def _gated_step(self, seqs: list[Sequence], controlled: torch.Tensor, batch: StepBatch):
         """Uncertainty-gated rows (params.gate) skip the candidate forward: the RM reads only their top token,
         whose K/V goes straight into the cache. Eager and unpadded; the gate's decision costs one more read."""
-        t, B = batch.t, len(seqs)
+        t, B = batch.rt, len(seqs)
         params = [s.params for s in seqs]
         kmax = batch.kmax
         logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
         gate = gated(params, self.read(logp[:, 0]))
+        logp, cand = logp.to(self.rm_device), cand.to(self.rm_device)  # the rest is the RM's work
         tables, pos, slots = t["tables"][:B], t["pos"][:B], t["rm_slots"][:B]
         rm_w = t["rm_w"][:B] if "rm_w" in t else None
-        tokens = torch.empty(B, dtype=cand.dtype, device=self.device)  # [B]
-        chosen = torch.empty(B, dtype=torch.float64, device=self.device)  # [B]
+        tokens = torch.empty(B, dtype=cand.dtype, device=self.rm_device)  # [B]
+        chosen = torch.empty(B, dtype=torch.float64, device=self.rm_device)  # [B]
         hidden = None
-        for rows in (_rows(gate, False), _rows(gate, True)):
-            if not rows:
-                continue
-            r = torch.tensor(rows, device=self.device)
-            if gate[rows[0]]:  # the top token, read by the RM alone and stored at its slot
-                top = cand[r, :1]  # [G, 1]
-                h, _, _ = self.rm.forward_candidates(top, pos[r], tables[r], pos[r], self.rm_kv, store_slots=slots[r])
-                tok, c, h = top[:, 0], self._rewards(h[:, 0], None if rm_w is None else rm_w[r]), h[:, 0]
-            else:
-                sub = [seqs[i] for i in rows]
-                km = max(s.params.k for s in sub)
-                sel = {n: torch.from_numpy(x).to(self.device) for n, x in selection_arrays(
-                    [s.params for s in sub], [s.req.generator for s in sub], km).items()}
-                tok, c, h = self._score(logp[r, :km], cand[r, :km], tables[r], pos[r], slots[r], sel["k"], sel["w"],
-                                        sel["temp"], sel.get("gumbel"), None if rm_w is None else rm_w[r])
-            tokens[r], chosen[r] = tok, c.to(chosen.dtype)
-            hidden = h.new_empty(B, h.shape[-1]) if hidden is None else hidden  # [B, H]
-            hidden[r] = h
+        with self._rm_side():
+            for rows in (_rows(gate, False), _rows(gate, True)):
+                if not rows:
+                    continue
+                r = torch.tensor(rows, device=self.rm_device)
+                if gate[rows[0]]:  # the top token, read by the RM alone and stored at its slot
+                    top = cand[r, :1]  # [G, 1]
+                    h, _, _ = self.rm.forward_candidates(top, pos[r], tables[r], pos[r], self.rm_kv, store_slots=slots[r])
+                    tok, c, h = top[:, 0], self._rewards(h[:, 0], None if rm_w is None else rm_w[r]), h[:, 0]
+                else:
+                    sub = [seqs[i] for i in rows]
+                    km = max(s.params.k for s in sub)
+                    sel = {n: torch.from_numpy(x).to(self.rm_device) for n, x in selection_arrays(
+                        [s.params for s in sub], [s.req.generator for s in sub], km).items()}
+                    tok, c, h = self._score(logp[r, :km], cand[r, :km], tables[r], pos[r], slots[r], sel["k"], sel["w"],
+                                            sel["temp"], sel.get("gumbel"), None if rm_w is None else rm_w[r])
+                tokens[r], chosen[r] = tok, c.to(chosen.dtype)
+                hidden = h.new_empty(B, h.shape[-1]) if hidden is None else hidden  # [B, H]
+                hidden[r] = h
         for s, g in zip(seqs, gate):
             s.req.rm_tokens += 1 if g else s.params.k
         return tokens, chosen, self.lm_head(hidden) if self.shared else None

@@ -52,19 +52,24 @@ def load_rm(rm, device: str, dtype) -> tuple[torch.nn.Module, object]:
     return _load(rm, default_rm_dir, AutoModelForSequenceClassification, "RM", device, dtype)
 
 
-def load_pair(lm, rm, device: str, dtype) -> tuple[torch.nn.Module, object, torch.nn.Module, object]:
+def load_pair(lm, rm, device: str, dtype, rm_device: str | None = None
+              ) -> tuple[torch.nn.Module, object, torch.nn.Module, object]:
     """load_lm + load_rm -> (lm, lm tokenizer, rm, rm tokenizer), keeping one copy of a trunk both share: the
     default RM is built on the default LM's trunk module, and two directories whose trunks hold the same
-    weights end up sharing the LM's."""
+    weights end up sharing the LM's. rm_device: where the RM goes (default: `device`); on another device than
+    the LM, the RM keeps a trunk of its own there."""
+    import copy
+
     from .defaults import default_reward_model
 
+    apart = rm_device is not None and torch.device(rm_device) != torch.device(device)
     lm_model, lm_tok = load_lm(lm, device, dtype)
     if lm is None and rm is None:
         rm_model = default_reward_model(lm_model)
         if rm_model is not None:
-            return lm_model, lm_tok, rm_model, None
-    rm_model, rm_tok = load_rm(rm, device, dtype)
-    if isinstance(lm, (str, Path, type(None))) and isinstance(rm, (str, Path, type(None))):
+            return lm_model, lm_tok, copy.deepcopy(rm_model).to(rm_device) if apart else rm_model, None
+    rm_model, rm_tok = load_rm(rm, rm_device or device, dtype)
+    if not apart and isinstance(lm, (str, Path, type(None))) and isinstance(rm, (str, Path, type(None))):
         share_trunk_weights(lm_model, rm_model)  # both loaded here, so no caller holds the RM's own trunk
     return lm_model, lm_tok, rm_model, rm_tok
 
@@ -185,6 +190,8 @@ def shares_trunk(lm, rm_model) -> bool:
     a, b = lm.base_model, rm_model.base_model
     if a is b:
         return True
+    if next(a.parameters()).device != next(b.parameters()).device:
+        return False  # one trunk cannot serve two devices
     if type(a) is not type(b) or a.config.to_dict().keys() != b.config.to_dict().keys():
         return False
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "rope_theta",

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..decoding.common import GenerationOutput
 from ..params import ARGSParams
+from .placement import gpus_per_engine
 
 OUTPUT_COLUMNS = ("id", "prompt", "prompt_token_ids", "text", "token_ids", "rewards", "reward", "finish_reason",
                   "rm_tokens", "tokens_per_s")
@@ -26,8 +27,8 @@ OUTPUT_COLUMNS = ("id", "prompt", "prompt_token_ids", "text", "token_ids", "rewa
 @dataclass
 class RayBatchOptions:
     """num_replicas: engine actors. rows_per_batch: rows handed to an actor at once (its engine decodes them with
-    continuous batching, `batch_size` sequences at a time). num_gpus per actor: None = 1 when the engine's device
-    is CUDA, else 0. address: the Ray cluster to join (None: `ray.init()`'s default, a local cluster when none
+    continuous batching, `batch_size` sequences at a time). num_gpus per actor: None = one per CUDA device the
+    engine uses (LM and RM), else 0. address: the Ray cluster to join (None: `ray.init()`'s default, a local cluster when none
     is running)."""
 
     num_replicas: int = 1
@@ -86,7 +87,8 @@ def generate_dataset(ds, params: ARGSParams, lm=None, rm=None, device: str = "cp
     if skip_ids:
         done = frozenset(skip_ids)
         ds = ds.filter(lambda row: row["id"] not in done)
-    gpus = options.num_gpus if options.num_gpus is not None else (1 if str(device).startswith("cuda") else 0)
+    gpus = options.num_gpus if options.num_gpus is not None else gpus_per_engine(device,
+                                                                                 engine_options.get("rm_device"))
     engine = dict(lm=lm, rm=rm, device=device, dtype=dtype, batch_size=batch_size, **engine_options)
     out = ds.map_batches(EngineActor, fn_constructor_kwargs={"engine_options": engine,
                                                              "params": dataclasses.asdict(params)},

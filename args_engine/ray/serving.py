@@ -30,6 +30,7 @@ from ..integrations.server import auth_error
 from ..integrations.server_config import ServerConfig
 from .asgi import call_asgi
 from .metrics import merge_replica_metrics
+from .placement import gpus_per_engine
 from .routing import replica_stats, routing_key
 
 ENGINE_DEPLOYMENT = "ARGSEngineReplica"
@@ -43,7 +44,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", 
 class RayServeOptions:
     """How the engine deployment scales. num_replicas is fixed unless max_replicas is set (then Serve autoscales
     between min_replicas and max_replicas, aiming at target_ongoing_requests per replica). num_gpus per replica:
-    None = 1 when the engine's device is CUDA, else 0. max_ongoing_requests: per replica; when a key's replica
+    None = one per CUDA device the engine uses (LM and RM), else 0. max_ongoing_requests: per replica; when a key's replica
     has that many, the request goes to the key's next choice. prefix_tokens: the prompt tokens the routing key
     hashes (requests sharing that many first tokens share a replica)."""
 
@@ -69,8 +70,9 @@ class RayServeOptions:
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
 
-    def deployment_options(self, device: str) -> dict:
-        gpus = self.num_gpus if self.num_gpus is not None else (1 if str(device).startswith("cuda") else 0)
+    def deployment_options(self, engine_options: dict) -> dict:
+        gpus = self.num_gpus if self.num_gpus is not None else gpus_per_engine(engine_options.get("device", "cpu"),
+                                                                               engine_options.get("rm_device"))
         opts = dict(name=ENGINE_DEPLOYMENT, max_ongoing_requests=self.max_ongoing_requests,
                     ray_actor_options={"num_cpus": self.num_cpus, "num_gpus": gpus, **self.extra_actor_options},
                     request_router_config=RequestRouterConfig(
@@ -254,20 +256,20 @@ def application(engine_options: dict | None = None, config: ServerConfig | None 
                 options: RayServeOptions | None = None):
     """The Serve application: N engine replicas behind the OpenAI ingress (pass it to `serve.run`)."""
     engine_options, config, options = dict(engine_options or {}), config or ServerConfig(), options or RayServeOptions()
-    engine = serve.deployment(EngineReplica).options(**options.deployment_options(
-        engine_options.get("device", "cpu"))).bind(engine_options, config)
+    engine = serve.deployment(EngineReplica).options(**options.deployment_options(engine_options)).bind(
+        engine_options, config)
     ingress = serve.deployment(OpenAIIngress).options(
         name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": options.ingress_num_cpus})
     return ingress.bind(engine, config, options.prefix_tokens, options.retries)
 
 
-_ENGINE_KEYS = {"lm": str, "rm": str, "device": str, "dtype": str, "batch_size": int, "num_blocks": int,
+_ENGINE_KEYS = {"lm": str, "rm": str, "device": str, "rm_device": str, "dtype": str, "batch_size": int, "num_blocks": int,
                 "block_size": int, "max_num_batched_tokens": int, "cache_memory_gb": float, "step_mode": str}
 
 
 def build_app(args: dict[str, str]):
     """Application builder for `serve run args_engine.ray.serving:build_app key=value ...`: engine keys (lm, rm,
-    device, dtype, batch_size, num_blocks, block_size, max_num_batched_tokens, cache_memory_gb, step_mode),
+    device, rm_device, dtype, batch_size, num_blocks, block_size, max_num_batched_tokens, cache_memory_gb, step_mode),
     RayServeOptions fields and ServerConfig fields (api_key, max_k, ...)."""
     args = dict(args)
     engine = {k: cast(args.pop(k)) for k, cast in _ENGINE_KEYS.items() if k in args}
