@@ -217,3 +217,34 @@ def test_eval_ray_equals_local(cluster, model_dirs):
     for label in local["methods"]:
         assert [r["raw_text"] for r in remote["methods"][label]["responses"]] == \
             [r["raw_text"] for r in local["methods"][label]["responses"]], label
+
+
+def test_rendezvous_ranking_moves_only_the_keys_of_a_replica_that_leaves():
+    from args_engine.ray.routing import rendezvous_rank, routing_key
+    keys = [routing_key(list(range(i, i + 70)), 64) for i in range(400)]
+    assert routing_key(list(range(64)) + [1], 64) == routing_key(list(range(64)) + [2], 64)  # only the head counts
+    replicas = ["a", "b", "c", "d"]
+    first = {k: rendezvous_rank(k, replicas)[0] for k in keys}
+    assert all(70 <= sum(v == r for v in first.values()) <= 130 for r in replicas)  # spread evenly
+    after = {k: rendezvous_rank(k, ["a", "b", "d"])[0] for k in keys}
+    assert all(after[k] == first[k] for k in keys if first[k] != "c")
+    assert all(after[k] == rendezvous_rank(k, replicas)[1] for k in keys if first[k] == "c")  # its next choice
+
+
+def test_serve_options_and_application_builder():
+    from ray.serve.config import AutoscalingConfig
+
+    from args_engine.ray.serving import RayServeOptions, build_app
+    fixed = RayServeOptions(num_replicas=3).deployment_options({"device": "cuda", "rm_device": "cuda:1"})
+    assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"]["num_gpus"] == 2
+    auto = RayServeOptions(num_replicas=2, min_replicas=1, max_replicas=8, target_ongoing_requests=4)
+    scaling = auto.deployment_options({"device": "cpu"})["autoscaling_config"]
+    assert isinstance(scaling, AutoscalingConfig) and (scaling.min_replicas, scaling.max_replicas) == (1, 8)
+    assert scaling.target_ongoing_requests == 4 and "num_replicas" not in auto.deployment_options({})
+    app = build_app({"lm": "/m/lm", "num_replicas": "2", "prefix_tokens": "32", "api_key": "k", "max_k": "16",
+                     "allowed_origins": "a,b", "batch_size": "8"})
+    assert app is not None
+    with pytest.raises(ValueError, match="unknown build_app arguments"):
+        build_app({"replicas": "2"})
+    with pytest.raises(ValueError, match="max_replicas"):
+        RayServeOptions(min_replicas=4, max_replicas=2)
