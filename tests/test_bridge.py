@@ -109,6 +109,20 @@ def test_bpe_bridge_equals_the_definition(lm, lm_tokenizer, bpe_tokenizer, templ
     assert sum(o.rm_tokens for o in cached) < full / 5
 
 
+def test_the_prompt_is_read_once_not_once_per_candidate(lm, lm_tokenizer, bpe_tokenizer):
+    """The first step's candidates share the whole prompt: one causal forward reads it, then only their tails go
+    through the tree mask (reading it k times made the first step quadratic in k x the prompt)."""
+    rm = decoder_rm(len(bpe_tokenizer))
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, eos_ids=set())
+    read = []
+    forward = engine.rm.forward_trunk
+    engine.rm.forward_trunk = lambda **kw: read.append(kw["input_ids"].numel()) or forward(**kw)
+    prompt = PROMPTS[0]
+    out = engine.generate([prompt], ARGSParams(k=6, w=3.0, max_new_tokens=1), progress=False)[0]
+    prefix = len(engine.bridge.ids(engine.make_request(prompt, ARGSParams()).rm_prefix, out.token_ids))
+    assert sum(read) <= prefix + 6 * 8, (read, prefix)  # each tail: a re-tokenized window of a few tokens
+
+
 def test_partial_characters_decode_as_the_full_text(lm, lm_tokenizer, bpe_tokenizer):
     """The LM's byte-level tokens split emoji and CJK characters: the RM's text is the full decode's."""
     from args_engine.decoding.bridge import RMTextView

@@ -133,12 +133,19 @@ class BridgeDecoder:
                       device):
         """-> (rewards [n], commit(j) -> the RM tokens the cache holds after keeping candidate j's tail)."""
         rm_ids = [self.view.ids(req.rm_prefix, req.out_ids + [c]) for c in cands]
-        keep = min(len(cached), *(len(r) - 1 for r in rm_ids))  # every candidate keeps >= 1 token to score
-        for r in rm_ids:
-            keep = _common_prefix(cached, r, keep)
+        shared = min(len(r) - 1 for r in rm_ids)  # every candidate keeps >= 1 token to score
+        for r in rm_ids[1:]:
+            shared = _common_prefix(rm_ids[0], r, shared)
+        keep = _common_prefix(cached, rm_ids[0], min(len(cached), shared))
         if keep < len(cached):
             self.rm_tokens_recomputed += len(cached) - keep
             _crop(cache, keep)
+        if keep < shared:  # the candidates share more than the cache holds (the prompt, at the first step):
+            # one causal forward extends it, instead of every tail repeating those tokens under the tree mask
+            self.rm.forward_trunk(input_ids=torch.tensor([rm_ids[0][keep:shared]], device=device),
+                                  position_ids=torch.arange(keep, shared, device=device)[None], cache=cache,
+                                  use_cache=True)
+            keep = shared
         tails = [r[keep:] for r in rm_ids]
         lens = [len(t) for t in tails]
         flat = torch.tensor([sum(tails, [])], device=device)  # [1, S]

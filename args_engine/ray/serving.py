@@ -13,6 +13,7 @@ A replica that dies before it answered is retried once on another (the router ha
 that dies mid-stream ends the stream with an error event. Serve restarts dead and unhealthy replicas.
 """
 # no `from __future__ import annotations`: FastAPI reads the route methods' annotations at runtime
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 from starlette.concurrency import run_in_threadpool
 
 from ..chat import render_prompt
+from ..integrations.engine_loop import EngineUnavailable
 from ..integrations.protocol import error_body
 from ..integrations.server import auth_error
 from ..integrations.server_config import ServerConfig
@@ -37,6 +39,7 @@ ENGINE_DEPLOYMENT = "ARGSEngineReplica"
 INGRESS_DEPLOYMENT = "OpenAIIngress"
 REPLICA_HEADER = "x-args-engine-replica"
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
+REPLICA_WAIT_S = 30.0  # the ingress's first call to a replica (for the tokenizer) gives up after this
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "host", "content-length"}
 
 
@@ -166,6 +169,12 @@ class _Relay(Response):
 ingress_app = FastAPI(title="args-engine on Ray Serve")
 
 
+@ingress_app.exception_handler(EngineUnavailable)
+async def _unavailable(request, exc: EngineUnavailable):
+    return JSONResponse(error_body(str(exc), type_="server_error", code="engine_unavailable"), status_code=503,
+                        headers={"Retry-After": "1"})
+
+
 @serve.ingress(ingress_app)
 class OpenAIIngress:
     """The HTTP entry: routes each request to an engine replica by its prompt's first tokens."""
@@ -177,16 +186,25 @@ class OpenAIIngress:
 
     async def _tokenizer_ready(self):
         if self._tokenizer is None:  # also creates this process's router, which collects the replicas' stats
-            self._tokenizer = await self.engine.tokenizer.remote()
+            try:
+                self._tokenizer = await asyncio.wait_for(self.engine.tokenizer.remote(), REPLICA_WAIT_S)
+            except asyncio.TimeoutError:
+                raise EngineUnavailable(f"no engine replica answered within {REPLICA_WAIT_S:g} s") from None
         return self._tokenizer
+
+    async def _replica_reports(self, request: Request) -> tuple[dict, JSONResponse | None]:
+        """-> (replica id -> its last routing stats, None), or ({}, the 401) for a request without the key."""
+        refused = auth_error(self.config, request)
+        if refused is not None:
+            return {}, refused
+        await self._tokenizer_ready()
+        return replica_stats(ENGINE_DEPLOYMENT), None
 
     @ingress_app.get("/health")
     async def health(self, request: Request):
-        refused = auth_error(self.config, request)
+        stats, refused = await self._replica_reports(request)
         if refused is not None:
             return refused
-        await self._tokenizer_ready()
-        stats = replica_stats(ENGINE_DEPLOYMENT)
         replicas = {rid: {"status": ("ok" if s.get("healthy") else "unhealthy") if s else "starting",
                           "reason": s.get("reason", "no report yet")} for rid, s in stats.items()}
         ok = any(r["status"] != "unhealthy" for r in replicas.values())
@@ -195,11 +213,9 @@ class OpenAIIngress:
 
     @ingress_app.get("/metrics")
     async def metrics(self, request: Request):
-        refused = auth_error(self.config, request)
+        stats, refused = await self._replica_reports(request)
         if refused is not None:
             return refused
-        await self._tokenizer_ready()
-        stats = replica_stats(ENGINE_DEPLOYMENT)
         page = merge_replica_metrics({rid: s["metrics"] for rid, s in stats.items() if "metrics" in s},
                                      {rid: bool(s.get("healthy", True)) for rid, s in stats.items()})
         return Response(page, media_type="text/plain; version=0.0.4; charset=utf-8")
