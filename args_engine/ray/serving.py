@@ -104,9 +104,7 @@ class EngineReplica:
         self.app = create_app(self.engine, config)
         self.loop = self.app.state.loop
         self.loop.start()  # the app's lifespan does not run: it is called request by request
-        context = serve.get_replica_context()
-        self.replica_id = context.replica_id.unique_id
-        self.actor_name = context.replica_id.to_full_id_str()
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     async def handle_http(self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes,
                           routing_key: str | None = None):
@@ -120,9 +118,6 @@ class EngineReplica:
     def tokenizer(self):
         """The LM's tokenizer: the ingress renders prompts with it for their routing keys."""
         return self.engine.tokenizer
-
-    def describe(self) -> dict:
-        return {"replica_id": self.replica_id, "actor_name": self.actor_name}
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
