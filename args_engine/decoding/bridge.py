@@ -192,4 +192,6 @@ def _keep_segment(cache: DynamicCache, prefix: int, start: int, length: int) -> 
     for layer in cache.layers:
         for name in ("keys", "values"):
             kv = getattr(layer, name)  # [1, H, prefix + S, D]
-            setattr(layer, name, torch.cat([kv[:, :, :prefix], kv[:, :, start:start + length]], dim=2))
+            if start != prefix:  # move the chosen tail next to the prefix, in place: no copy of the prefix
+                kv[:, :, prefix:prefix + length] = kv[:, :, start:start + length].clone()
+            setattr(layer, name, kv[:, :, :prefix + length])
