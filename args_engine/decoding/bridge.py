@@ -85,53 +85,30 @@ def bridged_rewards(rm: RewardModel, view: RMTextView, prefix: str, response_ids
     return torch.stack(out)
 
 
-class BridgeDecoder:
-    """The reference backend for bridged RMs: one request at a time, the LM on its own KV cache, a decoder RM
-    on the cache described in the module docstring (an encoder RM reads the k candidate texts in one batch)."""
+class BridgeState:
+    """One request's RM cache under the bridge: the K/V of `cached`, the RM tokens committed so far."""
 
-    name = "reference"
+    def __init__(self):
+        self.cache, self.cached = DynamicCache(), []
 
-    def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], view: RMTextView):
-        self.lm, self.rm, self.tokenizer, self.eos_ids, self.view = lm, rm, tokenizer, eos_ids, view
+
+class BridgeScorer:
+    """Scores one request's candidates through the bridge: a decoder RM on the request's own cache (the module
+    docstring), an encoder RM on the k texts in one batch. Used by BridgeDecoder and by the native engine."""
+
+    def __init__(self, rm: RewardModel, view: RMTextView):
+        self.rm, self.view = rm, view
         self.rm_tokens_recomputed = 0  # RM tokens re-read because re-tokenization changed them (a statistic)
 
-    @torch.no_grad()
-    def run(self, reqs: list[Request], on_step=None) -> None:
-        for req in reqs:
-            self._decode(req, on_step)
+    def score(self, req: Request, cands: list[int], state: BridgeState | None, weights, device):
+        """-> (rewards [n] of the candidates, commit(j): keep candidate j's RM tokens in `state`)."""
+        if self.rm.is_encoder:
+            return bridged_rewards(self.rm, self.view, req.rm_prefix, req.out_ids, cands, weights, device), \
+                lambda j: None
+        return self._score_cached(req, cands, state, weights, device)
 
-    def _decode(self, req: Request, on_step) -> None:
-        device = next(self.lm.parameters()).device
-        lm_cache, rm_cache = DynamicCache(), DynamicCache()
-        cached: list[int] = []  # RM tokens whose K/V rm_cache holds
-        ids = torch.tensor([req.prompt_ids], device=device)
-        logits = next_token_logits(self.lm, input_ids=ids, cache=lm_cache, use_cache=True)  # [1, V]
-        weights = self.rm.row_weights([req.params.rm_weights], device)
-        while not req.finished:
-            k = req.params.k
-            logits = apply_logit_controls(logits, [req.params], [req.prompt_ids + req.out_ids],
-                                          [len(req.prompt_ids)])
-            logp, cand = topk_logprobs(logits, k)  # [1, k]
-            n = 1 if gated([req.params], logp[:, 0].tolist())[0] else k
-            cands = cand[0, :n].tolist()
-            if self.rm.is_encoder:
-                rewards = bridged_rewards(self.rm, self.view, req.rm_prefix, req.out_ids, cands, weights, device)
-            else:
-                rewards, commit = self._score_cached(req, cands, rm_cache, cached, weights, device)
-            j = select_candidates(logp[:, :n], rewards[None], [req], [n < k])[0].item()
-            if not self.rm.is_encoder:
-                cached[:] = commit(j)
-            token = cands[j]
-            append_token(req, token, rewards[j].item(), self.tokenizer, self.eos_ids)
-            if on_step:
-                on_step(1)
-            if not req.finished:
-                logits = next_token_logits(self.lm, input_ids=torch.tensor([[token]], device=device), cache=lm_cache,
-                                           use_cache=True)
-
-    def _score_cached(self, req: Request, cands: list[int], cache: DynamicCache, cached: list[int], weights,
-                      device):
-        """-> (rewards [n], commit(j) -> the RM tokens the cache holds after keeping candidate j's tail)."""
+    def _score_cached(self, req: Request, cands: list[int], state: BridgeState, weights, device):
+        cache, cached = state.cache, state.cached
         rm_ids = [self.view.ids(req.rm_prefix, req.out_ids + [c]) for c in cands]
         shared = min(len(r) - 1 for r in rm_ids)  # every candidate keeps >= 1 token to score
         for r in rm_ids[1:]:
@@ -157,12 +134,55 @@ class BridgeDecoder:
         rewards = self.rm.rewards(hidden[ends], None if weights is None else weights.expand(len(cands), -1))
         starts = [e - n + 1 for e, n in zip(ends.tolist(), lens)]
 
-        def commit(j: int) -> list[int]:
+        def commit(j: int) -> None:
             _keep_segment(cache, keep, keep + starts[j], lens[j])
-            return rm_ids[j]
+            state.cached = rm_ids[j]
         req.rm_tokens += sum(lens) - len(cands)  # the tails' extra tokens (select_candidates counts one each)
         return rewards, commit
 
+
+class BridgeDecoder:
+    """The reference backend for bridged RMs: one request at a time, the LM on its own KV cache, a decoder RM
+    on the cache described in the module docstring (an encoder RM reads the k candidate texts in one batch)."""
+
+    name = "reference"
+
+    def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], view: RMTextView):
+        self.lm, self.rm, self.tokenizer, self.eos_ids = lm, rm, tokenizer, eos_ids
+        self.scorer = BridgeScorer(rm, view)
+
+    @property
+    def rm_tokens_recomputed(self) -> int:
+        return self.scorer.rm_tokens_recomputed
+
+    @torch.no_grad()
+    def run(self, reqs: list[Request], on_step=None) -> None:
+        for req in reqs:
+            self._decode(req, on_step)
+
+    def _decode(self, req: Request, on_step) -> None:
+        device = next(self.lm.parameters()).device
+        lm_cache, state = DynamicCache(), BridgeState()
+        ids = torch.tensor([req.prompt_ids], device=device)
+        logits = next_token_logits(self.lm, input_ids=ids, cache=lm_cache, use_cache=True)  # [1, V]
+        weights = self.rm.row_weights([req.params.rm_weights], device)
+        while not req.finished:
+            k = req.params.k
+            logits = apply_logit_controls(logits, [req.params], [req.prompt_ids + req.out_ids],
+                                          [len(req.prompt_ids)])
+            logp, cand = topk_logprobs(logits, k)  # [1, k]
+            n = 1 if gated([req.params], logp[:, 0].tolist())[0] else k
+            cands = cand[0, :n].tolist()
+            rewards, commit = self.scorer.score(req, cands, state, weights, device)
+            j = select_candidates(logp[:, :n], rewards[None], [req], [n < k])[0].item()
+            commit(j)
+            token = cands[j]
+            append_token(req, token, rewards[j].item(), self.tokenizer, self.eos_ids)
+            if on_step:
+                on_step(1)
+            if not req.finished:
+                logits = next_token_logits(self.lm, input_ids=torch.tensor([[token]], device=device), cache=lm_cache,
+                                           use_cache=True)
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     n = 0

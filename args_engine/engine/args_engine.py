@@ -6,7 +6,7 @@ import time
 from typing import Iterator, Sequence
 
 from ..chat import Prompt, render_prompt
-from ..decoding.bridge import BridgeDecoder, RMTextView
+from ..decoding.bridge import BridgeDecoder, BridgeScorer, RMTextView
 from ..decoding.common import GenerationOutput, Request, finish_output
 from ..decoding.naive import NaiveDecoder
 from ..decoding.reference import ReferenceDecoder
@@ -67,12 +67,12 @@ class ARGSEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)  # pad slots are masked anyway
         self.bridge = RMTextView(tokenizer, rm_tokenizer, context_length(self.rm.config)) if bridged else None
-        unsupported = native_unsupported_reason(lm) or native_unsupported_reason(self.rm.model)
-        if bridged:
-            unsupported = "the RM reads text through the tokenizer bridge, which the reference backend runs"
+        # a bridged RM is not run by the paged runner (it reads text on its own cache), so only the LM must suit it
+        unsupported = native_unsupported_reason(lm) or (None if bridged else native_unsupported_reason(self.rm.model))
         if backend == "native" and unsupported:
             raise ValueError(f"backend='native' cannot run these models: {unsupported}; use backend='reference'")
-        self.backend = ("reference" if unsupported else "native") if backend == "auto" else backend
+        # auto: a bridged RM on reference (one request at a time); backend="native" batches the LM side too
+        self.backend = ("reference" if unsupported or bridged else "native") if backend == "auto" else backend
         unknown = set(native_options) - NATIVE_OPTIONS
         if unknown:
             raise ValueError(f"unknown engine options {sorted(unknown)}; native takes {sorted(NATIVE_OPTIONS)}")
@@ -85,7 +85,8 @@ class ARGSEngine:
                              f"them on two devices (this engine runs {self.backend!r})")
         if self.backend == "native":
             self.decoder = LLMEngine(lm, self.rm, tokenizer, self.eos_ids, max_num_seqs=batch_size,
-                                     max_context=self.context_length, **native_options)
+                                     max_context=self.context_length,
+                                     bridge=BridgeScorer(self.rm, self.bridge) if bridged else None, **native_options)
         elif self.backend == "naive":
             self.decoder = NaiveDecoder(lm, self.rm, tokenizer, self.eos_ids, self.bridge)
         elif bridged:

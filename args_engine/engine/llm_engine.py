@@ -49,7 +49,7 @@ class LLMEngine:
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
                  max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True,
-                 step_mode: str | None = None):
+                 step_mode: str | None = None, bridge=None):
         sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                      num_blocks=1 if num_blocks is None else num_blocks)
         for name, value in sizes.items():
@@ -60,7 +60,7 @@ class LLMEngine:
             use_triton = device.type == "cuda"
         if use_triton and not triton_available(device):
             raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
-        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode)
+        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode, bridge)
         per_block = cache_bytes_per_block(self.runner.models, block_size)
         if num_blocks is None:
             # what the engine can use: max_num_seqs full contexts, within the memory budget

@@ -8,6 +8,10 @@ hidden state from the RM forward is exactly what the LM would compute for that t
 logits come from lm_head directly (kept on the Sequence), and the LM decode forward disappears (one trunk
 forward per step).
 
+An RM that reads text (another tokenizer, or an encoder; decoding/bridge.py): the LM runs here as always; the
+LM's top-k come back in one read and each row's RM scores its candidates' texts on its own cache (BridgeScorer),
+on the host's schedule: eager steps, no paged RM cache.
+
 LM and RM on two devices (two trunks): the RM trunk, its cache and the candidate forward + select live on the
 RM's device. The step's arrays go to each device in one transfer; only the LM's top-k (log p and ids, [B, k])
 cross from the LM's device to the RM's; the chosen tokens come back from the RM's device in the one read.
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 
 from .. import ops as cpp_ops
-from ..decoding.common import gated, selection_arrays
+from ..decoding.bridge import BridgeScorer, BridgeState
+from ..decoding.common import gated, select_candidates, selection_arrays
 from ..decoding.logit_controls import apply_logit_controls
 from ..models.hf import RewardModel, combine_objectives, shares_trunk
 from ..models.llama import PagedLlama
@@ -80,11 +85,14 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool, share_trunk: bool | None = None,
-                 step_mode: str | None = None):
+                 step_mode: str | None = None, bridge: BridgeScorer | None = None):
         self.ops = PagedOps(use_triton)
-        self.shared = shares_trunk(lm, rm.model) if share_trunk is None else share_trunk
+        self.bridge = bridge
+        self.shared = bridge is None and (shares_trunk(lm, rm.model) if share_trunk is None else share_trunk)
         self.lm = PagedLlama(lm, self.ops)
-        self.rm = self.lm if self.shared else PagedLlama(rm.model, self.ops)
+        self.rm = self.lm if self.shared or bridge is not None else PagedLlama(rm.model, self.ops)
+        # the bridge's RM runs its HF model where it was loaded
+        self.bridge_device = next(rm.model.parameters()).device if bridge is not None else None
         self.rm_head, self.reward_model = rm.head, rm
         self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
         self._logit_cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
@@ -92,6 +100,7 @@ class ModelRunner:
         # Capture needs a step free of host syncs: the Triton kernels (the torch attention reads its context length)
         # and RoPE from a table (HF's dynamic rope types read the longest position).
         no_graph = ("it needs a CUDA device" if self.device.type != "cuda" else
+                    "the RM reads text through the tokenizer bridge" if bridge is not None else
                     "the LM and the RM are on different devices" if self.split else
                     "it needs the Triton kernels (use_triton)" if not use_triton else
                     "a model's RoPE type depends on the sequence length" if not all(m.static_rope for m in self.models)
@@ -130,7 +139,8 @@ class ModelRunner:
 
     @property
     def models(self) -> list[PagedLlama]:
-        return [self.lm] if self.shared else [self.lm, self.rm]
+        """The paged models: one with a shared trunk or a bridged RM (whose cache is its own), else two."""
+        return [self.lm] if self.rm is self.lm else [self.lm, self.rm]
 
     @property
     def static(self) -> bool:
@@ -146,7 +156,7 @@ class ModelRunner:
             shape = (m.num_layers, total, self.block_size, m.num_kv_heads, m.head_dim)
             return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
         self.lm_kv = alloc(self.lm)
-        self.rm_kv = self.lm_kv if self.shared else alloc(self.rm)
+        self.rm_kv = self.lm_kv if self.rm is self.lm else alloc(self.rm)
 
     # --- preparing a step ---------------------------------------------------------------------------------
     def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
@@ -242,7 +252,9 @@ class ModelRunner:
         params = [s.params for s in seqs]
         controlled = apply_logit_controls(logits, params, [s.token_ids for s in seqs],
                                           [len(s.req.prompt_ids) for s in seqs])  # [B, V]
-        if any(p.gate is not None for p in params):
+        if self.bridge is not None:
+            tokens, chosen, next_logits = self._bridged_step(seqs, controlled)
+        elif any(p.gate is not None for p in params):
             tokens, chosen, next_logits = self._gated_step(seqs, controlled, batch)
         else:
             out = self._args_step(controlled, batch)
@@ -293,7 +305,7 @@ class ModelRunner:
             return t["pf_ids"], t["pf_pos"], t["pf_slots"], PrefillChunks(spans, t["pf_tables"], t["pf_cu"],
                                                                         t["pf_starts"])
         h_lm = self.lm.forward_chunks(*chunk_inputs(batch.t), self.lm_kv)  # [N, H]
-        if not self.shared:
+        if self.rm is not self.lm:
             with self._rm_side():
                 self.rm.forward_chunks(*chunk_inputs(batch.rt), self.rm_kv)
         return self.lm_head(h_lm[batch.t["pf_last"]])  # the last token of each completed prompt
@@ -382,6 +394,31 @@ class ModelRunner:
         for s, g in zip(seqs, gate):
             s.req.rm_tokens += 1 if g else s.params.k
         return tokens, chosen, self.lm_head(hidden) if self.shared else None
+
+    def _bridged_step(self, seqs: list[Sequence], controlled: torch.Tensor):
+        """An RM that reads text: the LM's top-k [B, kmax] come back in one read; each row's RM scores its
+        candidates (all k, or its top one where the gate takes it) on the row's own cache; the choice is
+        select_candidates', as the reference backend makes it."""
+        B, kmax = len(seqs), max(s.params.k for s in seqs)
+        logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
+        host = torch.tensor(self.read(torch.cat([logp.double(), cand.double()], 1)), dtype=torch.float64)
+        logp_h, cand_h = host[:, :kmax].to(logp.dtype), host[:, kmax:].long()  # exact: both fit a double
+        gate = gated([s.params for s in seqs], logp_h[:, 0].tolist())
+        rewards, commits = None, []
+        for b, s in enumerate(seqs):
+            n = 1 if gate[b] else s.params.k
+            if s.bridge_state is None:
+                s.bridge_state = BridgeState()
+            weights = self.reward_model.row_weights([s.params.rm_weights], self.bridge_device)
+            r, commit = self.bridge.score(s.req, cand_h[b, :n].tolist(), s.bridge_state, weights, self.bridge_device)
+            rewards = r.new_zeros(B, kmax).cpu() if rewards is None else rewards  # [B, kmax]
+            rewards[b, :n] = r.cpu()
+            commits.append(commit)
+        choice = select_candidates(logp_h, rewards, [s.req for s in seqs], gate)  # [B]
+        for commit, j in zip(commits, choice.tolist()):
+            commit(j)
+        rows = torch.arange(B)
+        return cand_h[rows, choice].to(self.device), rewards[rows, choice].to(self.device), None
 
 
 def _rows(flags: list[bool], value: bool) -> list[int]:

@@ -28,6 +28,7 @@ class Sequence:
         self.lm_cached = self.rm_cached = 0
         self.num_preemptions = 0
         self.next_logits = None  # shared trunk: the LM's logits [V] for the next token, from the last ARGS step
+        self.bridge_state = None  # an RM that reads text: its cache for this sequence (decoding/bridge.py)
 
     @property
     def num_tokens(self) -> int:
@@ -44,6 +45,6 @@ class Sequence:
     def reset(self) -> None:
         """Preempted: the caches are gone; everything is recomputed on readmission."""
         self.lm_cached = self.rm_cached = 0
-        self.next_logits = None
+        self.next_logits = self.bridge_state = None
         self.status = Status.WAITING
         self.num_preemptions += 1
