@@ -234,3 +234,30 @@ def test_load_script_against_running_server(server, tmp_path):
                              "--out", str(out)])
     assert result["requests"] >= 3 and result["tokens"] >= 3 and result["ttft_ms"]["p50"] is not None
     assert json.loads(out.read_text())["clients"] == 3
+
+
+def test_serves_an_rm_on_another_tokenizer_with_its_own_template():
+    """A bridged RM (another tokenizer) on the native engine behind the server: the RM reads each prompt in its
+    own chat template, as ARGSEngine.generate gives it the messages (not the LM's rendering of them)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny import VOCAB
+    rm_raw = Tokenizer(models.WordLevel({t: i for i, t in enumerate(reversed(VOCAB))}, unk_token="<unk>"))
+    rm_raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    rm_raw.decoder = decoders.Fuse()
+    rm_tok = PreTrainedTokenizerFast(tokenizer_object=rm_raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    rm_tok.chat_template = ("{% for m in messages %}{{ m['role'] | upper }}: {{ m['content'] }}\n{% endfor %}"
+                            "{% if add_generation_prompt %}ASSISTANT: {% endif %}")
+    lm, rm, tok = tiny_lm(), tiny_rm(), char_tokenizer()
+    engine = ARGSEngine(lm, rm, tokenizer=tok, rm_tokenizer=rm_tok, backend="native", block_size=4)
+    reference = ARGSEngine(lm, rm, tokenizer=tok, rm_tokenizer=rm_tok, backend="reference")
+    messages = [{"role": "user", "content": "Where is the station?"}]
+    want = reference.generate([messages], ARGSParams(k=5, w=1.5, max_new_tokens=6), progress=False)[0]
+    with ServerThread(create_app(engine)) as url:
+        status, body, _ = post(url, "/v1/chat/completions", {"messages": messages, "max_tokens": 6, **ARGS})
+    assert status == 200, body
+    got = body["choices"][0]
+    assert got["message"]["content"] == want.text
+    torch.testing.assert_close(torch.tensor(got["rewards"], dtype=torch.float64),
+                               torch.tensor(want.rewards, dtype=torch.float64))

@@ -113,7 +113,8 @@ def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAP
         if len(prompt) > config.max_choices:
             raise BadRequest(f"at most {config.max_choices} prompts per request, got {len(prompt)}", "prompt")
         prompts = await run_in_threadpool(lambda: [_render(engine, p, raw=True, param="prompt") for p in prompt])
-        return await _serve(engine, loop, config, request, body, prompts, chat=False, model=model_name)
+        return await _serve(engine, loop, config, request, body, prompts, chat=False, model=model_name,
+                            sources=prompt)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -130,7 +131,8 @@ def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAP
             raise BadRequest(f"unknown message role {bad_role!r}; roles are {', '.join(ROLES)}", "messages")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
         prompts = [await run_in_threadpool(_render, engine, messages, False, "messages")]
-        return await _serve(engine, loop, config, request, body, prompts, chat=True, model=model_name)
+        return await _serve(engine, loop, config, request, body, prompts, chat=True, model=model_name,
+                            sources=[messages])
 
     return app
 
@@ -206,14 +208,15 @@ def _render(engine: ARGSEngine, prompt, raw: bool, param: str) -> list[int]:
 
 
 async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, request: Request, body: dict,
-                 prompts: list[list[int]], chat: bool, model: str):
+                 prompts: list[list[int]], chat: bool, model: str, sources: list):
+    """sources: each prompt as the client sent it (text or messages): an RM that reads text renders it itself."""
     params, n, max_tokens_given = parse_params(body, config, len(prompts), chat)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}", "stream")
     include_usage = stream_options(body)
     reqs = []
-    for ids in prompts:
+    for ids, source in zip(prompts, sources):
         room = (engine.context_length or len(ids) + params[0].max_new_tokens) - len(ids)
         if max_tokens_given and params[0].max_new_tokens > room > 0:
             raise BadRequest(f"max_tokens={params[0].max_new_tokens} does not fit: the prompt is {len(ids)} tokens "
@@ -224,6 +227,8 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, req
                                                 dataclasses.replace(p, max_new_tokens=min(p.max_new_tokens, room))))
             except ValueError as e:
                 raise BadRequest(str(e), param_of(str(e)) or ("messages" if chat else "prompt")) from e
+            if engine.bridge is not None:  # the RM reads the prompt in its own chat template (raw for completions)
+                reqs[-1].rm_prefix = engine.bridge.prefix(source, raw=not chat)
     try:
         ids, events = await loop.add(reqs)
     except QueueFull as e:
