@@ -110,9 +110,10 @@ def test_streaming_through_the_proxy_and_disconnect_aborts(url, reference):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == _expected(reference, "Stream me")
 
     aborted = _metric(url, "args_engine_requests_aborted_total")
-    body = json.dumps({"messages": [{"role": "user", "content": "A long answer please"}], "max_tokens": 200,
-                       "stream": True, "args_k": 8}).encode()
-    req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    # 8 long streams in one request: far more work than the disconnect takes to arrive, so it is an abort
+    body = json.dumps({"prompt": [f"A long answer please, {i}" for i in range(8)], "max_tokens": 200,
+                       "stream": True, "args_k": 32}).encode()
+    req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         r.readline()  # the first event arrived: the request runs in its replica
     deadline = time.monotonic() + 30  # the closed connection aborted it there (stats arrive every 0.5 s)
