@@ -174,8 +174,9 @@ def test_bridge_errors_are_named(lm, lm_tokenizer, bpe_tokenizer):
         ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="native", step_mode="graph")
 
 
+@pytest.mark.parametrize("gate", [0.3, None], ids=["a-gated-row", "no-gate"])
 @pytest.mark.parametrize("kind", ["bpe-decoder", "wordpiece-decoder", "bert-encoder"])
-def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpiece_tokenizer, kind):
+def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpiece_tokenizer, kind, gate):
     """The native engine (paged LM, continuous batching) with an RM that reads text gives the reference bridge's
     tokens: prompts batched, with per-row k, mode, gate and multi-objective weights mixed."""
     rm_tok = bpe_tokenizer if kind.startswith("bpe") else wordpiece_tokenizer
@@ -184,7 +185,7 @@ def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpie
     kinds = [ARGSParams(k=6, w=3.0, max_new_tokens=N),
              ARGSParams(k=4, w=2.0, mode="stochastic", temperature=0.9, seed=3, max_new_tokens=N,
                         rm_weights=[0.0, 1.0]),
-             ARGSParams(k=5, w=3.0, max_new_tokens=N, gate=0.3)]
+             ARGSParams(k=5, w=3.0, max_new_tokens=N, gate=gate)]
     params = [kinds[i % len(kinds)] for i in range(len(PROMPTS))]
     _, reference = run(lm, rm, lm_tokenizer, rm_tok, "reference", params, rm_weights=[1.0, 0.5])
     engine, native = run(lm, rm, lm_tokenizer, rm_tok, "native", params, rm_weights=[1.0, 0.5], batch_size=4)

@@ -226,10 +226,10 @@ class ModelRunner:
         out[:len(x)] = x
         return out
 
-    @staticmethod
-    def _selection(seqs: list[Sequence], kmax: int) -> dict[str, np.ndarray]:
-        # Gated rows draw their noise later (only if ARGS scores them); see _gated_step.
-        if any(s.params.gate is not None for s in seqs):
+    def _selection(self, seqs: list[Sequence], kmax: int) -> dict[str, np.ndarray]:
+        # Gated rows draw their noise later (only if ARGS scores them; _gated_step), and a bridged RM's step draws
+        # its own (select_candidates): drawing here too would advance the requests' generators twice.
+        if self.bridge is not None or any(s.params.gate is not None for s in seqs):
             return {}
         return selection_arrays([s.params for s in seqs], [s.req.generator for s in seqs], kmax)
 
