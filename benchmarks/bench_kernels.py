@@ -7,6 +7,9 @@
 - candidate_attention vs a torch gather of the paged prefix + SDPA (each candidate masked to the prefix and
   its own key): Llama-3.2-1B attention (Hq 32, Hkv 8, D 64), block 16, context 512 / 2048, B = 1, 8, 64,
   K = 10 candidates, bf16.
+- add_rmsnorm vs the torch residual add + RMSNorm (float32 statistics) it fuses, and rope_qkv vs the torch
+  rotation + contiguous q/k/v + K/V store it fuses: Llama-3.2-1B (H 2048; Hq 32, Hkv 8, D 64) and Llama-3.1-8B
+  (H 4096; Hq 32, Hkv 8, D 128) shapes, N = 1, 80 (B = 8 x K = 10 candidates) and 640 (64 x 10) tokens, bf16.
 Times are triton.testing.do_bench medians; GB/s counts the bytes each op must read (logits; prefix K/V)
 and write. Prints a table and writes JSON to $OUT/bench_kernels.json when OUT is set, else to
 benchmarks/results/bench_kernels_<gpu>.json. Without CUDA it prints a message and exits 0.
@@ -34,14 +37,23 @@ def load_kernels():
     pkg = importlib.util.module_from_spec(spec)
     sys.modules["_bench_kernels"] = pkg
     spec.loader.exec_module(pkg)
-    return (importlib.import_module("_bench_kernels.topk_logprobs"),
-            importlib.import_module("_bench_kernels.candidate_attention"))
+    return {name: importlib.import_module(f"_bench_kernels.{name}")
+            for name in ("topk_logprobs", "candidate_attention", "add_rmsnorm", "rope_qkv")}
 
 
 def bench(fn) -> float:
     from triton.testing import do_bench
     r = do_bench(fn, warmup=5, rep=25, quantiles=[0.5])
     return float(r[0] if isinstance(r, (list, tuple)) else r)
+
+
+def _row(op, shape, t_tri, t_ref, nbytes, err, **extra) -> dict:
+    return dict(op=op, shape=shape, triton_us=t_tri * 1e3, torch_us=t_ref * 1e3, speedup=t_ref / t_tri,
+                triton_GBps=nbytes / t_tri / 1e6, torch_GBps=nbytes / t_ref / 1e6, max_abs_err=err,
+                same_choice=None, **extra)
+
+
+LAYER_SHAPES = {"1B": (2048, 32, 8, 64), "8B": (4096, 32, 8, 128)}  # H, Hq, Hkv, D
 
 
 def bench_topk(tk, rows):
@@ -56,10 +68,8 @@ def bench_topk(tk, rows):
             t_tri = bench(lambda: tk.topk_logprobs(logits, k))
             t_ref = bench(lambda: torch.topk(torch.log_softmax(logits.float(), dim=-1), k, dim=-1))
             nbytes = logits.numel() * logits.element_size() + B * k * 12
-            rows.append(dict(op="topk_logprobs", shape=f"B={B} V={V} k={k}", B=B, V=V, k=k,
-                             triton_us=t_tri * 1e3, torch_us=t_ref * 1e3, speedup=t_ref / t_tri,
-                             triton_GBps=nbytes / t_tri / 1e6, torch_GBps=nbytes / t_ref / 1e6,
-                             max_abs_err=err, same_choice=ok))
+            rows.append(_row("topk_logprobs", f"B={B} V={V} k={k}", t_tri, t_ref, nbytes, err, B=B, V=V, k=k)
+                        | dict(same_choice=ok))
 
 
 def attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, T, scale):
@@ -97,10 +107,45 @@ def bench_attention(ca, rows):
             t_tri = bench(lambda: ca.candidate_attention(q, kn, vn, kc, vc, bt, cl, scale))
             t_ref = bench(lambda: attention_torch(q, kn, vn, kc, vc, bt, T, scale))
             nbytes = (2 * B * T * Hkv * D + 2 * q.numel() + 2 * kn.numel()) * 2  # prefix K/V + q, out, own K/V
-            rows.append(dict(op="candidate_attention", shape=f"B={B} T={T} K={K}", B=B, T=T, K=K,
-                             triton_us=t_tri * 1e3, torch_us=t_ref * 1e3, speedup=t_ref / t_tri,
-                             triton_GBps=nbytes / t_tri / 1e6, torch_GBps=nbytes / t_ref / 1e6,
-                             max_abs_err=err, same_choice=None))
+            rows.append(_row("candidate_attention", f"B={B} T={T} K={K}", t_tri, t_ref, nbytes, err, B=B, T=T, K=K))
+
+
+def bench_layer_ops(arn, rq, rows):
+    """The per-layer elementwise work the engine fuses: residual add + RMSNorm, and RoPE + the K/V store."""
+    dt = torch.bfloat16
+    for name, (H, Hq, Hkv, D) in LAYER_SHAPES.items():
+        for N in (1, 80, 640):
+            x, res = (torch.randn(N, H, device="cuda", dtype=dt) for _ in range(2))
+            w = torch.randn(H, device="cuda", dtype=dt)
+
+            def norm_torch():
+                s = res + x
+                return w * torch.rms_norm(s.float(), (H,), eps=1e-5).to(dt), s
+            err = (arn.add_rmsnorm(x, res, w, 1e-5)[0].float() - norm_torch()[0].float()).abs().max().item()
+            rows.append(_row("add_rmsnorm", f"{name} N={N}", bench(lambda: arn.add_rmsnorm(x, res, w, 1e-5)),
+                             bench(norm_torch), 4 * N * H * 2, err, N=N))
+
+            qkv = torch.randn(N, Hq + 2 * Hkv, D, device="cuda", dtype=dt)
+            q, k, v = qkv[:, :Hq], qkv[:, Hq:Hq + Hkv], qkv[:, Hq + Hkv:]
+            cos, sin = (torch.randn(4096, 1, D, device="cuda", dtype=dt) for _ in range(2))
+            pos = torch.randint(0, 4096, (N,), device="cuda")
+            kc, vc = (torch.zeros(N // 16 + 1, 16, Hkv, D, device="cuda", dtype=dt) for _ in range(2))
+            slots = torch.randperm(kc.shape[0] * 16, device="cuda")[:N]
+
+            def rope_torch():
+                c, s_ = cos[pos], sin[pos]
+                qk = qkv[:, :Hq + Hkv]
+                qk = qk * c + qk.roll(D // 2, dims=-1) * s_
+                kk = qk[:, Hq:]
+                kc.view(-1, Hkv, D)[slots] = kk
+                vc.view(-1, Hkv, D)[slots] = v
+                return qk[:, :Hq].contiguous(), kk.contiguous(), v.contiguous()
+            got = rq.rope_qkv(q, k, v, cos, sin, pos, kc, vc, slots)
+            err = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, rope_torch()))
+            nbytes = 2 * qkv.numel() * 2 + 2 * N * Hkv * D * 2 + 2 * N * D * 2  # read+write q/k/v, store, tables
+            rows.append(_row("rope_qkv+store", f"{name} N={N}",
+                             bench(lambda: rq.rope_qkv(q, k, v, cos, sin, pos, kc, vc, slots)), bench(rope_torch),
+                             nbytes, err, N=N))
 
 
 def main() -> int:
@@ -108,11 +153,12 @@ def main() -> int:
         print("bench_kernels: no CUDA device; nothing to measure (the kernels' CPU tests use the interpreter).")
         return 0
     start = time.perf_counter()
-    tk, ca = load_kernels()
+    mods = load_kernels()
     gpu = torch.cuda.get_device_name()
     rows: list[dict] = []
-    bench_topk(tk, rows)
-    bench_attention(ca, rows)
+    bench_topk(mods["topk_logprobs"], rows)
+    bench_attention(mods["candidate_attention"], rows)
+    bench_layer_ops(mods["add_rmsnorm"], mods["rope_qkv"], rows)
     print(f"{gpu}  (times: do_bench median, us; GB/s: bytes the op must move / time)")
     print(f"{'op':<20} {'shape':<22} {'triton us':>10} {'torch us':>10} {'speedup':>8} {'tri GB/s':>9} "
           f"{'torch GB/s':>10} {'max err':>9}")

@@ -49,8 +49,8 @@ def test_gated_native_equals_reference_and_naive(models, mode):
     ref = [(o.token_ids, o.rm_tokens) for o in outs["naive"]]
     for name, o in outs.items():
         assert [(x.token_ids, x.rm_tokens) for x in o] == ref, name
-        for x, y in zip(o, outs["naive"]):
-            assert x.rewards == pytest.approx(y.rewards, abs=1e-9)
+        for x, y in zip(o, outs["naive"]):  # the Triton path's RMSNorm: see test_native.reward_tol
+            assert x.rewards == pytest.approx(y.rewards, abs=1e-5 if name == "triton" else 1e-9)
     # the gate really took some steps and left others: fewer RM tokens than k per token, more than 1
     gated_rows = [o for o, p in zip(outs["native"], params) if p.gate is not None]
     assert any(o.rm_tokens < 5 * len(o.token_ids) for o in gated_rows)

@@ -38,9 +38,12 @@ def assert_same(ref_outs, nat_outs, tol=1e-9):
         torch.testing.assert_close(torch.tensor(b.rewards), torch.tensor(a.rewards), rtol=tol, atol=tol)
 
 
-# Gemma 2's HF attention takes its softmax in float32 even in a float64 model: rewards agree to float32's
-# precision there (the tokens exactly).
-REWARD_TOL = {"gemma2": 1e-5, "gemma3": 1e-5}
+def reward_tol(family: str = "llama", use_triton: bool = False) -> float:
+    """Rewards agree to 1e-9 in float64 unless a float32 step computed another way sits in the path (the tokens
+    agree exactly regardless): Gemma 2's HF attention takes its softmax in float32 even in a float64 model, and
+    the Triton path's fused add + RMSNorm sums its float32 statistics (HF's RMSNorm is float32 whatever the
+    model dtype) in another order than torch, a float32 ulp here and there."""
+    return 1e-5 if use_triton or family in ("gemma2", "gemma3") else 1e-9
 
 
 NATIVE_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
@@ -66,7 +69,7 @@ def test_greedy_equals_reference_single_and_batched(family, use_triton):
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok, use_triton=use_triton)
     expected = [ref.generate(p, GREEDY, progress=False)[0] for p in PROMPTS]
-    tol = REWARD_TOL.get(family, 1e-9)
+    tol = reward_tol(family, use_triton)
     assert_same(expected, nat.generate(PROMPTS, GREEDY, progress=False), tol)
     assert_same(expected[2:3], nat.generate(PROMPTS[2], GREEDY, progress=False), tol)
     assert_all_free(nat)
@@ -117,7 +120,7 @@ def test_preemption_when_blocks_run_out(use_triton):
     lm, rm, tok = models()
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(PROMPTS, GREEDY, progress=False)
     nat = native(lm, rm, tok, num_blocks=24, use_triton=use_triton)  # the longest request alone needs 21
-    assert_same(ref, nat.generate(PROMPTS, GREEDY, progress=False))
+    assert_same(ref, nat.generate(PROMPTS, GREEDY, progress=False), reward_tol(use_triton=use_triton))
     assert nat.decoder.scheduler.num_preemptions > 0
     assert_all_free(nat)
 
@@ -142,6 +145,7 @@ def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
     nat = native(lm, rm, tok, use_triton=use_triton)
     assert nat.decoder.runner.shared == same_trunk
     off = native(lm, rm, tok, use_triton=use_triton, enable_prefix_caching=False)
+    tol = reward_tol(use_triton=use_triton)
     ids = [nat.make_request(p, GREEDY).prompt_ids for p in prompts]
     whole_blocks = lambda n: n // 4 * 4  # noqa: E731  (block_size 4)
     # Prompt 2 reuses the blocks it shares with prompt 1; prompt 3 repeats prompt 1: all blocks but the one
@@ -150,9 +154,9 @@ def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
                      whole_blocks(len(ids[2]) - 1)]
     for p, hits in zip(prompts, expected_hits):
         before = nat.decoder.bm.num_hit_tokens
-        assert_same(ref.generate(p, GREEDY, progress=False), nat.generate(p, GREEDY, progress=False))
+        assert_same(ref.generate(p, GREEDY, progress=False), nat.generate(p, GREEDY, progress=False), tol)
         assert nat.decoder.bm.num_hit_tokens - before == hits
-        assert_same(ref.generate(p, GREEDY, progress=False), off.generate(p, GREEDY, progress=False))
+        assert_same(ref.generate(p, GREEDY, progress=False), off.generate(p, GREEDY, progress=False), tol)
     assert expected_hits[1] >= 40 and nat.decoder.prefix_cache_hit_rate > 0.5
     assert off.decoder.bm.num_hit_tokens == 0
     # All in one batch: a prompt admitted in the same step reuses the blocks an earlier one's chunk fills in
@@ -160,11 +164,11 @@ def test_prefix_cache_reuses_computed_blocks(use_triton, same_trunk):
     batch = prompts[:2] * 2
     expected = ref.generate(batch, GREEDY, progress=False)
     one_step = native(lm, rm, tok, use_triton=use_triton)
-    assert_same(expected, one_step.generate(batch, GREEDY, progress=False))
+    assert_same(expected, one_step.generate(batch, GREEDY, progress=False), tol)
     assert one_step.decoder.bm.num_hit_tokens == expected_hits[1] + whole_blocks(len(ids[0]) - 1) + \
         whole_blocks(len(ids[1]) - 1)
     chunked = native(lm, rm, tok, use_triton=use_triton, max_num_batched_tokens=12)
-    assert_same(expected, chunked.generate(batch, GREEDY, progress=False))
+    assert_same(expected, chunked.generate(batch, GREEDY, progress=False), tol)
     assert chunked.decoder.bm.num_hit_tokens > 0
     for engine in (nat, off, one_step, chunked):
         assert_all_free(engine)
@@ -283,8 +287,8 @@ def test_rm_on_the_lm_trunk_runs_one_trunk_forward_per_step(use_triton):
     assert shared.decoder.runner.lm_kv is shared.decoder.runner.rm_kv  # one cache serves both
     for params in (GREEDY, STOCHASTIC):
         expected = ref.generate(PROMPTS, params, progress=False)
-        assert_same(expected, shared.generate(PROMPTS, params, progress=False))
-        assert_same(expected, separate.generate(PROMPTS, params, progress=False))
+        assert_same(expected, shared.generate(PROMPTS, params, progress=False), reward_tol(use_triton=use_triton))
+        assert_same(expected, separate.generate(PROMPTS, params, progress=False), reward_tol(use_triton=use_triton))
     assert shared.decoder.scheduler.num_preemptions > 0 and not shared.decoder.seqs
     assert_all_free(shared)
     assert not native(*models(), use_triton=use_triton).decoder.runner.shared  # different trunks
@@ -331,7 +335,7 @@ def test_native_norm_and_rope_equal_hf_bit_for_bit(family):
     assert torch.equal(runner.lm.layers[0].input_norm(x), base.layers[0].input_layernorm(x))
     pos = torch.tensor([0, 5, 3, 200, 17])
     rope = runner.lm.layers[-1].rope_type  # Gemma 3: the last tiny layer is global
-    cos, sin = runner.lm._rope(x[:5], pos)[rope]
+    cos, sin = runner.lm._rope(x[:5], pos)[rope].gathered
     hf_cos, hf_sin = base.rotary_emb(x[:5], pos[None], *([rope] if rope else []))
     q = torch.randn(5, 4, cos.shape[-1])
     half = q.shape[-1] // 2

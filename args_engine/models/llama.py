@@ -6,7 +6,9 @@ Gemma 3 (Gemma 2's layout with per-head q/k norms and a local or global RoPE per
 It runs the weights of a loaded Hugging Face model in place (its RMSNorm and rotary modules, its Linear weights),
 so numerics match the HF forward and q/k/v biases come for free; attention and the caches are ours. At load,
 each layer's q/k/v weights become one [(Hq + 2 Hkv) D, H] matrix and gate/up one [2 I, H] matrix, and the HF
-modules' parameters become views of them (no extra memory): one matmul where HF runs three, or two."""
+modules' parameters become views of them (no extra memory): one matmul where HF runs three, or two. With the
+Triton kernels, each residual add runs fused with the norm after it (add_rmsnorm) and RoPE with the K/V store and
+the copies attention needs (rope_qkv): one launch each per use instead of five to ten."""
 from __future__ import annotations
 
 import torch
@@ -59,21 +61,44 @@ def fuse_linears(linears: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Te
 
 
 class RMSNorm:
-    """HF's Llama RMSNorm (float32 statistics, weight applied in the input dtype) as one fused op: the same
-    values (checked against the module in the tests), a quarter of the op launches."""
+    """HF's Llama RMSNorm (float32 statistics, weight applied in the input dtype). With ops.add_rmsnorm (the
+    Triton kernel) one launch per call, the residual add before it included (`add`); otherwise torch.rms_norm,
+    the same values as the HF module bit for bit (tested), a quarter of its op launches."""
 
-    def __init__(self, module):
+    def __init__(self, module, ops: PagedOps | None = None):
         self.weight = module.weight
         self.eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps")
         self.shape = (module.weight.shape[0],)
+        self.kernel = ops.add_rmsnorm_kernel if ops is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * torch.rms_norm(x.to(torch.float32), self.shape, eps=self.eps).to(x.dtype)
+        return self.add(x, None)[0]
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (norm(residual + x), residual + x); residual None: (norm(x), x)."""
+        if self.kernel is not None and x.dtype == self.weight.dtype:
+            return self.kernel(x, residual, self.weight, self.eps)
+        s = x if residual is None else residual + x
+        return self.weight * torch.rms_norm(s.to(torch.float32), self.shape, eps=self.eps).to(s.dtype), s
 
 
-def _norm(module, gemma: bool):
+class ModuleNorm:
+    """A norm module run as is (Gemma's (1 + w) RMSNorm), with RMSNorm's `add`."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        s = x if residual is None else residual + x
+        return self.module(s), s
+
+
+def _norm(module, gemma: bool, ops: PagedOps | None):
     """The fused Llama RMSNorm, or (Gemma's (1 + w) norm) the HF module itself."""
-    return module if gemma else RMSNorm(module)
+    return ModuleNorm(module) if gemma else RMSNorm(module, ops)
 
 
 class _FusedLayer:
@@ -81,7 +106,7 @@ class _FusedLayer:
     (input norm; post-attention norm before the MLP) or Gemma 2's sandwich (norms after attention and after
     the MLP too)."""
 
-    def __init__(self, layer, gemma: bool = False):
+    def __init__(self, layer, gemma: bool = False, ops: PagedOps | None = None):
         attn, mlp = layer.self_attn, layer.mlp
         if hasattr(attn, "qkv_proj"):  # Phi-3: fused in the checkpoint
             self.qkv_w, self.qkv_b = attn.qkv_proj.weight, attn.qkv_proj.bias
@@ -93,26 +118,29 @@ class _FusedLayer:
             self.gate_up_w, _ = fuse_linears([mlp.gate_proj, mlp.up_proj])
         self.q_norm = self.k_norm = None
         if hasattr(attn, "q_norm"):  # Qwen3, Gemma 3
-            self.q_norm, self.k_norm = _norm(attn.q_norm, gemma), _norm(attn.k_norm, gemma)
+            self.q_norm, self.k_norm = _norm(attn.q_norm, gemma, ops), _norm(attn.k_norm, gemma, ops)
         self.rope_type = None  # Gemma 3: local or global RoPE (PagedLlama sets it)
         self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
         act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn")
         self.act = F.silu if isinstance(act, torch.nn.SiLU) else act
-        self.input_norm = _norm(layer.input_layernorm, gemma)
+        self.input_norm = _norm(layer.input_layernorm, gemma, ops)
         if gemma:
             self.attn_out_norm = layer.post_attention_layernorm
-            self.mlp_in_norm, self.mlp_out_norm = layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm
+            self.mlp_in_norm = ModuleNorm(layer.pre_feedforward_layernorm)
+            self.mlp_out_norm = layer.post_feedforward_layernorm
         else:
             self.attn_out_norm = self.mlp_out_norm = None
-            self.mlp_in_norm = RMSNorm(layer.post_attention_layernorm)
+            self.mlp_in_norm = RMSNorm(layer.post_attention_layernorm, ops)
 
-    def attn_residual(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """h + o_proj(attention) (Gemma: normed first) -> then h + MLP block."""
+    def finish(self, attn_out: torch.Tensor, residual: torch.Tensor, next_norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """attn_out [N, Hq D], residual [N, H] (the layer's input) -> (next_norm(residual out), residual out):
+        o_proj (Gemma: normed), the add fused with the MLP's input norm, the MLP (Gemma: normed), the add fused
+        with the next layer's input norm (or the final norm)."""
         out = self.o_proj(attn_out)
-        h = h + (out if self.attn_out_norm is None else self.attn_out_norm(out))
-        gate, up = F.linear(self.mlp_in_norm(h), self.gate_up_w).chunk(2, dim=-1)
+        x, residual = self.mlp_in_norm.add(out if self.attn_out_norm is None else self.attn_out_norm(out), residual)
+        gate, up = F.linear(x, self.gate_up_w).chunk(2, dim=-1)
         out = self.down_proj(self.act(gate) * up)
-        return h + (out if self.mlp_out_norm is None else self.mlp_out_norm(out))
+        return next_norm.add(out if self.mlp_out_norm is None else self.mlp_out_norm(out), residual)
 
 
 def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +153,29 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """x [N, H, D]; cos, signed_sin [N, 1, D] from rope_tables: HF's rotate-half RoPE, bit for bit."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+class RopeInputs:
+    """One forward's RoPE for one rope type: tables cos, signed sin [P, 1, D] and each token's row in them
+    (rows [N], or None when the tables are per token). The Triton path reads the tables at the rows itself; the
+    torch path gathers once per forward (`gathered`) and every layer reuses it."""
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor | None):
+        self.cos, self.sin, self._rows, self._gathered = cos, sin, rows, None
+
+    @property
+    def rows(self) -> torch.Tensor:
+        if self._rows is None:
+            self._rows = torch.arange(self.cos.shape[0], device=self.cos.device)
+        return self._rows
+
+    @property
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> cos, signed sin [N, 1, D] of each token."""
+        if self._gathered is None:
+            self._gathered = (self.cos, self.sin) if self._rows is None else (self.cos[self._rows],
+                                                                              self.sin[self._rows])
+        return self._gathered
 
 
 class RopeTable:
@@ -143,15 +194,15 @@ class RopeTable:
         cos, sin = self.rotary(*args)  # [1, N, D]
         return rope_tables(cos[0], sin[0])
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor):
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> RopeInputs:
         if not self.static:
-            return self._hf(x, positions)
+            return RopeInputs(*self._hf(x, positions), None)
         # on CUDA the whole context at once: reading the longest position would sync the host
         need = int(positions.max()) + 1 if not x.is_cuda else self.rotary.config.max_position_embeddings
         if self.cos is None or self.cos.shape[0] < need or self.cos.dtype != x.dtype:
             size = max(need, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
             self.cos, self.sin = self._hf(x, torch.arange(size, device=x.device))
-        return self.cos[positions], self.sin[positions]
+        return RopeInputs(self.cos, self.sin, positions)
 
 
 class PagedLlama:
@@ -165,8 +216,8 @@ class PagedLlama:
         base = model.base_model
         cfg = model.config
         gemma = cfg.model_type in _GEMMA
-        self.embed, self.norm, self.rotary = base.embed_tokens, _norm(base.norm, gemma), base.rotary_emb
-        self.layers = [_FusedLayer(layer, gemma) for layer in base.layers]
+        self.embed, self.norm, self.rotary = base.embed_tokens, _norm(base.norm, gemma, ops), base.rotary_emb
+        self.layers = [_FusedLayer(layer, gemma, ops) for layer in base.layers]
         if cfg.model_type == "gemma3_text":  # per layer type (Gemma 2's types differ only in the window)
             for layer, kind in zip(self.layers, cfg.layer_types):
                 layer.rope_type = kind
@@ -183,19 +234,39 @@ class PagedLlama:
         p = next(model.parameters())
         self.dtype, self.device = p.dtype, p.device
 
-    def _qkv(self, layer: _FusedLayer, x: torch.Tensor, cos, sin):
-        """x [N, H] (normed) -> q [N, Hq, D], k, v [N, Hkv, D] with RoPE applied to q and k (together)."""
+    def _qkv(self, layer: _FusedLayer, x: torch.Tensor, rope: RopeInputs, kv=None, slots=None, k_out=None,
+             v_out=None):
+        """x [N, H] (normed) -> q [N, Hq, D], k, v [N, Hkv, D], RoPE applied to q and k. kv (one layer's caches)
+        and slots [N]: k and v are stored there too. k_out, v_out [N, Hkv, D]: where k and v go (the caller's
+        stacked candidate K/V). Triton: the rotation, the store and the copies in one launch (rope_qkv)."""
         Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = F.linear(x, layer.qkv_w, layer.qkv_b).view(-1, Hq + 2 * Hkv, D)  # [N, Hq + 2 Hkv, D]
-        qk = qkv[:, :Hq + Hkv]
-        if layer.q_norm is not None:  # Qwen3: RMSNorm over each head, before RoPE
+        qk, v = qkv[:, :Hq + Hkv], qkv[:, Hq + Hkv:]
+        if layer.q_norm is not None:  # Qwen3, Gemma 3: RMSNorm over each head, before RoPE
             qk = torch.cat([layer.q_norm(qk[:, :Hq]), layer.k_norm(qk[:, Hq:])], dim=1)
-        qk = rotate(qk, cos, sin)
-        return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
+        if self.ops.use_triton:
+            caches = kv if slots is not None else (None, None)
+            return self.ops.rope_qkv(qk[:, :Hq], qk[:, Hq:], v, rope, *caches, slots, k_out, v_out)
+        qk = rotate(qk, *rope.gathered)  # q and k at once
+        q, k = qk[:, :Hq], qk[:, Hq:]
+        if slots is not None:
+            self.ops.store_kv(k, v, *kv, slots)
+        if k_out is not None:
+            k, v = k_out.copy_(k), v_out.copy_(v)
+        return q, k, v
 
-    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> dict:
-        """-> {rope type: (cos, signed sin) [N, 1, D]}, once per forward for the layers' RoPE types."""
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> dict[str | None, RopeInputs]:
+        """-> {rope type: its RopeInputs}, once per forward for the layers' RoPE types."""
         return {t: table(x, positions) for t, table in self.ropes.items()}
+
+    def _layers(self, h: torch.Tensor, attend) -> torch.Tensor:
+        """The trunk over h [N, H] (embedded): attend(li, layer, x) -> that layer's attention [N, Hq D] from its
+        normed input x. Each residual add is fused with the norm after it. -> final-norm hidden [N, H]"""
+        x, residual = self.layers[0].input_norm(h), h
+        for li, layer in enumerate(self.layers):
+            next_norm = self.layers[li + 1].input_norm if li + 1 < self.num_layers else self.norm
+            x, residual = layer.finish(attend(li, layer, x), residual, next_norm)
+        return x
 
     @torch.no_grad()
     def forward_chunks(self, ids, positions, slots, chunks, kv) -> torch.Tensor:
@@ -204,16 +275,14 @@ class PagedLlama:
         k_cache, v_cache = kv
         h = self.embed(ids)  # [N, H]
         ropes = self._rope(h, positions)
-        for li, layer in enumerate(self.layers):
-            x = layer.input_norm(h)
-            q, k, v = self._qkv(layer, x, *ropes[layer.rope_type])
+
+        def attend(li, layer, x):
             # Every chunk stores before any chunk attends: a prompt admitted this step may hit blocks another
             # chunk of this step fills (Scheduler._add_chunk relies on it).
-            self.ops.store_kv(k, v, k_cache[li], v_cache[li], slots)
-            out = self.ops.prefill_attention(q, k_cache[li], v_cache[li], chunks, self.scale,
-                                             self.softcap)  # [N, Hq, D]
-            h = layer.attn_residual(h, out.flatten(1))
-        return self.norm(h)
+            q, _, _ = self._qkv(layer, x, ropes[layer.rope_type], (k_cache[li], v_cache[li]), slots)
+            return self.ops.prefill_attention(q, k_cache[li], v_cache[li], chunks, self.scale,
+                                              self.softcap).flatten(1)  # [N, Hq D]
+        return self._layers(h, attend)
 
     @torch.no_grad()
     def forward_candidates(self, ids, positions, block_tables, context_lens, kv, store_slots=None):
@@ -225,21 +294,24 @@ class PagedLlama:
         k_cache, v_cache = kv
         h = self.embed(ids.reshape(-1))  # [B*K, H]
         ropes = self._rope(h, positions.repeat_interleave(K))
-        new_k, new_v = [], []  # per layer [B, K, Hkv, D], unless stored
+        new_k = new_v = None
+        if store_slots is None:  # each layer's rotated K/V written straight into the stacked result
+            new_k = h.new_empty(self.num_layers, B * K, self.num_kv_heads, self.head_dim)
+            new_v = torch.empty_like(new_k)
         plan = self.ops.candidate_plan(block_tables, context_lens, K, self.num_heads // self.num_kv_heads,
                                        k_cache.shape[2])
-        for li, layer in enumerate(self.layers):
-            x = layer.input_norm(h)
-            q, k, v = self._qkv(layer, x, *ropes[layer.rope_type])
+
+        def attend(li, layer, x):
+            rope, caches = ropes[layer.rope_type], (k_cache[li], v_cache[li])
             if store_slots is None:
-                new_k.append(k.view(B, K, *k.shape[1:]))
-                new_v.append(v.view(B, K, *v.shape[1:]))
-            out = self.ops.candidate_attention(q.view(B, K, *q.shape[1:]), k.view(B, K, *k.shape[1:]),
-                                               v.view(B, K, *v.shape[1:]), k_cache[li], v_cache[li], block_tables,
-                                               context_lens, self.scale, plan, self.softcap)  # [B, K, Hq, D]
-            if store_slots is not None:
-                self.ops.store_kv(k, v, k_cache[li], v_cache[li], store_slots)
-            h = layer.attn_residual(h, out.reshape(B * K, -1))
+                q, k, v = self._qkv(layer, x, rope, k_out=new_k[li], v_out=new_v[li])
+            else:
+                q, k, v = self._qkv(layer, x, rope, caches, store_slots)
+            return self.ops.candidate_attention(q.view(B, K, *q.shape[1:]), k.view(B, K, *k.shape[1:]),
+                                                v.view(B, K, *v.shape[1:]), *caches, block_tables, context_lens,
+                                                self.scale, plan, self.softcap).reshape(B * K, -1)  # [B*K, Hq D]
+        hidden = self._layers(h, attend).view(B, K, -1)
         if store_slots is not None:
-            return self.norm(h).view(B, K, -1), None, None
-        return self.norm(h).view(B, K, -1), torch.stack(new_k), torch.stack(new_v)
+            return hidden, None, None
+        shape = (self.num_layers, B, K, self.num_kv_heads, self.head_dim)
+        return hidden, new_k.view(shape), new_v.view(shape)

@@ -104,12 +104,21 @@ class PagedOps:
 
     def __init__(self, use_triton: bool):
         self.use_triton = use_triton
+        self.add_rmsnorm_kernel = None  # RMSNorm calls it directly: (x, residual, weight, eps) -> (normed, sum)
         if use_triton:
-            from ..kernels import args_select, candidate_attention, prefill_attention, store_kv, topk_logprobs
+            from ..kernels import (add_rmsnorm, args_select, candidate_attention, prefill_attention, rope_qkv,
+                                   store_kv, topk_logprobs)
             self._k = dict(args_select=args_select.args_select, store_kv=store_kv.store_kv,
                            candidate_attention=candidate_attention.candidate_attention,
                            prefill_attention=prefill_attention.prefill_attention,
-                           topk_logprobs=topk_logprobs.topk_logprobs)
+                           topk_logprobs=topk_logprobs.topk_logprobs, rope_qkv=rope_qkv.rope_qkv)
+            self.add_rmsnorm_kernel = add_rmsnorm.add_rmsnorm
+
+    def rope_qkv(self, q, k, v, rope, key_cache=None, value_cache=None, slots=None, k_out=None, v_out=None):
+        """Triton only (the torch path is PagedLlama._qkv's): RoPE on q and k from rope (a RopeInputs), k and v
+        stored at slots when given, into k_out / v_out when given. -> contiguous q, k, v."""
+        return self._k["rope_qkv"](q, k, v, rope.cos, rope.sin, rope.rows, key_cache, value_cache, slots, k_out,
+                                   v_out)
 
     def store_kv(self, key, value, key_cache, value_cache, slots) -> None:
         """key, value [N, Hkv, D] into slots [N] of one layer's caches."""
