@@ -13,3 +13,14 @@ def test_micro_benchmarks_run_at_the_tiny_shape():
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "10 passed" in done.stdout
+
+
+def test_fused_kernels_cut_the_launches_per_layer():
+    """The kernel path's launches per trunk layer (micro_models.launches_per_step, the Triton kernels under the
+    interpreter): q/k/v and gate/up one matmul each, RoPE fused with the K/V store, each residual add fused
+    with the norm after it: at most 10 (27 before the add/norm and RoPE fusions), against about 35 on torch."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "micro"))
+    from micro_models import launch_profile
+    triton, torch_ops = launch_profile(use_triton=True), launch_profile(use_triton=False)
+    assert triton["per_layer"] <= 10, triton
+    assert torch_ops["per_layer"] >= 3 * triton["per_layer"], (torch_ops, triton)

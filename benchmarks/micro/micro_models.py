@@ -50,3 +50,80 @@ def decoding_engine(lm, rm, batch: int, steps: int, k: int = 10, prompt_len: int
         engine.decoder.step()
     engine.decoder.step()  # one decode step: caches, kernels and graphs warm
     return engine
+
+
+# aten ops that launch no device kernel: views, allocations, metadata
+_NO_LAUNCH = {"as_strided", "view", "_unsafe_view", "reshape", "slice", "select", "transpose", "t", "expand",
+              "unsqueeze", "squeeze", "narrow", "permute", "flatten", "alias", "detach", "split", "chunk", "unbind",
+              "split_with_sizes", "empty", "empty_strided", "empty_like", "new_empty", "lift_fresh", "resolve_conj",
+              "resolve_neg", "result_type", "_local_scalar_dense", "is_same_size", "sym_size", "sym_stride"}
+
+
+def launches_per_step(engine: ARGSEngine, steps: int = 3) -> float:
+    """Device kernel launches per engine step as an eager GPU step would issue them: every aten op that computes
+    (views, allocations and metadata ops left out; composite ops counted as the ops they decompose into) plus one
+    per Triton kernel call (its launcher's own torch work not counted). Runs on CPU too (the kernels under
+    TRITON_INTERPRET=1), so the count is the same whatever the device: the figure CUDA graphs and fusion cut."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count, inside = [0], [0]
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not inside[0] and func.overloadpacket.__name__ not in _NO_LAUNCH:
+                count[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    def counted(fn):
+        def launch(*a, **kw):
+            if not inside[0]:
+                count[0] += 1
+            inside[0] += 1
+            try:
+                return fn(*a, **kw)
+            finally:
+                inside[0] -= 1
+        return launch
+
+    runner = engine.decoder.runner
+    restore = []
+    for model in {id(m): m for m in (runner.lm, runner.rm)}.values():
+        if getattr(model.ops, "_k", None):
+            for name, fn in list(model.ops._k.items()):
+                restore.append((model.ops._k, name, fn))
+                model.ops._k[name] = counted(fn)
+        norms = [model.norm] + [getattr(layer, n, None) for layer in model.layers
+                                for n in ("input_norm", "mlp_in_norm", "q_norm", "k_norm")]
+        for norm in norms:
+            if getattr(norm, "kernel", None) is not None:
+                restore.append((norm.__dict__, "kernel", norm.kernel))
+                norm.kernel = counted(norm.kernel)
+    try:
+        with Counter():
+            for _ in range(steps):
+                engine.decoder.step()
+    finally:
+        for holder, name, fn in restore:
+            holder[name] = fn
+    return count[0] / steps
+
+
+# layers per trunk of the GPU script's shapes (two trunks: LM + RM), for the projected counts
+PROJECTED_LAYERS = {"1B": 16, "8B": 32}
+
+
+def launch_profile(use_triton: bool, device: str = "cpu") -> dict:
+    """launches_per_step at the tiny shape with 2 and 4 layers per trunk (LM + RM, B = 1, k = 10) -> the launches
+    per trunk layer, the fixed rest of the step, and what that projects to for PROJECTED_LAYERS (two trunks)."""
+    counts = {}
+    for layers in (2, 4):
+        SHAPES["_launches"] = dict(SHAPES["tiny"], num_hidden_layers=layers)
+        try:
+            lm, rm = build_pair("_launches", device, torch.float32)
+        finally:
+            del SHAPES["_launches"]
+        counts[layers] = launches_per_step(decoding_engine(lm, rm, 1, 12, prompt_len=32, use_triton=use_triton))
+    per_layer = (counts[4] - counts[2]) / 4  # two trunks, two more layers each
+    fixed = counts[2] - 4 * per_layer
+    return dict(per_layer=per_layer, fixed=fixed, tiny_step=counts[2],
+                **{f"projected_{name}": fixed + 2 * n * per_layer for name, n in PROJECTED_LAYERS.items()})

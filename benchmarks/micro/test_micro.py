@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from micro_models import SHAPES, build_pair, decoding_engine, dtype_for
+from micro_models import SHAPES, build_pair, decoding_engine, dtype_for, launch_profile
 
 from args_engine.models.paged_ops import PagedOps
 
@@ -118,6 +118,22 @@ def test_select(benchmark, device, shape, batch):
     ops = _ops(device)
     benchmark.extra_info.update(shape=shape, batch=batch, K=K, layers=L)
     benchmark(lambda: (ops.args_select(logp, rewards, cand, k, w, temp, None, ck, cv, kc, vc, slots), _sync(device)))
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_launches_per_step(benchmark, kernels):
+    """Device kernel launches per eager ARGS step (micro_models.launches_per_step), per trunk layer and projected
+    to the 1B and 8B shapes: the count CUDA graphs replay and the fused kernels cut. The same on any device; the
+    Triton path on CPU needs TRITON_INTERPRET=1."""
+    import os
+    if kernels == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton path on CPU needs TRITON_INTERPRET=1 (no CUDA here)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    profile = launch_profile(kernels == "triton", device)
+    benchmark.extra_info.update(kernels=kernels, **profile)
+    print(f"\nlaunches per eager ARGS step ({kernels}): {profile['per_layer']:.0f} per trunk layer + "
+          f"{profile['fixed']:.0f}; projected 1B {profile['projected_1B']:.0f}, 8B {profile['projected_8B']:.0f}")
+    benchmark.pedantic(lambda: None, rounds=1)  # the figure is the count, not a time
 
 
 NEW_TOKENS = 128
