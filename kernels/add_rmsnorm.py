@@ -3,8 +3,9 @@ rms_norm), with the numerics of Hugging Face's Llama RMSNorm.
 
 Per row: s = residual + x, rounded to the input dtype (HF adds in the model dtype); statistics in float32 on the
 rounded sum (HF upcasts to float32); y = (s * rsqrt(mean(s^2) + eps)) rounded to the input dtype, then weight * y
-in that dtype. One program per row reads x and the residual once and writes the normed row and the new residual
-once: the torch path launches an add, two casts, rms_norm and a multiply, each a full pass over [N, H].
+in that dtype. A program takes one row at LLM widths (several when H is small); each row is read (x and the
+residual) once and written (the normed row and the new residual) once: the torch path launches an add, two
+casts, rms_norm and a multiply, each a full pass over [N, H].
 
 Equal to the torch path up to the order of the float32 sum of squares (a float32 rounding, whatever the model
 dtype, as HF's float32 statistics are)."""
@@ -18,21 +19,21 @@ from ._checks import check_tensors_on_one_device
 
 
 @triton.jit
-def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, eps, M, sx_n, sx_m, sr_n, sr_m, H,
-                        HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    n, m = row // M, row % M  # rows of [N, M, H] with arbitrary row strides (per-head norms read strided heads)
+def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, eps, R, M, sx_n, sx_m, sr_n, sr_m, H,
+                        HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # ROWS rows per program (small H: several)
+    n, m = r // M, r % M  # rows of [N, M, H] with arbitrary row strides (per-head norms read strided heads)
     e = tl.arange(0, BLOCK)
-    ok = e < H
-    x = tl.load(x_ptr + n * sx_n + m * sx_m + e, mask=ok, other=0.0)
+    ok = (r < R)[:, None] & (e < H)[None, :]
+    x = tl.load(x_ptr + (n * sx_n + m * sx_m)[:, None] + e[None, :], mask=ok, other=0.0)  # [ROWS, BLOCK]
     if HAS_RES:
-        x = x + tl.load(res_ptr + n * sr_n + m * sr_m + e, mask=ok, other=0.0)  # rounded to the input dtype
-        tl.store(sum_ptr + row * H + e, x, mask=ok)
+        x = x + tl.load(res_ptr + (n * sr_n + m * sr_m)[:, None] + e[None, :], mask=ok, other=0.0)  # model dtype
+        tl.store(sum_ptr + r[:, None] * H + e[None, :], x, mask=ok)
     x32 = x.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=0) / H + eps)
-    y = (x32 * rstd).to(x.dtype)
-    w = tl.load(w_ptr + e, mask=ok, other=0.0)
-    tl.store(out_ptr + row * H + e, w * y, mask=ok)
+    rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=1) / H + eps)  # [ROWS]
+    y = (x32 * rstd[:, None]).to(x.dtype)
+    w = tl.load(w_ptr + e, mask=e < H, other=0.0)
+    tl.store(out_ptr + r[:, None] * H + e[None, :], w[None, :] * y, mask=ok)
 
 
 def _rows(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -66,9 +67,12 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     N, M, sx_n, sx_m = _rows(x)
     _, _, sr_n, sr_m = _rows(x if residual is None else residual)
     if N * M and H:
-        _add_rmsnorm_kernel[(N * M,)](x, x if residual is None else residual, weight, out, summed, eps, M,
-                                      sx_n, sx_m, sr_n, sr_m, H, HAS_RES=residual is not None,
-                                      BLOCK=triton.next_power_of_2(H), num_warps=4 if H <= 4096 else 8)
+        BLOCK = triton.next_power_of_2(H)
+        ROWS = max(1, min(16, 2048 // BLOCK))  # a program covers >= 2048 elements: one row at LLM widths
+        _add_rmsnorm_kernel[(triton.cdiv(N * M, ROWS),)](x, x if residual is None else residual, weight, out, summed,
+                                                        eps, N * M, M, sx_n, sx_m, sr_n, sr_m, H,
+                                                        HAS_RES=residual is not None, ROWS=ROWS, BLOCK=BLOCK,
+                                                        num_warps=4 if BLOCK <= 4096 else 8)
     return out, summed
 
 

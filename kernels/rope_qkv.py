@@ -18,39 +18,38 @@ from ._checks import check_tensors_on_one_device
 
 
 @triton.jit
+def _rope_heads(src_ptr, s_n, s_h, dst_ptr, i, H, c, s, d, ok_d, HP: tl.constexpr, D: tl.constexpr):
+    """Rotate the H heads [HP, DP] of token i (rows strided by s_h) -> dst [H, D] contiguous; returns them."""
+    hh = tl.arange(0, HP)
+    ok = (hh < H)[:, None] & ok_d[None, :]
+    row = src_ptr + i * s_n + hh[:, None] * s_h
+    x = tl.load(row + d[None, :], mask=ok, other=0.0)
+    x_rolled = tl.load(row + ((d + D // 2) % D)[None, :], mask=ok, other=0.0)
+    y = x * c[None, :] + x_rolled * s[None, :]
+    tl.store(dst_ptr + (i * H + hh[:, None]) * D + d[None, :], y, mask=ok)
+    return y, hh, ok
+
+
+@triton.jit
 def _rope_qkv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, row_ptr, qo_ptr, ko_ptr, vo_ptr, kc_ptr, vc_ptr,
                      slot_ptr, sq_n, sq_h, sk_n, sk_h, sv_n, sv_h, s_tab, HQ, HKV,
-                     D: tl.constexpr, DP: tl.constexpr, STORE: tl.constexpr):
-    i = tl.program_id(0).to(tl.int64)  # token
-    h = tl.program_id(1)  # head in [q heads | k heads | v heads]
+                     D: tl.constexpr, DP: tl.constexpr, HQP: tl.constexpr, HKP: tl.constexpr, STORE: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64)  # one token: all its q, k and v heads
     d = tl.arange(0, DP)
-    ok = d < D
-    if h < HQ + HKV:  # q or k: rotate
-        if h < HQ:
-            src = q_ptr + i * sq_n + h * sq_h
-            dst = qo_ptr + (i * HQ + h) * D
-        else:
-            src = k_ptr + i * sk_n + (h - HQ) * sk_h
-            dst = ko_ptr + (i * HKV + h - HQ) * D
-        x = tl.load(src + d, mask=ok, other=0.0)
-        x_rolled = tl.load(src + (d + D // 2) % D, mask=ok, other=0.0)
-        row = tl.load(row_ptr + i).to(tl.int64)
-        c = tl.load(cos_ptr + row * s_tab + d, mask=ok, other=0.0)
-        s = tl.load(sin_ptr + row * s_tab + d, mask=ok, other=0.0)
-        y = x * c + x_rolled * s
-        tl.store(dst + d, y, mask=ok)
-        if STORE and h >= HQ:
-            slot = tl.load(slot_ptr + i)
-            if slot >= 0:
-                tl.store(kc_ptr + (slot * HKV + h - HQ) * D + d, y, mask=ok)
-    else:  # v: copy (and store)
-        hh = h - HQ - HKV
-        y = tl.load(v_ptr + i * sv_n + hh * sv_h + d, mask=ok, other=0.0)
-        tl.store(vo_ptr + (i * HKV + hh) * D + d, y, mask=ok)
-        if STORE:
-            slot = tl.load(slot_ptr + i)
-            if slot >= 0:
-                tl.store(vc_ptr + (slot * HKV + hh) * D + d, y, mask=ok)
+    ok_d = d < D
+    row = tl.load(row_ptr + i).to(tl.int64)
+    c = tl.load(cos_ptr + row * s_tab + d, mask=ok_d, other=0.0)
+    s = tl.load(sin_ptr + row * s_tab + d, mask=ok_d, other=0.0)
+    _rope_heads(q_ptr, sq_n, sq_h, qo_ptr, i, HQ, c, s, d, ok_d, HQP, D)
+    k, hh, ok = _rope_heads(k_ptr, sk_n, sk_h, ko_ptr, i, HKV, c, s, d, ok_d, HKP, D)
+    v = tl.load(v_ptr + i * sv_n + hh[:, None] * sv_h + d[None, :], mask=ok, other=0.0)
+    tl.store(vo_ptr + (i * HKV + hh[:, None]) * D + d[None, :], v, mask=ok)
+    if STORE:
+        slot = tl.load(slot_ptr + i)
+        if slot >= 0:  # -1: padding or a token whose K/V must not be kept
+            dst = (slot * HKV + hh[:, None]) * D + d[None, :]
+            tl.store(kc_ptr + dst, k, mask=ok)
+            tl.store(vc_ptr + dst, v, mask=ok)
 
 
 def rope_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor,
@@ -109,10 +108,10 @@ def rope_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tenso
     k_out, v_out = outs
     if N:
         kc, vc, sl = (key_cache, value_cache, slots) if store else (q_out, q_out, rows)  # unread when not STORE
-        _rope_qkv_kernel[(N, Hq + 2 * Hkv)](q, k, v, cos2, sin2, rows, q_out, k_out, v_out, kc, vc, sl,
-                                            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-                                            v.stride(1), cos2.stride(0), Hq, Hkv, D=D,
-                                            DP=triton.next_power_of_2(D), STORE=store, num_warps=1)
+        _rope_qkv_kernel[(N,)](q, k, v, cos2, sin2, rows, q_out, k_out, v_out, kc, vc, sl, q.stride(0),
+                               q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos2.stride(0), Hq,
+                               Hkv, D=D, DP=triton.next_power_of_2(D), HQP=triton.next_power_of_2(Hq),
+                               HKP=triton.next_power_of_2(Hkv), STORE=store, num_warps=4)
     return q_out, k_out, v_out
 
 

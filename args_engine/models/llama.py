@@ -79,6 +79,8 @@ class RMSNorm:
         if self.kernel is not None and x.dtype == self.weight.dtype:
             return self.kernel(x, residual, self.weight, self.eps)
         s = x if residual is None else residual + x
+        if s.dtype == torch.float32 == self.weight.dtype:  # one op: the weight multiplies after the statistics
+            return torch.rms_norm(s, self.shape, self.weight, self.eps), s
         return self.weight * torch.rms_norm(s.to(torch.float32), self.shape, eps=self.eps).to(s.dtype), s
 
 
