@@ -341,3 +341,24 @@ def test_native_norm_and_rope_equal_hf_bit_for_bit(family):
     half = q.shape[-1] // 2
     hf_rot = q * hf_cos[0][:, None] + torch.cat((-q[..., half:], q[..., :half]), -1) * hf_sin[0][:, None]
     assert torch.equal(rotate(q, cos, sin), hf_rot)
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+def test_rope_type_with_per_forward_tables(use_triton):
+    """A RoPE type whose values depend on the sequence length (dynamic NTK) has no position table: its cos/sin
+    are made per forward, one row per token (the Triton path reads them by row index too)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from tiny import _config
+    lm_cfg, rm_cfg = _config("llama").to_dict(), _config("llama", num_labels=1).to_dict()
+    scaling = {"rope_type": "dynamic", "factor": 2.0}
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(**{**lm_cfg, "rope_scaling": scaling})).double().eval()
+    torch.manual_seed(1)
+    rm = LlamaForSequenceClassification(LlamaConfig(**{**rm_cfg, "rope_scaling": scaling})).double().eval()
+    tok = char_tokenizer()
+    nat = native(lm, rm, tok, use_triton=use_triton)
+    assert not nat.decoder.runner.lm.static_rope
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference").generate(PROMPTS, GREEDY, progress=False)
+    assert_same(ref, nat.generate(PROMPTS, GREEDY, progress=False), reward_tol(use_triton=use_triton))
+    assert_all_free(nat)
