@@ -20,12 +20,12 @@ from ._checks import check_tensors_on_one_device, load_kv_tile, scale_tensor, so
 
 @triton.jit
 def _candidate_attention_kernel(
-        q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr,
+        q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, bt_ptr, ctx_ptr, out_ptr, seg_ptr,
         part_m_ptr, part_l_ptr, part_acc_ptr,  # [B, HKV, S, M], [B, HKV, S, M], [B, HKV, S, M, DP] (SPLIT only)
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, s_bt,
         K, HKV, RT, BS, chunk, scale_ptr, cap,
         GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr,
-        ACC: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, CAP: tl.constexpr):
+        ACC: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr, CAP: tl.constexpr, TREE: tl.constexpr):
     b = tl.program_id(0)
     pid = tl.program_id(1)  # kv head x row tile
     kvh = pid // RT
@@ -69,25 +69,46 @@ def _candidate_attention_kernel(
         tl.store(part_l_ptr + base, l)
         tl.store(part_acc_ptr + base[:, None] * DP + d[None, :], acc)
     else:
-        _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
-                            skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, ACC, CAP)
+        _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, seg_ptr, b, j, h, kvh, d, rd_ok, K,
+                            skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, D, ACC, CAP, TREE)
 
 
 @triton.jit
-def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
-                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, ACC: tl.constexpr,
-                        CAP: tl.constexpr):
-    # Each query's own new key/value: one more softmax column, private to the query's candidate j.
-    kn = tl.load(kn_ptr + b * skn_b + j[:, None] * skn_j + kvh * skn_h + d[None, :], mask=rd_ok, other=0.0)
-    vn = tl.load(vn_ptr + b * svn_b + j[:, None] * svn_j + kvh * svn_h + d[None, :], mask=rd_ok, other=0.0)
-    s_own = tl.sum(q.to(ACC) * kn.to(ACC), axis=1) * scale  # [M]
-    if CAP:
-        s_own = soft_cap(s_own, cap)
-    m_new = tl.maximum(m, s_own)
-    alpha = tl.exp(m - m_new)  # 0 when there is no prefix (m = -inf)
-    p_own = tl.exp(s_own - m_new)
-    l = l * alpha + p_own
-    acc = acc * alpha[:, None] + p_own[:, None] * vn.to(ACC)
+def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, seg_ptr, b, j, h, kvh, d, rd_ok, K,
+                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, D: tl.constexpr,
+                        ACC: tl.constexpr, CAP: tl.constexpr, TREE: tl.constexpr):
+    if TREE:
+        # Ragged tails (a bridged RM): query j also sees the new keys jj <= j of its own segment, one softmax
+        # column each, in order; the key jj == j is always among them.
+        seg_j = tl.load(seg_ptr + b * K + j, mask=j < K, other=-1)  # [M]
+        for jj in range(0, K):
+            kn = tl.load(kn_ptr + b * skn_b + jj * skn_j + kvh * skn_h + d, mask=d < D, other=0.0)
+            vn = tl.load(vn_ptr + b * svn_b + jj * svn_j + kvh * svn_h + d, mask=d < D, other=0.0)
+            sc = tl.sum(q.to(ACC) * kn.to(ACC)[None, :], axis=1) * scale  # [M]
+            if CAP:
+                sc = soft_cap(sc, cap)
+            ok = (seg_j == tl.load(seg_ptr + b * K + jj)) & (jj <= j)
+            sc = tl.where(ok, sc, float("-inf"))
+            m_new = tl.maximum(m, sc)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no column yet: nothing to rescale
+            alpha = tl.exp(m - m_safe)
+            p = tl.exp(sc - m_safe)
+            l = l * alpha + p
+            acc = acc * alpha[:, None] + p[:, None] * vn.to(ACC)[None, :]
+            m = m_new
+        l = tl.where(j < K, l, 1.0)  # rows past K (tile padding) saw nothing: no 0 / 0
+    else:
+        # Each query's own new key/value: one more softmax column, private to the query's candidate j.
+        kn = tl.load(kn_ptr + b * skn_b + j[:, None] * skn_j + kvh * skn_h + d[None, :], mask=rd_ok, other=0.0)
+        vn = tl.load(vn_ptr + b * svn_b + j[:, None] * svn_j + kvh * svn_h + d[None, :], mask=rd_ok, other=0.0)
+        s_own = tl.sum(q.to(ACC) * kn.to(ACC), axis=1) * scale  # [M]
+        if CAP:
+            s_own = soft_cap(s_own, cap)
+        m_new = tl.maximum(m, s_own)
+        alpha = tl.exp(m - m_new)  # 0 when there is no prefix (m = -inf)
+        p_own = tl.exp(s_own - m_new)
+        l = l * alpha + p_own
+        acc = acc * alpha[:, None] + p_own[:, None] * vn.to(ACC)
     out = acc / l[:, None]
     tl.store(out_ptr + b * so_b + j[:, None] * so_j + h[:, None] * so_h + d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=rd_ok)
@@ -95,11 +116,11 @@ def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, 
 
 @triton.jit
 def _candidate_attention_combine_kernel(
-        q_ptr, kn_ptr, vn_ptr, out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+        q_ptr, kn_ptr, vn_ptr, out_ptr, seg_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h,
         K, HKV, RT, S, scale_ptr, cap,
         GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr,
-        CAP: tl.constexpr):
+        CAP: tl.constexpr, TREE: tl.constexpr):
     b = tl.program_id(0)
     pid = tl.program_id(1)
     kvh = pid // RT
@@ -125,8 +146,8 @@ def _candidate_attention_combine_kernel(
         l = l * a + ls * c
         acc = acc * a[:, None] + accs * c[:, None]
         m = m_new
-    _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, b, j, h, kvh, d, rd_ok,
-                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, ACC, CAP)
+    _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, seg_ptr, b, j, h, kvh, d, rd_ok, K,
+                        skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, D, ACC, CAP, TREE)
 
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -179,12 +200,20 @@ def _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens):
 
 def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, key_cache: torch.Tensor,
                         value_cache: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
-                        scale: float, split: int | None = None, softcap: float | None = None) -> torch.Tensor:
+                        scale: float, split: int | None = None, softcap: float | None = None,
+                        segments: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, K, Hq, D], k_new/v_new [B, K, Hkv, D], caches [NB, BS, Hkv, D], block_tables [B, MB] int32,
     context_lens [B] int32 -> out [B, K, Hq, D] (q's dtype). `split`: programs per (b, kv head) along the
     prefix; default: a heuristic on CUDA, 1 elsewhere. The context must fit the table: context_lens <= MB * BS
-    (not checked: it would need a device sync)."""
+    (not checked: it would need a device sync). segments [B, K] int32: new token j also sees the new tokens
+    jj < j with the same segment id (ragged candidate tails over the prefix; paged_ops.tree_keep); None: each
+    sees only itself."""
     _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens)
+    B, K = q.shape[:2]
+    if segments is not None and (segments.shape != (B, K) or segments.dtype != torch.int32
+                                 or not segments.is_contiguous() or segments.device != q.device):
+        raise ValueError(f"segments must be a contiguous int32 [B={B}, K={K}] tensor on {q.device}, got "
+                         f"{segments.dtype} {tuple(segments.shape)} on {segments.device}")
     B, K, Hq, D = q.shape
     NB, BS, Hkv, _ = key_cache.shape
     group = Hq // Hkv
@@ -208,12 +237,13 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
     split = triton.cdiv(max_ctx, chunk)
     strides = (*q.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3], *out.stride()[:3], block_tables.stride(0))
-    meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc], CAP=softcap is not None)
+    meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc], CAP=softcap is not None, TREE=segments is not None)
+    seg = segments if segments is not None else context_lens  # a placeholder pointer when TREE is off
     cap = float(softcap or 1.0)
     nw = 4
     if split == 1:
         _candidate_attention_kernel[(B, Hkv * RT, 1)](
-            q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, out, out, out,
+            q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, seg, out, out, out,
             *strides, K, Hkv, RT, BS, chunk, scale_t, cap, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=False, num_warps=nw,
             **meta)
         return out
@@ -221,18 +251,19 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     part_l = torch.empty_like(part_m)
     part_acc = torch.empty(B, Hkv * RT, split, M, DP, dtype=acc, device=q.device)
     _candidate_attention_kernel[(B, Hkv * RT, split)](
-        q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, part_m, part_l, part_acc,
+        q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, seg, part_m, part_l, part_acc,
         *strides, K, Hkv, RT, BS, chunk, scale_t, cap, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw,
         **meta)
     _candidate_attention_combine_kernel[(B, Hkv * RT)](
-        q, k_new, v_new, out, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, cap, num_warps=nw,
+        q, k_new, v_new, out, seg, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, cap, num_warps=nw,
         **meta)
     return out
 
 
-def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, softcap=None):
-    """Plain torch: gather each sequence's prefix, append the query's own key/value, softmax in the
-    accumulator dtype."""
+def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, softcap=None,
+                            segments=None):
+    """Plain torch: gather each sequence's prefix, append the query's own key/value (segments: the new keys
+    paged_ops.tree_keep keeps), softmax in the accumulator dtype."""
     B, K, Hq, D = q.shape
     BS, Hkv = key_cache.shape[1], key_cache.shape[2]
     group = Hq // Hkv
@@ -248,11 +279,17 @@ def candidate_attention_ref(q, k_new, v_new, key_cache, value_cache, block_table
         kn = k_new[b].to(acc).repeat_interleave(group, dim=1)  # [K, Hq, D]
         vn = v_new[b].to(acc).repeat_interleave(group, dim=1)
         s_pre = torch.einsum("khd,thd->kht", qb, kp) * scale  # [K, Hq, T]
-        s_own = (qb * kn).sum(-1, keepdim=True) * scale  # [K, Hq, 1]
-        scores = torch.cat([s_pre, s_own], dim=-1)  # [K, Hq, T + 1]
+        s_new = torch.einsum("khd,jhd->khj", qb, kn) * scale  # [K, Hq, K]: query k, new key j
+        if segments is None:
+            keep = torch.eye(K, dtype=torch.bool, device=q.device)  # [K, K]
+        else:
+            seg = segments[b].long()
+            keep = (seg[:, None] == seg[None, :]) & torch.ones(K, K, dtype=torch.bool, device=q.device).tril()
+        scores = torch.cat([s_pre, s_new], dim=-1)  # [K, Hq, T + K]
         if softcap is not None:
             scores = softcap * torch.tanh(scores / softcap)
+        scores[..., T:] = scores[..., T:].masked_fill(~keep[:, None, :], float("-inf"))
         p = torch.softmax(scores, dim=-1)
-        o = torch.einsum("kht,thd->khd", p[..., :T], vp) + p[..., T:] * vn  # [K, Hq, D]
+        o = torch.einsum("kht,thd->khd", p[..., :T], vp) + torch.einsum("khj,jhd->khd", p[..., T:], vn)  # [K, Hq, D]
         out[b] = o.to(q.dtype)
     return out

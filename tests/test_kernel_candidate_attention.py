@@ -21,10 +21,10 @@ def _inputs(B, K, Hq, Hkv, D, BS, ctxs, dtype, device, NB=None, seed=0):
     return q, kn, vn, kc, vc, bt, cl
 
 
-def _check(args, split=None, softcap=None):
+def _check(args, split=None, softcap=None, segments=None):
     D = args[0].shape[-1]
-    out = candidate_attention(*args, D ** -0.5, split=split, softcap=softcap)
-    ref = candidate_attention_ref(*args, D ** -0.5, softcap=softcap)
+    out = candidate_attention(*args, D ** -0.5, split=split, softcap=softcap, segments=segments)
+    ref = candidate_attention_ref(*args, D ** -0.5, softcap=softcap, segments=segments)
     assert out.dtype == args[0].dtype and out.shape == args[0].shape
     t = tol(args[0].dtype)
     torch.testing.assert_close(out, ref, atol=t, rtol=t)
@@ -83,6 +83,45 @@ def test_strided_queries(device):
     _check((qkv[:, :, :4], qkv[:, :, 4:6], qkv[:, :, 6:], kc, vc, bt, cl))
 
 
+def _segments(lens_per_row, device):
+    """Ragged tails as segment ids [B, K]: row b holds tails of the given lengths, then padding (own segments)."""
+    K = max(sum(lens) for lens in lens_per_row)
+    rows = []
+    for lens in lens_per_row:
+        seg = [i for i, n in enumerate(lens) for _ in range(n)]
+        rows.append(seg + list(range(len(lens), len(lens) + K - len(seg))))
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("lens,ctxs,split,softcap", [
+    ([[1, 2, 3], [2, 2]], [5, 0], None, None),     # ragged tails; a row with no prefix
+    ([[4], [1, 1, 1, 1]], [17, 33], 3, None),     # one long tail; all-ones (the plain case); split prefix
+    ([[2, 1, 3, 1], [3, 3, 1]], [9, 12], None, 2.0),  # soft cap on the tree's scores too
+])
+def test_tree_segments_match_ref(device, dtype, lens, ctxs, split, softcap):
+    """A bridged RM's ragged candidate tails: each new token sees the prefix and its segment's earlier tokens."""
+    seg = _segments(lens, device)
+    B, K = seg.shape
+    args = _inputs(B, K, 4, 2, 16, 4, ctxs, dtype, device, seed=K)
+    _check(args, split=split, softcap=softcap, segments=seg)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_tree_matches_the_torch_path_and_distinct_segments_are_the_plain_case(device):
+    from args_engine.models.paged_ops import candidate_attention_torch
+    seg = _segments([[2, 3], [1, 1, 2]], device)
+    args = _inputs(2, 5, 4, 2, 16, 4, [7, 3], torch.float64, device, seed=3)
+    out = candidate_attention(*args, 0.25, segments=seg)
+    torch.testing.assert_close(out, candidate_attention_torch(*args, 0.25, segments=seg.cpu().to(device)),
+                               atol=1e-12, rtol=1e-12)
+    plain = torch.arange(5, dtype=torch.int32, device=device).repeat(2, 1)  # every token its own segment
+    torch.testing.assert_close(candidate_attention(*args, 0.25, segments=plain), candidate_attention(*args, 0.25),
+                               atol=1e-12, rtol=1e-12)
+    # the tree matters: a token that sees its segment's earlier key differs from one that does not
+    assert not torch.allclose(out[0, 1], candidate_attention(*args, 0.25)[0, 1])
+
+
 def test_bad_inputs():
     q, kn, vn, kc, vc, bt, cl = _inputs(2, 3, 4, 2, 16, 4, [6, 9], torch.float32, "cpu")
     with pytest.raises(ValueError, match="block_tables"):
@@ -101,3 +140,5 @@ def test_bad_inputs():
         candidate_attention(q[0], kn, vn, kc, vc, bt, cl, 1.0)
     with pytest.raises(ValueError, match="device"):  # a meta tensor stands in for another device
         candidate_attention(q, kn, vn, kc, vc, bt.to("meta"), cl, 1.0)
+    with pytest.raises(ValueError, match="segments must be a contiguous int32"):
+        candidate_attention(q, kn, vn, kc, vc, bt, cl, 1.0, segments=torch.zeros(2, 3, dtype=torch.int64))

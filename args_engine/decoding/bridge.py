@@ -110,19 +110,17 @@ class BridgeScorer:
     def _score_cached(self, req: Request, cands: list[int], state: BridgeState, weights, device):
         cache, cached = state.cache, state.cached
         rm_ids = [self.view.ids(req.rm_prefix, req.out_ids + [c]) for c in cands]
-        shared = min(len(r) - 1 for r in rm_ids)  # every candidate keeps >= 1 token to score
-        for r in rm_ids[1:]:
-            shared = _common_prefix(rm_ids[0], r, shared)
-        keep = _common_prefix(cached, rm_ids[0], min(len(cached), shared))
+        keep, shared = split_tails(cached, rm_ids)
         if keep < len(cached):
             self.rm_tokens_recomputed += len(cached) - keep
             _crop(cache, keep)
-        if keep < shared:  # the candidates share more than the cache holds (the prompt, at the first step):
+        end = extension(keep, shared)
+        if end > keep:  # the candidates share more than the cache holds (the prompt, at the first step):
             # one causal forward extends it, instead of every tail repeating those tokens under the tree mask
-            self.rm.forward_trunk(input_ids=torch.tensor([rm_ids[0][keep:shared]], device=device),
-                                  position_ids=torch.arange(keep, shared, device=device)[None], cache=cache,
+            self.rm.forward_trunk(input_ids=torch.tensor([rm_ids[0][keep:end]], device=device),
+                                  position_ids=torch.arange(keep, end, device=device)[None], cache=cache,
                                   use_cache=True)
-            keep = shared
+        keep = end
         tails = [r[keep:] for r in rm_ids]
         lens = [len(t) for t in tails]
         flat = torch.tensor([sum(tails, [])], device=device)  # [1, S]
@@ -183,6 +181,25 @@ class BridgeDecoder:
             if not req.finished:
                 logits = next_token_logits(self.lm, input_ids=torch.tensor([[token]], device=device), cache=lm_cache,
                                            use_cache=True)
+
+EXTEND_MIN = 4  # shared tokens past the cache that get a causal forward of their own; fewer ride in the tails
+
+
+def split_tails(cached: list[int], rm_ids: list[list[int]]) -> tuple[int, int]:
+    """cached: the RM tokens whose K/V a cache holds; rm_ids: each candidate's (the definition's). -> (keep, shared):
+    the cache's first `keep` tokens begin every candidate's rm_ids (the rest of the cache must go), and all
+    candidates share their first `shared` tokens (>= keep; each keeps at least one token of its own to score)."""
+    shared = min(len(r) - 1 for r in rm_ids)
+    for r in rm_ids[1:]:
+        shared = _common_prefix(rm_ids[0], r, shared)
+    return _common_prefix(cached, rm_ids[0], min(len(cached), shared)), shared
+
+
+def extension(keep: int, shared: int) -> int:
+    """Where the candidates' tails start: past the shared tokens when enough of them are not cached yet (the
+    prompt at the first step: one causal forward reads them once, not once per candidate), else at `keep`."""
+    return shared if shared - keep >= EXTEND_MIN else keep
+
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     n = 0

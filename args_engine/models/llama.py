@@ -287,21 +287,23 @@ class PagedLlama:
         return self._layers(h, attend)
 
     @torch.no_grad()
-    def forward_candidates(self, ids, positions, block_tables, context_lens, kv, store_slots=None):
+    def forward_candidates(self, ids, positions, block_tables, context_lens, kv, store_slots=None, segments=None):
         """ids [B, K]: K tokens per sequence, all at positions[b] == context_lens[b], each attending to the
         sequence's cached prefix plus itself. store_slots [B] (K = 1 only): write the new K/V into the cache
         (LM decode); otherwise the new K/V come back for args_select to commit the chosen one.
+        segments [B, K] (a bridged RM's ragged candidate tails, paged_ops.tree_keep): each token also sees the
+        earlier tokens of its segment; positions is then per token [B, K].
         -> hidden [B, K, H], new keys and values [L, B, K, Hkv, D] (None when stored)"""
         B, K = ids.shape
         k_cache, v_cache = kv
         h = self.embed(ids.reshape(-1))  # [B*K, H]
-        ropes = self._rope(h, positions.repeat_interleave(K))
+        ropes = self._rope(h, positions.reshape(-1) if segments is not None else positions.repeat_interleave(K))
         new_k = new_v = None
         if store_slots is None:  # each layer's rotated K/V written straight into the stacked result
             new_k = h.new_empty(self.num_layers, B * K, self.num_kv_heads, self.head_dim)
             new_v = torch.empty_like(new_k)
         plan = self.ops.candidate_plan(block_tables, context_lens, K, self.num_heads // self.num_kv_heads,
-                                       k_cache.shape[2])
+                                       k_cache.shape[2], segments)
 
         def attend(li, layer, x):
             rope, caches = ropes[layer.rope_type], (k_cache[li], v_cache[li])
@@ -309,9 +311,10 @@ class PagedLlama:
                 q, k, v = self._qkv(layer, x, rope, k_out=new_k[li], v_out=new_v[li])
             else:
                 q, k, v = self._qkv(layer, x, rope, caches, store_slots)
-            return self.ops.candidate_attention(q.view(B, K, *q.shape[1:]), k.view(B, K, *k.shape[1:]),
-                                                v.view(B, K, *v.shape[1:]), *caches, block_tables, context_lens,
-                                                self.scale, plan, self.softcap).reshape(B * K, -1)  # [B*K, Hq D]
+            out = self.ops.candidate_attention(q.view(B, K, *q.shape[1:]), k.view(B, K, *k.shape[1:]),
+                                               v.view(B, K, *v.shape[1:]), *caches, block_tables, context_lens,
+                                               self.scale, plan, self.softcap, segments)
+            return out.reshape(B * K, -1)  # [B*K, Hq D]
         hidden = self._layers(h, attend).view(B, K, -1)
         if store_slots is not None:
             return hidden, None, None

@@ -26,15 +26,28 @@ def gather_prefix(cache: torch.Tensor, block_table: torch.Tensor, length: int) -
     return cache[blocks].flatten(0, 1)[:length]
 
 
-def candidate_plan_torch(block_tables, context_lens, K: int, G: int, block_size: int):
+def tree_keep(segments: torch.Tensor) -> torch.Tensor:
+    """segments [B, K]: each new token's segment (a candidate's tail of RM tokens, in order). -> keep [B, K, K]:
+    token i sees token j of its row when both are in one segment and j <= i (a ragged tree over the prefix)."""
+    K = segments.shape[1]
+    idx = torch.arange(K, device=segments.device)
+    return (segments[:, :, None] == segments[:, None, :]) & (idx[None, None, :] <= idx[None, :, None])
+
+
+def candidate_plan_torch(block_tables, context_lens, K: int, G: int, block_size: int, segments=None):
     """What every layer's candidate attention shares in one forward: the prefix's blocks [B, nblk] (int64), its
-    length T, and the mask [B, 1, K*G, T+K] that keeps each query to its valid prefix and its own key."""
+    length T, and the mask [B, 1, K*G, T+K] that keeps each query to its valid prefix and its own key (or, with
+    segments [B, K], to the earlier tokens of its own segment: tree_keep)."""
     B = block_tables.shape[0]
     T = int(context_lens.max()) if B else 0
     blocks = block_tables[:, :(T + block_size - 1) // block_size].long()  # [B, nblk]
     prefix = torch.arange(T, device=block_tables.device)[None, :] < context_lens[:, None]  # [B, T]
-    own = torch.eye(K, dtype=torch.bool, device=block_tables.device).repeat_interleave(G, dim=0)  # [K*G, K]
-    mask = torch.cat([prefix[:, None, :].expand(B, K * G, T), own.expand(B, -1, -1)], dim=2)  # [B, K*G, T+K]
+    if segments is None:
+        own = torch.eye(K, dtype=torch.bool, device=block_tables.device).expand(B, K, K)  # [B, K, K]
+    else:
+        own = tree_keep(segments)
+    own = own.repeat_interleave(G, dim=1)  # [B, K*G, K]
+    mask = torch.cat([prefix[:, None, :].expand(B, K * G, T), own], dim=2)  # [B, K*G, T+K]
     return blocks, T, mask[:, None]
 
 
@@ -51,14 +64,14 @@ def attention(q, k, v, keep, scale: float, softcap: float | None = None) -> torc
 
 
 def candidate_attention_torch(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale, plan=None,
-                              softcap: float | None = None):
+                              softcap: float | None = None, segments=None):
     """q [B, K, Hq, D]; k_new, v_new [B, K, Hkv, D]: each query attends to its sequence's paged prefix
-    (context_lens[b] positions) plus its own new key only. plan: candidate_plan_torch's (made here if None).
-    softcap: Gemma 2's score cap. -> [B, K, Hq, D]"""
+    (context_lens[b] positions) plus its own new key only (segments [B, K]: plus the earlier new keys of its
+    segment). plan: candidate_plan_torch's (made here if None). softcap: Gemma 2's score cap. -> [B, K, Hq, D]"""
     B, K, Hq, D = q.shape
     Hkv = k_new.shape[2]
     G = Hq // Hkv
-    blocks, T, mask = plan or candidate_plan_torch(block_tables, context_lens, K, G, key_cache.shape[1])
+    blocks, T, mask = plan or candidate_plan_torch(block_tables, context_lens, K, G, key_cache.shape[1], segments)
     # One SDPA over [prefix | the K candidates' own keys]: the mask keeps each query to the valid prefix and itself.
     keys = torch.cat([key_cache[blocks].flatten(1, 2)[:, :T], k_new], dim=1).transpose(1, 2)  # [B, Hkv, T+K, D]
     values = torch.cat([value_cache[blocks].flatten(1, 2)[:, :T], v_new], dim=1).transpose(1, 2)
@@ -142,17 +155,23 @@ class PagedOps:
             out[off:off + n] = chunk_attention(q[off:off + n], key_cache, value_cache, table, start, scale, softcap)
         return out
 
-    def candidate_plan(self, block_tables, context_lens, K: int, G: int, block_size: int):
+    def candidate_plan(self, block_tables, context_lens, K: int, G: int, block_size: int, segments=None):
         """Per-forward metadata the torch attention shares across layers (None for the kernel)."""
-        return None if self.use_triton else candidate_plan_torch(block_tables, context_lens, K, G, block_size)
+        if self.use_triton:
+            return None
+        return candidate_plan_torch(block_tables, context_lens, K, G, block_size, segments)
 
     def candidate_attention(self, q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, scale,
-                            plan=None, softcap: float | None = None):
+                            plan=None, softcap: float | None = None, segments=None):
+        """q [B, K, Hq, D], k_new, v_new [B, K, Hkv, D] -> [B, K, Hq, D]: each query over its row's paged prefix
+        and its own key; segments [B, K] (int32, a bridged RM's ragged candidate tails): and the earlier keys of
+        its segment."""
         if self.use_triton:
             return self._k["candidate_attention"](q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache,
-                                                  value_cache, block_tables, context_lens, scale, softcap=softcap)
+                                                  value_cache, block_tables, context_lens, scale, softcap=softcap,
+                                                  segments=segments)
         return candidate_attention_torch(q.contiguous(), k_new.contiguous(), v_new.contiguous(), key_cache,
-                                         value_cache, block_tables, context_lens, scale, plan, softcap)
+                                         value_cache, block_tables, context_lens, scale, plan, softcap, segments)
 
     def topk_logprobs(self, logits: torch.Tensor, k: int):
         """logits [B, V] -> (logp [B, k], ids [B, k]), highest first."""
