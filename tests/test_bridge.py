@@ -2,6 +2,8 @@
 tokens identical to the naive oracle, which re-tokenizes each candidate's whole text from scratch every step
 (decoding/bridge.py). Tiny random models in float64; the LM on the default SmolLM2 tokenizer; the RM on a BPE
 tokenizer trained here on HH text, or on the offline MiniLM package's WordPiece tokenizer."""
+import os
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.slow  # the SmolLM2 tokenizer comes with the default LM
 PROMPTS = ["How do I bake bread at home?", "Dis-moi : où est le café ? 😀 日本語もどうぞ",
            [{"role": "user", "content": "Tell me about the ocean 🌊"}]]
 N = 16
+USE_TRITON = [False] + ([True] if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available() else [])
 RM_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                "{% if add_generation_prompt %}<assistant>{% endif %}")
 
@@ -190,8 +193,65 @@ def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpie
     _, reference = run(lm, rm, lm_tokenizer, rm_tok, "reference", params, rm_weights=[1.0, 0.5])
     engine, native = run(lm, rm, lm_tokenizer, rm_tok, "native", params, rm_weights=[1.0, 0.5], batch_size=4)
     assert engine.backend == "native" and engine.decoder.runner.bridge is not None
+    # a Llama-family decoder RM runs on its own paged pool; an encoder reads the k texts
+    assert (engine.decoder.rm_bm is not None) == kind.endswith("decoder")
     assert_same(reference, native)
     assert [o.rm_tokens for o in native] == [o.rm_tokens for o in reference]
+    if engine.decoder.rm_bm is not None:  # every RM block back in the pool
+        assert engine.decoder.rm_bm.num_free_blocks == engine.decoder.rm_bm.num_blocks
+
+
+def paged_bridge_engine(lm, rm, lm_tok, rm_tok, window=4, **kw):
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tok, rm_tokenizer=rm_tok, backend="native", eos_ids=set(), **kw)
+    engine.decoder.rm_bm.window = window
+    return engine
+
+
+@pytest.mark.parametrize("use_triton", USE_TRITON)
+@pytest.mark.parametrize("window", [4, 0], ids=["window-4", "settle-everything"])
+def test_paged_bridge_under_pressure(lm, lm_tokenizer, bpe_tokenizer, use_triton, window):
+    """The bridged RM's paged pool with few blocks: sequences preempted and recomputed, prompts that share their
+    first blocks (prefix-cache hits in the RM pool), and, with nothing held back from the allocator (window 0),
+    re-tokenization reaching settled tokens (cut: freed and allocated again). Tokens equal the naive oracle's;
+    no RM block leaks. Both attention paths (the Triton kernel's ragged tails under the interpreter on CPU)."""
+    rm = decoder_rm(len(bpe_tokenizer))
+    base = "Tell me everything you know about bread, ovens and the history of baking in Europe, please. "
+    prompts = [base + "Start with rye. 🍞", base + "Start with wheat. 日本", PROMPTS[1], base + "Start with rye. 🍞"]
+    params = [ARGSParams(k=k, w=3.0, max_new_tokens=N) for k in (6, 4, 5, 6)]
+    naive = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive", eos_ids=set())
+    want = naive.generate(prompts, params, progress=False)
+    engine = paged_bridge_engine(lm, rm, lm_tokenizer, bpe_tokenizer, window, batch_size=4, num_blocks=20,
+                                 block_size=8, use_triton=use_triton)
+    got = engine.generate(prompts, params, progress=False)
+    for x, y in zip(want, got, strict=True):
+        assert x.token_ids == y.token_ids and x.text == y.text
+        torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), rtol=1e-5 if use_triton else
+                                   1e-9, atol=1e-5 if use_triton else 1e-9)
+    dec = engine.decoder
+    assert dec.scheduler.num_preemptions > 0  # the pools were too small for all four at once
+    assert dec.rm_bm.num_free_blocks == dec.rm_bm.num_blocks and dec.bm.num_free_blocks == dec.bm.num_blocks
+    if window == 0:
+        assert dec.rm_bm.num_cuts > 0  # a settled token changed: the cut path ran
+
+
+def test_paged_bridge_reads_shared_rm_prefixes_from_the_cache(lm, lm_tokenizer, bpe_tokenizer):
+    """Two prompts with the same long start: the second's RM prefill reads the first's RM blocks (RM-token
+    prefix caching), and the RM reads fewer tokens for it."""
+    rm = decoder_rm(len(bpe_tokenizer))
+    engine = paged_bridge_engine(lm, rm, lm_tokenizer, bpe_tokenizer, batch_size=1)
+    read = []
+    forward = engine.decoder.runner.paged_bridge.model.forward_chunks
+    engine.decoder.runner.paged_bridge.model.forward_chunks = lambda ids, *a: read.append(len(ids)) or forward(ids, *a)
+    prompt = "Tell me everything you know about bread, ovens and the history of baking in Europe. " * 2
+    params = ARGSParams(k=4, w=3.0, max_new_tokens=2)
+    first = engine.generate([prompt + "Rye?"], params, progress=False)
+    n_first = sum(read)
+    read.clear()
+    second = engine.generate([prompt + "Wheat?"], params, progress=False)
+    assert sum(read) < n_first / 2, (n_first, read)
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive",
+                      eos_ids=set()).generate([prompt + "Rye?", prompt + "Wheat?"], params, progress=False)
+    assert [o.token_ids for o in want] == [first[0].token_ids, second[0].token_ids]
 
 
 def test_readme_reward_models_snippet(lm, lm_tokenizer, bpe_tokenizer):

@@ -18,6 +18,7 @@ from ..models.hf import RewardModel
 from ..models.paged_ops import triton_available
 from .block_manager import BlockManager
 from .model_runner import ModelRunner, cache_bytes_per_block
+from .rm_block_manager import RMBlockManager
 from .scheduler import Scheduler
 from .sequence import Sequence, Status
 
@@ -72,7 +73,11 @@ class LLMEngine:
                     num_blocks * block_size, num_blocks * per_block / 2**20, device,
                     "one cache for LM and RM: shared trunk" if self.runner.shared else "LM + RM")
         self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size))
+        self.rm_bm = None  # a bridged RM's own pool, in RM-token positions (as many blocks)
+        if self.runner.paged_bridge is not None:
+            self.rm_bm = RMBlockManager(bridge.view, num_blocks, block_size, enable_prefix_caching)
+            self.runner.paged_bridge.blocks = self.rm_bm
+        self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size), self.rm_bm)
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.cache_bytes_per_block = per_block
         self.seqs: dict[int, Sequence] = {}
@@ -154,7 +159,9 @@ class LLMEngine:
                                                           [*self.scheduler.running, *self.scheduler.waiting])]
             for seq in list(self.scheduler.running):
                 self.scheduler.preempt(seq)
-            self.bm.reset_prefix_cache()
+            for pool in self.scheduler.pools:
+                pool.reset_prefix_cache()
+                pool.take_copies()  # copies into blocks just freed must not land on their next owner
             raise
 
     def _run(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence]) -> list[TokenEvent]:

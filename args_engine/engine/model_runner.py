@@ -8,9 +8,10 @@ hidden state from the RM forward is exactly what the LM would compute for that t
 logits come from lm_head directly (kept on the Sequence), and the LM decode forward disappears (one trunk
 forward per step).
 
-An RM that reads text (another tokenizer, or an encoder; decoding/bridge.py): the LM runs here as always; the
-LM's top-k come back in one read and each row's RM scores its candidates' texts on its own cache (BridgeScorer),
-on the host's schedule: eager steps, no paged RM cache.
+An RM that reads text (another tokenizer, or an encoder; decoding/bridge.py): the LM runs here as always and the
+LM's top-k come back in one read. A native-family decoder RM then scores every row's candidates on a paged cache
+of its own, in RM-token positions (paged_bridge.py, rm_block_manager.py); any other RM scores each row on its own
+HF cache (BridgeScorer), an encoder RM the k texts in one batch. Eager steps, on the host's schedule.
 
 LM and RM on two devices (two trunks): the RM trunk, its cache and the candidate forward + select live on the
 RM's device. The step's arrays go to each device in one transfer; only the LM's top-k (log p and ids, [B, k])
@@ -28,14 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import ops as cpp_ops
 from ..decoding.bridge import BridgeScorer, BridgeState
 from ..decoding.common import gated, select_candidates, selection_arrays
 from ..decoding.logit_controls import apply_logit_controls
 from ..models.hf import RewardModel, combine_objectives, shares_trunk
-from ..models.llama import PagedLlama
+from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
 from .cuda_graphs import StepGraphs, batch_bucket
+from .paged_bridge import PagedBridge
 from .sequence import Sequence
 from .step_inputs import HostRead, StepTransfer
 
@@ -91,8 +92,12 @@ class ModelRunner:
         self.shared = bridge is None and (shares_trunk(lm, rm.model) if share_trunk is None else share_trunk)
         self.lm = PagedLlama(lm, self.ops)
         self.rm = self.lm if self.shared or bridge is not None else PagedLlama(rm.model, self.ops)
-        # the bridge's RM runs its HF model where it was loaded
+        # a bridged decoder RM of a native family runs paged (its own pool); any other runs its HF model as loaded
+        self.paged_bridge = None
+        if bridge is not None and not rm.is_encoder and native_unsupported_reason(rm.model) is None:
+            self.paged_bridge = PagedBridge(rm, bridge.view, self.ops)
         self.bridge_device = next(rm.model.parameters()).device if bridge is not None else None
+        self.rm_head_dtype = next(rm.model.parameters()).dtype
         self.rm_head, self.reward_model = rm.head, rm
         self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
         self._logit_cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
@@ -139,7 +144,9 @@ class ModelRunner:
 
     @property
     def models(self) -> list[PagedLlama]:
-        """The paged models: one with a shared trunk or a bridged RM (whose cache is its own), else two."""
+        """The paged models: one with a shared trunk or an HF-run bridged RM (whose cache is its own), else two."""
+        if self.paged_bridge is not None:
+            return [self.lm, self.paged_bridge.model]
         return [self.lm] if self.rm is self.lm else [self.lm, self.rm]
 
     @property
@@ -157,6 +164,8 @@ class ModelRunner:
             return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
         self.lm_kv = alloc(self.lm)
         self.rm_kv = self.lm_kv if self.rm is self.lm else alloc(self.rm)
+        if self.paged_bridge is not None:  # in RM-token positions, with a pool of its own (as many blocks)
+            self.paged_bridge.kv = alloc(self.paged_bridge.model)
 
     # --- preparing a step ---------------------------------------------------------------------------------
     def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
@@ -282,16 +291,9 @@ class ModelRunner:
         return StepResult(toks, rewards, logprobs)
 
     def _copy_blocks(self, lm_pairs: torch.Tensor, rm_pairs: torch.Tensor) -> None:
-        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst) on each cache's device, every layer of
-        each cache: the C++/CUDA cache op where the extension has it for this device, else torch indexing."""
-        for (k, v), pairs in {id(kv): (kv, p) for kv, p in ((self.lm_kv, lm_pairs), (self.rm_kv, rm_pairs))}.values():
-            native = cpp_ops.has_copy_blocks(pairs.device)
-            if native:
-                for layer in range(k.shape[0]):
-                    cpp_ops.copy_blocks(k[layer], v[layer], pairs)
-            else:
-                src, dst = pairs[:, 0], pairs[:, 1]
-                k[:, dst], v[:, dst] = k[:, src], v[:, src]
+        """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst) on each cache's device."""
+        for kv, pairs in {id(kv): (kv, p) for kv, p in ((self.lm_kv, lm_pairs), (self.rm_kv, rm_pairs))}.values():
+            self.ops.copy_blocks(*kv, pairs)
 
     def _prefill(self, batch: StepBatch) -> torch.Tensor:
         """Run the chunks through both trunks (same tokens, same slots). -> LM logits [R, V] of the sequences whose
@@ -396,27 +398,35 @@ class ModelRunner:
         return tokens, chosen, self.lm_head(hidden) if self.shared else None
 
     def _bridged_step(self, seqs: list[Sequence], controlled: torch.Tensor):
-        """An RM that reads text: the LM's top-k [B, kmax] come back in one read; each row's RM scores its
-        candidates (all k, or its top one where the gate takes it) on the row's own cache; the choice is
-        select_candidates', as the reference backend makes it."""
+        """An RM that reads text: the LM's top-k [B, kmax] come back in one read; the RM scores each row's
+        candidates (all k, or its top one where the gate takes it): all rows at once on its paged cache, or each
+        row on its own HF cache; the choice is select_candidates', as the reference backend makes it."""
         B, kmax = len(seqs), max(s.params.k for s in seqs)
         logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
         host = torch.tensor(self.read(torch.cat([logp.double(), cand.double()], 1)), dtype=torch.float64)
         logp_h, cand_h = host[:, :kmax].to(logp.dtype), host[:, kmax:].long()  # exact: both fit a double
         gate = gated([s.params for s in seqs], logp_h[:, 0].tolist())
-        rewards, commits = None, []
-        for b, s in enumerate(seqs):
-            n = 1 if gate[b] else s.params.k
-            if s.bridge_state is None:
-                s.bridge_state = BridgeState()
-            weights = self.reward_model.row_weights([s.params.rm_weights], self.bridge_device)
-            r, commit = self.bridge.score(s.req, cand_h[b, :n].tolist(), s.bridge_state, weights, self.bridge_device)
-            rewards = r.new_zeros(B, kmax).cpu() if rewards is None else rewards  # [B, kmax]
-            rewards[b, :n] = r.cpu()
-            commits.append(commit)
+        cands = [cand_h[b, :1 if gate[b] else s.params.k].tolist() for b, s in enumerate(seqs)]
+        rewards = torch.zeros(B, kmax, dtype=self.rm_head_dtype)  # [B, kmax], the RM's dtype as the reference's
+        if self.paged_bridge is not None:
+            weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)
+            scored, commit = self.paged_bridge.score(seqs, cands, weights)  # [B, n]
+            rewards[:, :scored.shape[1]] = scored
+        else:
+            commits = []
+            for b, s in enumerate(seqs):
+                if s.bridge_state is None:
+                    s.bridge_state = BridgeState()
+                weights = self.reward_model.row_weights([s.params.rm_weights], self.bridge_device)
+                r, c = self.bridge.score(s.req, cands[b], s.bridge_state, weights, self.bridge_device)
+                rewards[b, :len(cands[b])] = r.cpu()
+                commits.append(c)
+
+            def commit(choice: list[int]) -> None:
+                for c, j in zip(commits, choice):
+                    c(j)
         choice = select_candidates(logp_h, rewards, [s.req for s in seqs], gate)  # [B]
-        for commit, j in zip(commits, choice.tolist()):
-            commit(j)
+        commit(choice.tolist())
         rows = torch.arange(B)
         return cand_h[rows, choice].to(self.device), rewards[rows, choice].to(self.device), None
 

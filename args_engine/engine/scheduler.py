@@ -2,18 +2,22 @@
 prefill chunks (continuing ones first, then new admissions while free blocks last). A sequence's ARGS step
 counts 1 + k tokens against the budget: its LM token and the k candidates the RM reads. When a running sequence
 cannot get the block for its next token, the newest running sequence is preempted: its blocks are freed and it
-is recomputed later. Never touches tensors."""
+is recomputed later. An RM that reads text on its own paged cache has a block pool of its own (rm_block_manager):
+a sequence is admitted, grown and preempted in both pools together. Never touches tensors."""
 from __future__ import annotations
 
 from collections import deque
 
 from .block_manager import BlockManager
+from .rm_block_manager import RMBlockManager
 from .sequence import Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 rm_block_manager: RMBlockManager | None = None):
         self.bm = block_manager
+        self.pools = [block_manager] + ([rm_block_manager] if rm_block_manager is not None else [])
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
@@ -32,13 +36,14 @@ class Scheduler:
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or not seq.prefilled:
                 continue
-            while not self.bm.can_grow(seq):
+            while not all(p.can_grow(seq) for p in self.pools):
                 victim = next((s for s in reversed(self.running) if s is not seq and s not in decode), seq)
                 self.preempt(victim)
                 if victim is seq:
                     break
             if seq.status is Status.RUNNING:
-                self.bm.grow(seq)
+                for p in self.pools:
+                    p.grow(seq)
                 decode.append(seq)
                 budget -= 1 + seq.params.k  # its LM token and the k candidates the RM reads
 
@@ -50,10 +55,11 @@ class Scheduler:
                 budget -= self._add_chunk(prefill, seq, budget)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not self.bm.can_admit(seq):
+            if not all(p.can_admit(seq) for p in self.pools):
                 break
             self.waiting.popleft()
-            self.bm.admit(seq)  # prefix-cache hits advance lm_cached / rm_cached
+            for p in self.pools:
+                p.admit(seq)  # prefix-cache hits advance lm_cached / rm_cached (or rm_ids)
             seq.status = Status.RUNNING
             self.running.append(seq)
             budget -= self._add_chunk(prefill, seq, budget)
@@ -70,7 +76,8 @@ class Scheduler:
         return n + (seq.params.k if seq.lm_cached + n == seq.num_tokens else 0)
 
     def preempt(self, seq: Sequence) -> None:
-        self.bm.free(seq)
+        for p in self.pools:
+            p.free(seq)
         self.running.remove(seq)
         seq.reset()
         self.waiting.appendleft(seq)
@@ -78,7 +85,8 @@ class Scheduler:
 
     def finish(self, seq: Sequence) -> None:
         """Finished or aborted: free its blocks at once."""
-        self.bm.free(seq)
+        for p in self.pools:
+            p.free(seq)
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:

@@ -133,6 +133,17 @@ class PagedOps:
         return self._k["rope_qkv"](q, k, v, rope.cos, rope.sin, rope.rows, key_cache, value_cache, slots, k_out,
                                    v_out)
 
+    @staticmethod
+    def copy_blocks(key_cache: torch.Tensor, value_cache: torch.Tensor, pairs: torch.Tensor) -> None:
+        """Copy-on-write of shared prefix blocks: pairs [M, 2] (src, dst) of caches [L, NB, BS, Hkv, D], every
+        layer: the C++/CUDA cache op where the extension has it for this device, else torch indexing."""
+        if cpp_ops.has_copy_blocks(pairs.device):
+            for layer in range(key_cache.shape[0]):
+                cpp_ops.copy_blocks(key_cache[layer], value_cache[layer], pairs)
+        else:
+            src, dst = pairs[:, 0], pairs[:, 1]
+            key_cache[:, dst], value_cache[:, dst] = key_cache[:, src], value_cache[:, src]
+
     def store_kv(self, key, value, key_cache, value_cache, slots) -> None:
         """key, value [N, Hkv, D] into slots [N] of one layer's caches."""
         if self.use_triton:

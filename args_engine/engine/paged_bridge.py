@@ -1,0 +1,142 @@
+"""The model runner's part for a decoder RM on another tokenizer, run natively on a paged cache of its own (the
+bridge's definition and its exactness argument: decoding/bridge.py; the RM pool: rm_block_manager.py).
+
+One ARGS step for B rows, each with its n candidates (k, or the top one where the gate takes it):
+  1. host: every candidate's RM tokens from its whole text; the cache is cut back to what still begins them all
+     (split_tails; usually nothing to cut);
+  2. the tokens all candidates share past the cache (the prompt, at a sequence's first step) go through one
+     causal prefill forward for every such row at once (forward_chunks), stored in the RM's blocks;
+  3. every candidate's tail of RM tokens (one or a few) goes through one candidate forward for all rows: each
+     tail token sees its row's paged prefix and its own tail's earlier tokens (the ragged tree of
+     candidate_attention's `segments`), nothing is stored; the reward is read at each tail's last token;
+  4. after the choice (select_candidates, on the host as the reference does), the chosen tails' K/V are written
+     to their rows' next RM slots in one indexed copy: the cache then holds that candidate's RM tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..decoding.bridge import RMTextView, extension, split_tails
+from ..models.hf import RewardModel
+from ..models.llama import PagedLlama
+from ..models.paged_ops import PagedOps, PrefillChunks
+from .rm_block_manager import RMBlockManager
+from .sequence import Sequence
+
+
+@dataclass
+class _Row:
+    """One sequence in a bridged step: its candidates' RM tokens, how many the cache holds (keep), and where
+    each candidate's tail sits in the step's flat row of new tokens."""
+
+    seq: Sequence
+    ids: list[list[int]]
+    keep: int
+    end: int
+    offsets: list[int] = field(default_factory=list)
+
+    def tail(self, c: int) -> list[int]:
+        return self.ids[c][self.keep:]
+
+
+class PagedBridge:
+    def __init__(self, rm: RewardModel, view: RMTextView, ops: PagedOps):
+        self.rm, self.view, self.ops = rm, view, ops
+        self.model = PagedLlama(rm.model, ops)
+        self.device = self.model.device
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None  # [L, NB, BS, Hkv, D] each (the runner makes them)
+        self.blocks: RMBlockManager | None = None  # the RM pool (LLMEngine makes it)
+        self.rm_tokens_recomputed = 0  # cached RM tokens re-read because re-tokenization changed them
+
+    @torch.no_grad()
+    def score(self, seqs: list[Sequence], cands: list[list[int]], weights: torch.Tensor | None):
+        """cands: each row's candidate LM tokens; weights [B, N] (multi-objective) or None.
+        -> (rewards [B, max n] on the host, commit(choice: list[int]) that keeps each row's choice)."""
+        bm = self.blocks
+        copies = bm.take_copies()
+        if copies:
+            self.ops.copy_blocks(*self.kv, torch.tensor(copies, dtype=torch.int64, device=self.device))
+        rows = [self._plan(s, c) for s, c in zip(seqs, cands)]
+        extend = [r for r in rows if r.end > r.keep]
+        if extend:
+            self._extend(extend)
+        return self._score_tails(rows, weights)
+
+    def _plan(self, seq: Sequence, cands: list[int]) -> _Row:
+        bm = self.blocks
+        ids = [self.view.ids(seq.req.rm_prefix, seq.req.out_ids + [c]) for c in cands]
+        keep, shared = split_tails(seq.rm_ids, ids)
+        if keep < len(seq.rm_ids):
+            self.rm_tokens_recomputed += len(seq.rm_ids) - keep
+            bm.cut(seq, ids[0], keep)
+        keep = len(seq.rm_ids)  # after a cut into settled tokens: what the prefix cache gave back
+        return _Row(seq, ids, keep, min(extension(keep, shared), bm.capacity(seq)))
+
+    def _extend(self, rows: list[_Row]) -> None:
+        """The shared tokens past each row's cache, [keep, end), in one causal forward that stores them."""
+        bm = self.blocks
+        ids, pos, slots, spans, off = [], [], [], [], 0
+        for r in rows:
+            n = r.end - r.keep
+            ids += r.ids[0][r.keep:r.end]
+            pos += range(r.keep, r.end)
+            slots += bm.slots(r.seq, list(range(r.keep, r.end)))
+            spans.append((off, n, r.keep))
+            off += n
+        dev = self.device
+        chunks = PrefillChunks(spans, bm.block_tables([r.seq for r in rows]).to(dev),
+                               torch.tensor([0] + [o + n for o, n, _ in spans], dtype=torch.int32, device=dev),
+                               torch.tensor([r.keep for r in rows], dtype=torch.int32, device=dev))
+        self.model.forward_chunks(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
+                                  torch.tensor(slots, device=dev), chunks, self.kv)
+        for r in rows:
+            bm.extended(r.seq, r.ids[0], r.end)
+            r.keep = r.end
+
+    def _score_tails(self, rows: list[_Row], weights):
+        """Every candidate's tail in one candidate forward over the rows' paged prefixes (nothing stored)."""
+        bm, dev = self.blocks, self.device
+        flat, segs, pos = [], [], []
+        for r in rows:
+            f, g = [], []
+            for c in range(len(r.ids)):
+                r.offsets.append(len(f))
+                f += r.tail(c)
+                g += [c] * len(r.tail(c))
+                r.seq.req.rm_tokens += len(r.tail(c)) - 1  # the tail's extra tokens (select_candidates counts one)
+            flat.append(f)
+            segs.append(g)
+            pos.append([r.keep + i - r.offsets[c] for i, c in enumerate(g)])
+        S = max(map(len, flat))
+        for f, g, p, r in zip(flat, segs, pos, rows):  # padding: a segment of its own each, at the row's position
+            pad = S - len(f)
+            f += [0] * pad
+            g += range(len(r.ids), len(r.ids) + pad)
+            p += [r.keep] * pad
+        seqs = [r.seq for r in rows]
+        hidden, new_k, new_v = self.model.forward_candidates(
+            torch.tensor(flat, device=dev), torch.tensor(pos, device=dev), bm.block_tables(seqs).to(dev),
+            torch.tensor([r.keep for r in rows], dtype=torch.int32, device=dev), self.kv,
+            segments=torch.tensor(segs, dtype=torch.int32, device=dev))  # [B, S, H]; K/V [L, B, S, Hkv, D]
+        n = max(len(r.ids) for r in rows)
+        last = torch.tensor([[o + len(r.tail(c)) - 1 for c, o in enumerate(r.offsets)] + [0] * (n - len(r.ids))
+                             for r in rows], device=dev)  # [B, n]: each tail's last token
+        h = hidden[torch.arange(len(rows), device=dev)[:, None], last]  # [B, n, H]
+        rewards = self.rm.rewards(h, weights).cpu()  # [B, n]
+
+        def commit(choice: list[int]) -> None:
+            """Write each row's chosen tail K/V to its next RM slots (as many as its blocks cover)."""
+            src_b, src_s, slots = [], [], []
+            for b, (r, j) in enumerate(zip(rows, choice)):
+                m = min(len(r.tail(j)), bm.capacity(r.seq) - r.keep)
+                src_b += [b] * m
+                src_s += range(r.offsets[j], r.offsets[j] + m)
+                slots += bm.slots(r.seq, list(range(r.keep, r.keep + m)))
+                bm.commit(r.seq, r.ids[j], r.keep + m)
+            if slots:
+                b_idx, s_idx = torch.tensor(src_b, device=dev), torch.tensor(src_s, device=dev)
+                at = torch.tensor(slots, device=dev)
+                for new, cache in ((new_k, self.kv[0]), (new_v, self.kv[1])):
+                    cache.view(cache.shape[0], -1, *cache.shape[3:])[:, at] = new[:, b_idx, s_idx]
+        return rewards, commit

@@ -1,0 +1,121 @@
+"""The paged cache of a reward model that reads text on its own tokenizer (decoding/bridge.py): a block allocator
+of its own over the RM's pool, in RM-token positions (they differ from the LM's). Host only: never touches
+tensors; the model runner copies and writes blocks.
+
+A sequence's RM cache holds the K/V of `seq.rm_ids`, RM tokens that begin the tokenization of its text so far.
+Only the first `seq.rm_settled` of them are the allocator's tokens (prefix-cache entries once their blocks are
+full): those lie at least `window` tokens behind the end of the text, where more text no longer re-tokenizes
+them. The last few may still change as the text grows: the bridge then cuts the cache back and re-reads them,
+which costs nothing here (those positions are the sequence's own blocks, never shared). If a change ever reaches
+the settled part, the sequence's blocks are freed and allocated again for the part that still holds, whose full
+blocks come back from the prefix cache (`cut`)."""
+from __future__ import annotations
+
+from .. import _C
+from .sequence import Sequence
+
+
+class RMBlockManager:
+    """view: the bridge's RMTextView (the RM token ids of a request's text). reserve: positions held past the
+    cached tokens for the next step's chosen tail (a longer tail is committed in part and re-read later).
+    window: trailing RM tokens kept out of the allocator (not settled). A sequence never asks for more than the
+    whole pool: a text longer than it keeps what fits cached and re-reads the rest each step (exact, slower), so
+    one sequence alone always runs."""
+
+    def __init__(self, view, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 reserve: int | None = None, window: int = 4):
+        self.view = view
+        self.allocator = _C.BlockAllocator(num_blocks, block_size, enable_prefix_caching)
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.reserve = block_size if reserve is None else reserve
+        self.window = window
+        self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) for the RM cache
+        self.num_cuts = 0  # cuts into settled tokens (re-allocations): a statistic
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.allocator.num_free_blocks
+
+    def text_ids(self, seq: Sequence) -> list[int]:
+        """The RM tokens of the sequence's text so far (prompt as the RM reads it + response), memoized per
+        response length."""
+        n = len(seq.req.out_ids)
+        if seq.rm_text_ids is None or seq.rm_text_ids[0] != n:
+            seq.rm_text_ids = (n, self.view.ids(seq.req.rm_prefix, seq.req.out_ids))
+        return seq.rm_text_ids[1]
+
+    def _want(self, num_cached: int) -> int:
+        return min(num_cached + self.reserve, self.num_blocks * self.block_size)
+
+    def can_admit(self, seq: Sequence) -> bool:
+        return self.allocator.can_allocate(self._want(len(self.text_ids(seq))))
+
+    def admit(self, seq: Sequence) -> None:
+        """Blocks for the text's RM tokens and the reserve; prefix-cache hits are cached already."""
+        ids = self.text_ids(seq)
+        want = self._want(len(ids))
+        settled = ids[:min(want, max(0, len(ids) - self.window))]
+        hits = self.allocator.allocate(seq.seq_id, settled, want)
+        seq.rm_ids, seq.rm_settled = ids[:hits], len(settled)
+
+    def can_grow(self, seq: Sequence) -> bool:
+        return self.allocator.can_ensure(seq.seq_id, self._want(len(seq.rm_ids)))
+
+    def grow(self, seq: Sequence) -> None:
+        self.pending_copies += self.allocator.ensure(seq.seq_id, self._want(len(seq.rm_ids)))
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        copies, self.pending_copies = self.pending_copies, []
+        return copies
+
+    def capacity(self, seq: Sequence) -> int:
+        """Positions the sequence's block table covers."""
+        return len(self.allocator.block_table(seq.seq_id)) * self.block_size
+
+    def cut(self, seq: Sequence, ids: list[int], keep: int) -> None:
+        """Only the cache's first `keep` tokens still begin the text's RM tokens `ids`: drop the rest. Into the
+        settled part: free and allocate again (as many positions as before when the pool allows, else fewer:
+        the runner then commits less and the scheduler grows the table or preempts at the next step)."""
+        if keep >= seq.rm_settled:
+            seq.rm_ids = seq.rm_ids[:keep]
+            return
+        self.num_cuts += 1
+        want = max(self.capacity(seq), keep)
+        settled = ids[:max(0, min(keep, len(ids) - self.window))]
+        self.allocator.free(seq.seq_id)
+        for tokens, positions in ((settled, want), (settled, len(settled)), ([], 0)):
+            try:
+                hits = self.allocator.allocate(seq.seq_id, tokens, positions)
+                break
+            except RuntimeError:  # out of blocks: fewer positions
+                continue
+        seq.rm_ids, seq.rm_settled = ids[:hits], len(tokens)
+
+    def commit(self, seq: Sequence, ids: list[int], cached: int) -> None:
+        """The cache now holds the K/V of ids[:cached] (ids: the chosen candidate's RM tokens); settle all but the
+        last `window` tokens."""
+        seq.rm_ids = ids[:cached]
+        settle = max(seq.rm_settled, min(cached, len(ids) - self.window))
+        if settle > seq.rm_settled:
+            self.allocator.append_tokens(seq.seq_id, ids[seq.rm_settled:settle])
+            seq.rm_settled = settle
+        self.allocator.mark_computed(seq.seq_id, min(seq.rm_settled, cached))
+
+    def extended(self, seq: Sequence, ids: list[int], cached: int) -> None:
+        """The causal extension wrote ids[len(rm_ids):cached] (shared by every candidate)."""
+        seq.rm_ids = ids[:cached]
+        self.allocator.mark_computed(seq.seq_id, min(seq.rm_settled, cached))
+
+    def free(self, seq: Sequence) -> None:
+        if self.allocator.has_sequence(seq.seq_id):
+            self.allocator.free(seq.seq_id)
+
+    def reset_prefix_cache(self) -> None:
+        self.allocator.reset_prefix_cache()
+
+    def block_tables(self, seqs: list[Sequence]):
+        """Host int32 [B, longest table], zero-padded."""
+        return self.allocator.block_tables([s.seq_id for s in seqs], 0)
+
+    def slots(self, seq: Sequence, positions: list[int]) -> list[int]:
+        return self.allocator.slots([seq.seq_id] * len(positions), positions).tolist()
