@@ -207,31 +207,56 @@ def paged_bridge_engine(lm, rm, lm_tok, rm_tok, window=4, **kw):
     return engine
 
 
-@pytest.mark.parametrize("use_triton", USE_TRITON)
 @pytest.mark.parametrize("window", [4, 0], ids=["window-4", "settle-everything"])
-def test_paged_bridge_under_pressure(lm, lm_tokenizer, bpe_tokenizer, use_triton, window):
+def test_paged_bridge_under_pressure(lm, lm_tokenizer, bpe_tokenizer, window):
     """The bridged RM's paged pool with few blocks: sequences preempted and recomputed, prompts that share their
     first blocks (prefix-cache hits in the RM pool), and, with nothing held back from the allocator (window 0),
     re-tokenization reaching settled tokens (cut: freed and allocated again). Tokens equal the naive oracle's;
-    no RM block leaks. Both attention paths (the Triton kernel's ragged tails under the interpreter on CPU)."""
+    no RM block leaks."""
+    dec = _check_paged_bridge(lm, lm_tokenizer, bpe_tokenizer, window, use_triton=False, num_blocks=20,
+                              block_size=8).decoder
+    assert dec.scheduler.num_preemptions > 0  # the pools were too small for all four at once
+    if window == 0:
+        assert dec.rm_bm.num_cuts > 0  # a settled token changed: the cut path ran
+
+
+@pytest.mark.skipif(not USE_TRITON[-1], reason="needs CUDA or TRITON_INTERPRET=1")
+def test_paged_bridge_on_the_triton_kernels(lm, lm_tokenizer, bpe_tokenizer):
+    """The same on the Triton path (the candidate kernel's ragged tails; the interpreter on CPU, so two raw
+    prompts and a few tokens)."""
+    _check_paged_bridge(lm, lm_tokenizer, bpe_tokenizer, 0, use_triton=True, num_blocks=64, block_size=4, raw=True,
+                        n=4, rows=2)
+
+
+def _check_paged_bridge(lm, lm_tokenizer, bpe_tokenizer, window, use_triton, num_blocks, block_size, raw=False,
+                        n=N, rows=4):
     rm = decoder_rm(len(bpe_tokenizer))
-    base = "Tell me everything you know about bread, ovens and the history of baking in Europe, please. "
+    base = "Tell me about bread and ovens, please. " if raw else \
+        "Tell me everything you know about bread, ovens and the history of baking in Europe, please. "
     prompts = [base + "Start with rye. 🍞", base + "Start with wheat. 日本", PROMPTS[1], base + "Start with rye. 🍞"]
-    params = [ARGSParams(k=k, w=3.0, max_new_tokens=N) for k in (6, 4, 5, 6)]
-    naive = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive", eos_ids=set())
+    prompts = prompts[:rows]
+    params = [ARGSParams(k=k, w=3.0, max_new_tokens=n) for k in (6, 4, 5, 6)][:rows]
+    naive = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive", eos_ids=set(),
+                       raw=raw)
     want = naive.generate(prompts, params, progress=False)
-    engine = paged_bridge_engine(lm, rm, lm_tokenizer, bpe_tokenizer, window, batch_size=4, num_blocks=20,
-                                 block_size=8, use_triton=use_triton)
+    engine = paged_bridge_engine(lm, rm, lm_tokenizer, bpe_tokenizer, window, batch_size=4, num_blocks=num_blocks,
+                                 block_size=block_size, use_triton=use_triton, raw=raw)
+    model, longest = engine.decoder.runner.paged_bridge.model, []
+    forward = model.forward_candidates
+
+    def recording(*args, segments=None, **kw):
+        longest.append(int(torch.unique(segments, return_counts=True)[1].max()))  # a tail's length
+        return forward(*args, segments=segments, **kw)
+    model.forward_candidates = recording
     got = engine.generate(prompts, params, progress=False)
+    assert max(longest) > 1  # some candidate's tail held several RM tokens: the ragged tree was exercised
     for x, y in zip(want, got, strict=True):
         assert x.token_ids == y.token_ids and x.text == y.text
         torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), rtol=1e-5 if use_triton else
                                    1e-9, atol=1e-5 if use_triton else 1e-9)
     dec = engine.decoder
-    assert dec.scheduler.num_preemptions > 0  # the pools were too small for all four at once
     assert dec.rm_bm.num_free_blocks == dec.rm_bm.num_blocks and dec.bm.num_free_blocks == dec.bm.num_blocks
-    if window == 0:
-        assert dec.rm_bm.num_cuts > 0  # a settled token changed: the cut path ran
+    return engine
 
 
 def test_paged_bridge_reads_shared_rm_prefixes_from_the_cache(lm, lm_tokenizer, bpe_tokenizer):
