@@ -4,8 +4,8 @@ k = 10, EOS ignored, B = 1, with
 - (a) same-vocabulary decoder RMs: the default RM (a head on the LM's trunk: native, one shared trunk), and a
       random SmolLM2-sized RM with its own trunk, on the native and on the reference backend;
 - (b) a same-size decoder RM behind the tokenizer bridge: random SmolLM2-sized weights on a byte-level BPE
-      tokenizer trained here on HH text (reference backend: BridgeDecoder, the RM cache kept; native: the paged LM
-      with the same per-row RM scoring);
+      tokenizer trained here on HH text (reference backend: BridgeDecoder, an HF RM cache per request; native:
+      the paged LM and the RM on its own paged pool in RM-token positions, engine/paged_bridge.py);
 - (c) a MiniLM-size encoder RM (BERT, 6 layers x 384, MiniLM's WordPiece tokenizer, 512 positions): the k
       candidate texts, left-truncated to 512 tokens, in one batch per step; O(k x T) per step.
 

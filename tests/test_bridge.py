@@ -8,8 +8,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config,
-                          DebertaV2ForSequenceClassification, LlamaConfig, LlamaForCausalLM,
-                          LlamaForSequenceClassification, PreTrainedTokenizerFast)
+                          DebertaV2ForSequenceClassification, GPT2Config, GPT2ForSequenceClassification, LlamaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)
 
 from args_engine import ARGSEngine, ARGSParams
 
@@ -178,13 +178,21 @@ def test_bridge_errors_are_named(lm, lm_tokenizer, bpe_tokenizer):
 
 
 @pytest.mark.parametrize("gate", [0.3, None], ids=["a-gated-row", "no-gate"])
-@pytest.mark.parametrize("kind", ["bpe-decoder", "wordpiece-decoder", "bert-encoder"])
+@pytest.mark.parametrize("kind", ["bpe-decoder", "wordpiece-decoder", "bpe-gpt2", "bert-encoder"])
 def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpiece_tokenizer, kind, gate):
     """The native engine (paged LM, continuous batching) with an RM that reads text gives the reference bridge's
-    tokens: prompts batched, with per-row k, mode, gate and multi-objective weights mixed."""
+    tokens: prompts batched, with per-row k, mode, gate and multi-objective weights mixed. A Llama RM runs on its
+    own paged pool; a GPT-2 RM (no native runner) on an HF cache per row; an encoder reads the k texts."""
     rm_tok = bpe_tokenizer if kind.startswith("bpe") else wordpiece_tokenizer
-    rm = encoder_rm("bert", len(rm_tok), num_labels=2) if kind.endswith("encoder") else \
-        decoder_rm(len(rm_tok), num_labels=2)
+    if kind.endswith("encoder"):
+        rm = encoder_rm("bert", len(rm_tok), num_labels=2)
+    elif kind.endswith("gpt2"):
+        torch.manual_seed(3)
+        rm = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(rm_tok), n_embd=32, n_layer=2, n_head=4,
+                                                      n_positions=1024, num_labels=2, pad_token_id=0,
+                                                      initializer_range=0.5)).double().eval()
+    else:
+        rm = decoder_rm(len(rm_tok), num_labels=2)
     kinds = [ARGSParams(k=6, w=3.0, max_new_tokens=N),
              ARGSParams(k=4, w=2.0, mode="stochastic", temperature=0.9, seed=3, max_new_tokens=N,
                         rm_weights=[0.0, 1.0]),
@@ -193,8 +201,7 @@ def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpie
     _, reference = run(lm, rm, lm_tokenizer, rm_tok, "reference", params, rm_weights=[1.0, 0.5])
     engine, native = run(lm, rm, lm_tokenizer, rm_tok, "native", params, rm_weights=[1.0, 0.5], batch_size=4)
     assert engine.backend == "native" and engine.decoder.runner.bridge is not None
-    # a Llama-family decoder RM runs on its own paged pool; an encoder reads the k texts
-    assert (engine.decoder.rm_bm is not None) == kind.endswith("decoder")
+    assert (engine.decoder.rm_bm is not None) == kind.endswith("-decoder")
     assert_same(reference, native)
     assert [o.rm_tokens for o in native] == [o.rm_tokens for o in reference]
     if engine.decoder.rm_bm is not None:  # every RM block back in the pool
