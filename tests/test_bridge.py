@@ -94,17 +94,19 @@ def assert_same(a, b):
         torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("template", [True, False], ids=["rm-chat-template", "no-template"])
 @pytest.mark.parametrize("mode", ["greedy", "stochastic"])
-def test_bpe_bridge_equals_the_definition(lm, lm_tokenizer, bpe_tokenizer, template, mode):
+def test_bpe_bridge_equals_the_definition(lm, lm_tokenizer, bpe_tokenizer, template, mode, backend):
+    """auto: a Llama RM on another tokenizer runs natively, on its own paged pool; reference: an HF cache."""
     rm_tok = bpe_tokenizer
     if not template:
         rm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer.backend_tokenizer, bos_token="<s>",
                                          eos_token="</s>", pad_token="<pad>")
     rm = decoder_rm(len(rm_tok))
     params = ARGSParams(k=6, w=3.0, max_new_tokens=N, mode=mode, temperature=0.9, seed=5)
-    engine, cached = run(lm, rm, lm_tokenizer, rm_tok, "auto", params)
-    assert engine.backend == "reference" and engine.bridge is not None
+    engine, cached = run(lm, rm, lm_tokenizer, rm_tok, backend, params)
+    assert engine.backend == ("native" if backend == "auto" else "reference") and engine.bridge is not None
     _, naive = run(lm, rm, lm_tokenizer, rm_tok, "naive", params)
     assert_same(naive, cached)
     # the cache is used: the RM read far fewer tokens than re-reading every candidate's whole text
@@ -112,18 +114,25 @@ def test_bpe_bridge_equals_the_definition(lm, lm_tokenizer, bpe_tokenizer, templ
     assert sum(o.rm_tokens for o in cached) < full / 5
 
 
-def test_the_prompt_is_read_once_not_once_per_candidate(lm, lm_tokenizer, bpe_tokenizer):
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_the_prompt_is_read_once_not_once_per_candidate(lm, lm_tokenizer, bpe_tokenizer, backend):
     """The first step's candidates share the whole prompt: one causal forward reads it, then only their tails go
     through the tree mask (reading it k times made the first step quadratic in k x the prompt)."""
     rm = decoder_rm(len(bpe_tokenizer))
-    engine = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, eos_ids=set())
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, eos_ids=set(), backend=backend)
     read = []
-    forward = engine.rm.forward_trunk
-    engine.rm.forward_trunk = lambda **kw: read.append(kw["input_ids"].numel()) or forward(**kw)
+    if backend == "reference":
+        forward = engine.rm.forward_trunk
+        engine.rm.forward_trunk = lambda **kw: read.append(kw["input_ids"].numel()) or forward(**kw)
+    else:  # the paged RM's causal extension and its candidate forward
+        model = engine.decoder.runner.paged_bridge.model
+        chunks, candidates = model.forward_chunks, model.forward_candidates
+        model.forward_chunks = lambda ids, *a: read.append(ids.numel()) or chunks(ids, *a)
+        model.forward_candidates = lambda ids, *a, **kw: read.append(ids.numel()) or candidates(ids, *a, **kw)
     prompt = PROMPTS[0]
     out = engine.generate([prompt], ARGSParams(k=6, w=3.0, max_new_tokens=1), progress=False)[0]
     prefix = len(engine.bridge.ids(engine.make_request(prompt, ARGSParams()).rm_prefix, out.token_ids))
-    assert sum(read) <= prefix + 6 * 8, (read, prefix)  # each tail: a re-tokenized window of a few tokens
+    assert prefix <= sum(read) <= prefix + 6 * 8, (read, prefix)  # each tail: a re-tokenized window of a few tokens
 
 
 def test_partial_characters_decode_as_the_full_text(lm, lm_tokenizer, bpe_tokenizer):

@@ -42,7 +42,8 @@ class ARGSEngine:
                  **native_options):
         """backend: "native" (paged caches, continuous batching; Llama-family LM and RM), "reference" (HF
         models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
-        "auto" (native when both models are Llama-family, else reference). batch_size: sequences decoded at
+        "auto" (native when the LM and a decoder RM are of the native families, whatever the RM's tokenizer;
+        else reference). batch_size: sequences decoded at
         once. eos_ids: the tokens that end a response (default: the LM's and the tokenizer's EOS).
         rm_weights / rm_objective (multi-objective RMs, num_labels > 1): reward = rm_weights . outputs, or the
         one output rm_objective; a request's ARGSParams.rm_weights overrides.
@@ -67,12 +68,14 @@ class ARGSEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)  # pad slots are masked anyway
         self.bridge = RMTextView(tokenizer, rm_tokenizer, context_length(self.rm.config)) if bridged else None
-        # a bridged RM is not run by the paged runner (it reads text on its own cache), so only the LM must suit it
+        # a bridged RM runs paged when it is a native-family decoder, else on HF caches: only the LM must suit native
         unsupported = native_unsupported_reason(lm) or (None if bridged else native_unsupported_reason(self.rm.model))
         if backend == "native" and unsupported:
             raise ValueError(f"backend='native' cannot run these models: {unsupported}; use backend='reference'")
-        # auto: a bridged RM on reference (one request at a time); backend="native" batches the LM side too
-        self.backend = ("reference" if unsupported or bridged else "native") if backend == "auto" else backend
+        # auto: native, except a bridged RM that cannot run paged (an encoder, or a decoder of another family),
+        # which goes to reference (backend="native" still batches its LM side)
+        paged_rm = not bridged or (not self.rm.is_encoder and native_unsupported_reason(self.rm.model) is None)
+        self.backend = ("native" if not unsupported and paged_rm else "reference") if backend == "auto" else backend
         unknown = set(native_options) - NATIVE_OPTIONS
         if unknown:
             raise ValueError(f"unknown engine options {sorted(unknown)}; native takes {sorted(NATIVE_OPTIONS)}")
