@@ -43,8 +43,8 @@ class ARGSEngine:
         """backend: "native" (paged caches, continuous batching; Llama-family LM and RM), "reference" (HF
         models with a shared-prefix RM cache; any decoder-only pair), "naive" (the definition, no caches), or
         "auto" (native when the LM and a decoder RM are of the native families, whatever the RM's tokenizer;
-        else reference). batch_size: sequences decoded at
-        once. eos_ids: the tokens that end a response (default: the LM's and the tokenizer's EOS).
+        else reference). batch_size: sequences decoded at once. eos_ids: the tokens that end a response
+        (default: the LM's and the tokenizer's EOS).
         rm_weights / rm_objective (multi-objective RMs, num_labels > 1): reward = rm_weights . outputs, or the
         one output rm_objective; a request's ARGSParams.rm_weights overrides.
         native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
