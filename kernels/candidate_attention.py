@@ -255,7 +255,8 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
         *strides, K, Hkv, RT, BS, chunk, scale_t, cap, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw,
         **meta)
     _candidate_attention_combine_kernel[(B, Hkv * RT)](
-        q, k_new, v_new, out, seg, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, cap, num_warps=nw,
+        q, k_new, v_new, out, seg, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, cap,
+        num_warps=nw,
         **meta)
     return out
 

@@ -249,8 +249,8 @@ def _check_paged_bridge(lm, lm_tokenizer, bpe_tokenizer, window, use_triton, num
     rm = decoder_rm(len(bpe_tokenizer))
     base = "Tell me about bread and ovens, please. " if raw else \
         "Tell me everything you know about bread, ovens and the history of baking in Europe, please. "
-    prompts = [base + "Start with rye. 🍞", base + "Start with wheat. 日本", PROMPTS[1], base + "Start with rye. 🍞"]
-    prompts = prompts[:rows]
+    prompts = [base + "Start with rye. 🍞", base + "Start with wheat. 日本", PROMPTS[1],
+               base + "Start with rye. 🍞"][:rows]
     params = [ARGSParams(k=k, w=3.0, max_new_tokens=n) for k in (6, 4, 5, 6)][:rows]
     naive = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive", eos_ids=set(),
                        raw=raw)
