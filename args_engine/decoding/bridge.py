@@ -55,8 +55,12 @@ class RMTextView:
     def ids(self, prefix: str, response_ids: list[int]) -> list[int]:
         """rm_ids: prefix + the response's text, tokenized from scratch (special tokens as a template writes them,
         else the tokenizer's own, e.g. BOS or [CLS] ... [SEP])."""
-        text = prefix + self.response_text(response_ids)
-        return self.rm_tok(text, add_special_tokens=not self._template)["input_ids"]
+        return self.ids_many(prefix, [response_ids])[0]
+
+    def ids_many(self, prefix: str, responses: list[list[int]]) -> list[list[int]]:
+        """rm_ids of several responses (a step's candidates) in one batched tokenizer call."""
+        texts = [prefix + self.response_text(r) for r in responses]
+        return self.rm_tok(texts, add_special_tokens=not self._template)["input_ids"]
 
     def encode(self, prefix: str, responses: list[list[int]], device) -> dict[str, torch.Tensor]:
         """Encoder input for several responses: padded, truncated from the left to max_length."""
@@ -109,7 +113,7 @@ class BridgeScorer:
 
     def _score_cached(self, req: Request, cands: list[int], state: BridgeState, weights, device):
         cache, cached = state.cache, state.cached
-        rm_ids = [self.view.ids(req.rm_prefix, req.out_ids + [c]) for c in cands]
+        rm_ids = self.view.ids_many(req.rm_prefix, [req.out_ids + [c] for c in cands])
         keep, shared = split_tails(cached, rm_ids)
         if keep < len(cached):
             self.rm_tokens_recomputed += len(cached) - keep
@@ -191,8 +195,8 @@ def split_tails(cached: list[int], rm_ids: list[list[int]]) -> tuple[int, int]:
     candidates share their first `shared` tokens (>= keep; each keeps at least one token of its own to score)."""
     shared = min(len(r) - 1 for r in rm_ids)
     for r in rm_ids[1:]:
-        shared = _common_prefix(rm_ids[0], r, shared)
-    return _common_prefix(cached, rm_ids[0], min(len(cached), shared)), shared
+        shared = common_prefix(rm_ids[0], r, shared)
+    return common_prefix(cached, rm_ids[0], min(len(cached), shared)), shared
 
 
 def extension(keep: int, shared: int) -> int:
@@ -201,7 +205,8 @@ def extension(keep: int, shared: int) -> int:
     return shared if shared - keep >= EXTEND_MIN else keep
 
 
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading items a and b share, at most `limit`."""
     n = 0
     while n < limit and a[n] == b[n]:
         n += 1

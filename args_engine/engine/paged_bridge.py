@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..decoding.bridge import RMTextView, extension, split_tails
+from ..decoding.bridge import RMTextView, common_prefix, extension, split_tails
 from ..models.hf import RewardModel
 from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps, PrefillChunks
@@ -65,9 +65,13 @@ class PagedBridge:
 
     def _plan(self, seq: Sequence, cands: list[int]) -> _Row:
         bm = self.blocks
-        ids = [self.view.ids(seq.req.rm_prefix, seq.req.out_ids + [c]) for c in cands]
+        ids = self.view.ids_many(seq.req.rm_prefix, [seq.req.out_ids + [c] for c in cands])
         keep, shared = split_tails(seq.rm_ids, ids)
-        if keep < len(seq.rm_ids):
+        settled = seq.rm_settled_ids  # the allocator's tokens (some may not be cached yet) must hold too
+        holds = common_prefix(settled, ids[0], min(len(settled), shared))
+        if holds < len(settled):  # re-tokenization reached a settled token (cut re-allocates)
+            keep = min(keep, holds)
+        if keep < len(seq.rm_ids) or holds < len(settled):
             self.rm_tokens_recomputed += len(seq.rm_ids) - keep
             bm.cut(seq, ids[0], keep)
         keep = len(seq.rm_ids)  # after a cut into settled tokens: what the prefix cache gave back

@@ -3,7 +3,7 @@ of its own over the RM's pool, in RM-token positions (they differ from the LM's)
 tensors; the model runner copies and writes blocks.
 
 A sequence's RM cache holds the K/V of `seq.rm_ids`, RM tokens that begin the tokenization of its text so far.
-Only the first `seq.rm_settled` of them are the allocator's tokens (prefix-cache entries once their blocks are
+The allocator's tokens are `seq.rm_settled_ids` (prefix-cache entries once their blocks are
 full): those lie at least `window` tokens behind the end of the text, where more text no longer re-tokenizes
 them. The last few may still change as the text grows: the bridge then cuts the cache back and re-reads them,
 which costs nothing here (those positions are the sequence's own blocks, never shared). If a change ever reaches
@@ -56,7 +56,7 @@ class RMBlockManager:
         want = self._want(len(ids))
         settled = ids[:min(want, max(0, len(ids) - self.window))]
         hits = self.allocator.allocate(seq.seq_id, settled, want)
-        seq.rm_ids, seq.rm_settled = ids[:hits], len(settled)
+        seq.rm_ids, seq.rm_settled_ids = ids[:hits], settled
 
     def can_grow(self, seq: Sequence) -> bool:
         return self.allocator.can_ensure(seq.seq_id, self._want(len(seq.rm_ids)))
@@ -73,10 +73,11 @@ class RMBlockManager:
         return len(self.allocator.block_table(seq.seq_id)) * self.block_size
 
     def cut(self, seq: Sequence, ids: list[int], keep: int) -> None:
-        """Only the cache's first `keep` tokens still begin the text's RM tokens `ids`: drop the rest. Into the
-        settled part: free and allocate again (as many positions as before when the pool allows, else fewer:
-        the runner then commits less and the scheduler grows the table or preempts at the next step)."""
-        if keep >= seq.rm_settled:
+        """Only the first `keep` tokens of the cache and of the settled tokens still begin the text's RM tokens
+        `ids`: drop the rest. Into the settled part: free and allocate again (as many positions as before when the
+        pool allows, else fewer: the runner then commits less and the scheduler grows the table or preempts at
+        the next step)."""
+        if keep >= len(seq.rm_settled_ids):
             seq.rm_ids = seq.rm_ids[:keep]
             return
         self.num_cuts += 1
@@ -89,22 +90,23 @@ class RMBlockManager:
                 break
             except RuntimeError:  # out of blocks: fewer positions
                 continue
-        seq.rm_ids, seq.rm_settled = ids[:hits], len(tokens)
+        seq.rm_ids, seq.rm_settled_ids = ids[:hits], tokens
 
     def commit(self, seq: Sequence, ids: list[int], cached: int) -> None:
         """The cache now holds the K/V of ids[:cached] (ids: the chosen candidate's RM tokens); settle all but the
         last `window` tokens."""
         seq.rm_ids = ids[:cached]
-        settle = max(seq.rm_settled, min(cached, len(ids) - self.window))
-        if settle > seq.rm_settled:
-            self.allocator.append_tokens(seq.seq_id, ids[seq.rm_settled:settle])
-            seq.rm_settled = settle
-        self.allocator.mark_computed(seq.seq_id, min(seq.rm_settled, cached))
+        settled = len(seq.rm_settled_ids)
+        settle = max(settled, min(cached, len(ids) - self.window))
+        if settle > settled:
+            self.allocator.append_tokens(seq.seq_id, ids[settled:settle])
+            seq.rm_settled_ids = seq.rm_settled_ids + ids[settled:settle]
+        self.allocator.mark_computed(seq.seq_id, min(len(seq.rm_settled_ids), cached))
 
     def extended(self, seq: Sequence, ids: list[int], cached: int) -> None:
         """The causal extension wrote ids[len(rm_ids):cached] (shared by every candidate)."""
         seq.rm_ids = ids[:cached]
-        self.allocator.mark_computed(seq.seq_id, min(seq.rm_settled, cached))
+        self.allocator.mark_computed(seq.seq_id, min(len(seq.rm_settled_ids), cached))
 
     def free(self, seq: Sequence) -> None:
         if self.allocator.has_sequence(seq.seq_id):

@@ -30,9 +30,9 @@ class Sequence:
         self.next_logits = None  # shared trunk: the LM's logits [V] for the next token, from the last ARGS step
         self.bridge_state = None  # an RM that reads text: its cache for this sequence (decoding/bridge.py)
         # an RM that reads text on its own paged cache (rm_block_manager.py): the RM tokens whose K/V it holds,
-        # how many of them its allocator holds, and the RM tokens of the text at a response length
+        # the RM tokens its allocator holds, and the RM tokens of the text at a response length
         self.rm_ids: list[int] = []
-        self.rm_settled = 0
+        self.rm_settled_ids: list[int] = []
         self.rm_text_ids: tuple[int, list[int]] | None = None
 
     @property
@@ -51,6 +51,6 @@ class Sequence:
         """Preempted: the caches are gone; everything is recomputed on readmission."""
         self.lm_cached = self.rm_cached = 0
         self.next_logits = self.bridge_state = None
-        self.rm_ids, self.rm_settled = [], 0
+        self.rm_ids, self.rm_settled_ids = [], []
         self.status = Status.WAITING
         self.num_preemptions += 1
