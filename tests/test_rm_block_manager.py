@@ -1,0 +1,59 @@
+"""engine/rm_block_manager.py on the host alone: a bridged RM's pool in RM-token positions (settled tokens behind
+a window, cuts, prefix-cache hits, no leaked blocks)."""
+from args_engine.decoding.common import Request
+from args_engine.engine.rm_block_manager import RMBlockManager
+from args_engine.engine.sequence import Sequence
+from args_engine.params import ARGSParams
+
+
+class CharView:
+    """RM tokens = the characters' code points of prefix + response (response ids are code points too)."""
+
+    def ids(self, prefix, response_ids):
+        return [ord(c) for c in prefix] + list(response_ids)
+
+
+def make_seq(prefix: str, seq_id: int) -> Sequence:
+    req = Request([1, 2, 3], ARGSParams(k=2, max_new_tokens=8), max_len=64)
+    req.rm_prefix = prefix
+    return Sequence(req, seq_id)
+
+
+def test_admit_settle_cut_and_free():
+    bm = RMBlockManager(CharView(), num_blocks=8, block_size=4, reserve=4, window=2)
+    seq = make_seq("abcdefghij", 0)  # 10 RM tokens
+    assert bm.can_admit(seq)
+    bm.admit(seq)
+    assert seq.rm_ids == [] and seq.rm_settled_ids == [ord(c) for c in "abcdefgh"]  # all but the window
+    assert bm.capacity(seq) >= 14  # the text and the reserve
+    text = [ord(c) for c in "abcdefghij"] + [100, 101]
+    bm.commit(seq, text, len(text))  # the cache holds all 12; the allocator all but the last 2
+    assert seq.rm_ids == text and seq.rm_settled_ids == text[:10]
+    bm.cut(seq, text, 11)  # the last token changed: above the settled part, no re-allocation
+    assert seq.rm_ids == text[:11] and bm.num_cuts == 0
+    free_before = bm.num_free_blocks
+    bm.cut(seq, text[:6] + [999] * 6, 6)  # a settled token changed: freed and allocated again
+    assert bm.num_cuts == 1 and seq.rm_settled_ids == text[:6]  # the 6 that hold (the window counts from the end)
+    assert seq.rm_ids == text[:4]  # their full block came back from the prefix cache
+    assert bm.num_free_blocks == free_before
+    bm.free(seq)
+    assert bm.num_free_blocks == bm.num_blocks
+
+
+def test_prefix_hits_between_sequences_and_the_lone_sequence_cap():
+    bm = RMBlockManager(CharView(), num_blocks=8, block_size=4, reserve=4, window=2)
+    a, b = make_seq("0123456789", 0), make_seq("0123456789xy", 1)
+    bm.admit(a)
+    ids = [ord(c) for c in "0123456789"]
+    bm.commit(a, ids, len(ids))  # computed: blocks [0123] [4567] registered
+    bm.admit(b)
+    assert b.rm_ids == [ord(c) for c in "01234567"]  # two full blocks from a's cache
+    bm.free(a)
+    bm.free(b)
+    assert bm.num_free_blocks == bm.num_blocks
+    # a text longer than the whole pool still admits (it keeps what fits and re-reads the rest)
+    long = make_seq("z" * 100, 2)
+    assert bm.can_admit(long)
+    bm.admit(long)
+    assert bm.capacity(long) == 8 * 4
+    bm.free(long)
