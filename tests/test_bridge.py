@@ -310,3 +310,22 @@ def test_eval_refuses_a_bridged_rm(lm, lm_tokenizer, bpe_tokenizer):
     engine = ARGSEngine(lm, decoder_rm(len(bpe_tokenizer)), tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer)
     with pytest.raises(ValueError, match="not supported by eval yet"):
         evaluate([[{"role": "user", "content": "hi"}]], parse_methods("greedy"), models=from_engine(engine))
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])
+def test_paged_bridge_for_each_native_rm_family(lm, lm_tokenizer, bpe_tokenizer, family):
+    """Every native family as a bridged RM on its own paged pool (the README's table): tokens equal the naive
+    oracle's (Gemma's float32 attention softmax: rewards to 1e-5)."""
+    from tiny import _RM, _config
+    cfg = _config(family, num_labels=1)
+    cfg.vocab_size, cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = len(bpe_tokenizer), 0, 0, 1
+    torch.manual_seed(4)
+    rm = _RM[family](cfg).double().eval()
+    params = ARGSParams(k=4, w=4.0, max_new_tokens=8)
+    _, want = run(lm, rm, lm_tokenizer, bpe_tokenizer, "naive", params)
+    engine, got = run(lm, rm, lm_tokenizer, bpe_tokenizer, "auto", params)
+    assert engine.backend == "native" and engine.decoder.rm_bm is not None
+    tol = 1e-5 if family.startswith("gemma") else 1e-9
+    for x, y in zip(want, got, strict=True):
+        assert x.token_ids == y.token_ids
+        torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), rtol=tol, atol=tol)
