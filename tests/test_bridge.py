@@ -295,6 +295,29 @@ def test_paged_bridge_reads_shared_rm_prefixes_from_the_cache(lm, lm_tokenizer, 
     assert [o.token_ids for o in want] == [first[0].token_ids, second[0].token_ids]
 
 
+def test_paged_bridge_reads_a_long_prompt_in_budget_sized_pieces(lm, lm_tokenizer, bpe_tokenizer):
+    """A prompt's RM tokens go through causal forwards of at most max_num_batched_tokens tokens each (a long
+    prompt in pieces, as the LM's prefill is chunked: the step's activations stay bounded). Tokens equal the
+    naive oracle's; no RM block leaks."""
+    rm = decoder_rm(len(bpe_tokenizer))
+    budget = 24
+    engine = paged_bridge_engine(lm, rm, lm_tokenizer, bpe_tokenizer, batch_size=2, block_size=8,
+                                 max_num_batched_tokens=budget)
+    bridge, read = engine.decoder.runner.paged_bridge, []
+    forward = bridge.model.forward_chunks
+    bridge.model.forward_chunks = lambda ids, *a: read.append(len(ids)) or forward(ids, *a)
+    prompts = ["Tell me everything you know about bread, ovens and the history of baking in Europe. " * 2,
+               PROMPTS[1]]
+    params = ARGSParams(k=4, w=3.0, max_new_tokens=4)
+    got = engine.generate(prompts, params, progress=False)
+    assert len(read) > 2 and max(read) <= budget, read  # the prompts' RM tokens, in pieces
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive",
+                      eos_ids=set()).generate(prompts, params, progress=False)
+    assert_same(want, got)
+    rm_bm = engine.decoder.rm_bm
+    assert rm_bm.num_free_blocks == rm_bm.num_blocks
+
+
 def test_readme_reward_models_snippet(lm, lm_tokenizer, bpe_tokenizer):
     from test_readme_dropin import snippet
     ns = dict(lm=lm, rm=decoder_rm(len(bpe_tokenizer)), lm_tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer,

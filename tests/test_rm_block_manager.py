@@ -57,3 +57,18 @@ def test_prefix_hits_between_sequences_and_the_lone_sequence_cap():
     bm.admit(long)
     assert bm.capacity(long) == 8 * 4
     bm.free(long)
+
+
+def test_the_scheduler_counts_a_new_prompts_rm_tokens_against_the_step_budget():
+    """The step that completes a prompt also reads its RM tokens (the bridge's causal extension): they count
+    against max_num_batched_tokens, so a second long prompt waits for the next step instead of piling on."""
+    from args_engine.engine.block_manager import BlockManager
+    from args_engine.engine.scheduler import Scheduler
+    rm_bm = RMBlockManager(CharView(), num_blocks=64, block_size=4)
+    sched = Scheduler(BlockManager(64, 4), max_num_seqs=4, max_num_batched_tokens=40, rm_block_manager=rm_bm)
+    a, b = make_seq("x" * 50, 0), make_seq("y" * 50, 1)  # 3 LM prompt tokens, 50 RM tokens each
+    sched.add(a)
+    sched.add(b)
+    prefill, decode = sched.schedule()
+    assert [s for s, _ in prefill] == [a] and not decode  # a's 3 + 2 + 50 tokens spent the budget
+    assert rm_bm.uncached(a) == 50 and list(sched.waiting) == [b]

@@ -76,8 +76,10 @@ class LLMEngine:
         self.rm_bm = None  # a bridged RM's own pool, in RM-token positions (as many blocks)
         if self.runner.paged_bridge is not None:
             self.rm_bm = RMBlockManager(bridge.view, num_blocks, block_size, enable_prefix_caching)
-            self.runner.paged_bridge.blocks = self.rm_bm
         self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size), self.rm_bm)
+        if self.rm_bm is not None:
+            self.runner.paged_bridge.blocks = self.rm_bm
+            self.runner.paged_bridge.max_tokens = self.scheduler.max_num_batched_tokens
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.cache_bytes_per_block = per_block
         self.seqs: dict[int, Sequence] = {}

@@ -4,8 +4,9 @@ bridge's definition and its exactness argument: decoding/bridge.py; the RM pool:
 One ARGS step for B rows, each with its n candidates (k, or the top one where the gate takes it):
   1. host: every candidate's RM tokens from its whole text; the cache is cut back to what still begins them all
      (split_tails; usually nothing to cut);
-  2. the tokens all candidates share past the cache (the prompt, at a sequence's first step) go through one
-     causal prefill forward for every such row at once (forward_chunks), stored in the RM's blocks;
+  2. the tokens all candidates share past the cache (the prompt, at a sequence's first step) go through causal
+     prefill forwards for every such row at once (forward_chunks, at most max_tokens tokens each), stored in the
+     RM's blocks;
   3. every candidate's tail of RM tokens (one or a few) goes through one candidate forward for all rows: each
      tail token sees its row's paged prefix and its own tail's earlier tokens (the ragged tree of
      candidate_attention's `segments`), nothing is stored; the reward is read at each tail's last token;
@@ -47,6 +48,7 @@ class PagedBridge:
         self.device = self.model.device
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None  # [L, NB, BS, Hkv, D] each (the runner makes them)
         self.blocks: RMBlockManager | None = None  # the RM pool (LLMEngine makes it)
+        self.max_tokens = 2048  # tokens per causal forward (LLMEngine: its max_num_batched_tokens)
         self.rm_tokens_recomputed = 0  # cached RM tokens re-read because re-tokenization changed them
 
     @torch.no_grad()
@@ -58,9 +60,7 @@ class PagedBridge:
         if copies:
             self.ops.copy_blocks(*self.kv, torch.tensor(copies, dtype=torch.int64, device=self.device))
         rows = [self._plan(s, c) for s, c in zip(seqs, cands)]
-        extend = [r for r in rows if r.end > r.keep]
-        if extend:
-            self._extend(extend)
+        self._extend([r for r in rows if r.end > r.keep])
         return self._score_tails(rows, weights)
 
     def _plan(self, seq: Sequence, cands: list[int]) -> _Row:
@@ -78,25 +78,38 @@ class PagedBridge:
         return _Row(seq, ids, keep, min(extension(keep, shared), bm.capacity(seq)))
 
     def _extend(self, rows: list[_Row]) -> None:
-        """The shared tokens past each row's cache, [keep, end), in one causal forward that stores them."""
-        bm = self.blocks
+        """The shared tokens past each row's cache, [keep, end), stored by causal forwards of at most max_tokens
+        tokens each: a long prompt's RM tokens go in pieces, as the LM's prefill is chunked, so the step's
+        activations stay bounded (a piece attends to the pieces before it through the cache)."""
+        todo = rows
+        while todo:
+            pieces, budget = [], self.max_tokens
+            for r in todo:
+                if budget == 0:
+                    break
+                pieces.append((r, min(r.end - r.keep, budget)))
+                budget -= pieces[-1][1]
+            self._forward_pieces(pieces)
+            todo = [r for r in todo if r.end > r.keep]
+
+    def _forward_pieces(self, pieces: list[tuple[_Row, int]]) -> None:
+        """One causal forward of each row's next n shared tokens, stored in its RM blocks."""
+        bm, dev = self.blocks, self.device
         ids, pos, slots, spans, off = [], [], [], [], 0
-        for r in rows:
-            n = r.end - r.keep
-            ids += r.ids[0][r.keep:r.end]
-            pos += range(r.keep, r.end)
-            slots += bm.slots(r.seq, list(range(r.keep, r.end)))
+        for r, n in pieces:
+            ids += r.ids[0][r.keep:r.keep + n]
+            pos += range(r.keep, r.keep + n)
+            slots += bm.slots(r.seq, list(range(r.keep, r.keep + n)))
             spans.append((off, n, r.keep))
             off += n
-        dev = self.device
-        chunks = PrefillChunks(spans, bm.block_tables([r.seq for r in rows]).to(dev),
+        chunks = PrefillChunks(spans, bm.block_tables([r.seq for r, _ in pieces]).to(dev),
                                torch.tensor([0] + [o + n for o, n, _ in spans], dtype=torch.int32, device=dev),
-                               torch.tensor([r.keep for r in rows], dtype=torch.int32, device=dev))
+                               torch.tensor([r.keep for r, _ in pieces], dtype=torch.int32, device=dev))
         self.model.forward_chunks(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
                                   torch.tensor(slots, device=dev), chunks, self.kv)
-        for r in rows:
-            bm.extended(r.seq, r.ids[0], r.end)
-            r.keep = r.end
+        for r, n in pieces:
+            r.keep += n
+            bm.extended(r.seq, r.ids[0], r.keep)
 
     def _score_tails(self, rows: list[_Row], weights):
         """Every candidate's tail in one candidate forward over the rows' paged prefixes (nothing stored)."""

@@ -44,6 +44,10 @@ class RMBlockManager:
             seq.rm_text_ids = (n, self.view.ids(seq.req.rm_prefix, seq.req.out_ids))
         return seq.rm_text_ids[1]
 
+    def uncached(self, seq: Sequence) -> int:
+        """RM tokens of the text the cache does not hold yet (a new prompt's: its first ARGS step reads them)."""
+        return max(0, len(self.text_ids(seq)) - len(seq.rm_ids))
+
     def _want(self, num_cached: int) -> int:
         return min(num_cached + self.reserve, self.num_blocks * self.block_size)
 

@@ -17,6 +17,7 @@ class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
                  rm_block_manager: RMBlockManager | None = None):
         self.bm = block_manager
+        self.rm_bm = rm_block_manager
         self.pools = [block_manager] + ([rm_block_manager] if rm_block_manager is not None else [])
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -67,13 +68,16 @@ class Scheduler:
 
     def _add_chunk(self, prefill: list[tuple[Sequence, int]], seq: Sequence, budget: int) -> int:
         """Schedule the next chunk of seq's prompt -> the budget it takes (its k candidates too, when the chunk
-        completes the prompt: the ARGS step for its first token runs in this step)."""
+        completes the prompt: the ARGS step for its first token runs in this step, and an RM on its own pool
+        reads the prompt's RM tokens then)."""
         n = min(seq.num_tokens - seq.lm_cached, budget)
         prefill.append((seq, n))
         # The prefill forward stores every chunk's K/V (layer by layer) before any chunk's attention reads the
         # cache, so a prompt admitted later in this same step may already reuse the blocks this chunk fills.
         self.bm.mark_computed(seq, seq.lm_cached + n)
-        return n + (seq.params.k if seq.lm_cached + n == seq.num_tokens else 0)
+        if seq.lm_cached + n < seq.num_tokens:
+            return n
+        return n + seq.params.k + (self.rm_bm.uncached(seq) if self.rm_bm is not None else 0)
 
     def preempt(self, seq: Sequence) -> None:
         for p in self.pools:
