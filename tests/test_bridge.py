@@ -326,13 +326,34 @@ def test_readme_reward_models_snippet(lm, lm_tokenizer, bpe_tokenizer):
     assert ns["engine"].rm.num_objectives == 3
 
 
-def test_eval_refuses_a_bridged_rm(lm, lm_tokenizer, bpe_tokenizer):
-    """eval's final scoring reads the LM's tokens: a bridged RM is refused, not scored on the wrong tokens."""
+@pytest.mark.parametrize("kind", ["bpe-decoder", "bert-encoder"])
+def test_eval_scores_replies_as_the_bridged_rm_reads_them(lm, lm_tokenizer, bpe_tokenizer, wordpiece_tokenizer, kind):
+    """eval's final scoring of a bridged RM reads the RM's own rendering of the dialogue (its chat template + the
+    reply's text on its tokenizer), as decoding does: an ARGS reply's score equals the reward decoding gave its
+    last token (where cleaning left the text as decoded)."""
     from args_engine.eval.methods import parse_methods
     from args_engine.eval.runner import evaluate, from_engine
-    engine = ARGSEngine(lm, decoder_rm(len(bpe_tokenizer)), tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer)
-    with pytest.raises(ValueError, match="not supported by eval yet"):
-        evaluate([[{"role": "user", "content": "hi"}]], parse_methods("greedy"), models=from_engine(engine))
+    from eval_helpers import tiny_judge
+    rm, rm_tok = ((decoder_rm(len(bpe_tokenizer)), bpe_tokenizer) if kind == "bpe-decoder" else
+                  (encoder_rm("bert", len(wordpiece_tokenizer)), wordpiece_tokenizer))
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=rm_tok, eos_ids=set(), batch_size=2)
+    prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in PROMPTS]
+    res = evaluate(prompts, parse_methods("args-greedy:k=4:w=3"), models=from_engine(engine), judge=tiny_judge(),
+                   max_new_tokens=6, batch_size=2, progress=False)
+    rows = res["methods"]["args-greedy:k=4:w=3"]["responses"]
+    as_decoded = [r for r in rows if r["text"] == r["raw_text"]]
+    assert as_decoded, "cleaning changed every reply: the check below would not run"
+    for r in as_decoded:
+        assert r["reward"] == pytest.approx(r["args_final_reward"], rel=1e-9, abs=1e-9)
+    view, rm = engine.bridge, engine.rm  # every reply: the RM on its own rendering of the dialogue, one at a time
+    for r in rows + res["methods"]["greedy"]["responses"]:
+        text = view.prefix(r["prompt"], raw=False) + r["text"]
+        if rm.is_encoder:
+            want = rm.encoder_rewards(view.encode_texts([text], "cpu"))
+        else:
+            ids = torch.tensor(view.text_ids([text]))
+            want = rm.rewards(rm.forward_trunk(input_ids=ids, attention_mask=torch.ones_like(ids))[:, -1])
+        assert r["reward"] == pytest.approx(want.item(), rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])

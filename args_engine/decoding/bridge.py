@@ -59,12 +59,18 @@ class RMTextView:
 
     def ids_many(self, prefix: str, responses: list[list[int]]) -> list[list[int]]:
         """rm_ids of several responses (a step's candidates) in one batched tokenizer call."""
-        texts = [prefix + self.response_text(r) for r in responses]
+        return self.text_ids([prefix + self.response_text(r) for r in responses])
+
+    def text_ids(self, texts: list[str]) -> list[list[int]]:
+        """RM token ids of whole texts (prefix + response text), one batched tokenizer call."""
         return self.rm_tok(texts, add_special_tokens=not self._template)["input_ids"]
 
     def encode(self, prefix: str, responses: list[list[int]], device) -> dict[str, torch.Tensor]:
         """Encoder input for several responses: padded, truncated from the left to max_length."""
-        texts = [prefix + self.response_text(r) for r in responses]
+        return self.encode_texts([prefix + self.response_text(r) for r in responses], device)
+
+    def encode_texts(self, texts: list[str], device) -> dict[str, torch.Tensor]:
+        """Encoder input for whole texts: padded, truncated from the left to max_length."""
         side = getattr(self.rm_tok, "truncation_side", "right")
         self.rm_tok.truncation_side = "left"  # keep the newest text; the special tokens stay
         try:

@@ -197,13 +197,8 @@ class ModelRunner:
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
             a["tables"] = self._pad(tables, rows, self.spare_block)
             a["pos"] = self._pad(pos, rows, 0)
-            a["rm_slots"] = self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())
-            sel = self._selection(ready, kmax)
-            for name, x in sel.items():
-                a[name] = self._pad(x, rows, 1 if name == "k" else 0)
-            rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
-            if rm_w is not None:  # multi-objective: each row's weights [B, N]
-                a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
+            if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's arrays
+                a.update(self._rm_arrays(ready, pos, rows, kmax, bm))
             if decode and not self.shared:
                 D = len(decode)
                 lm_rows = self._rows(D)
@@ -215,6 +210,16 @@ class ModelRunner:
         t = self.transfer.pack(a) if a else {}
         rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
         return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax)
+
+    def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm) -> dict[str, np.ndarray]:
+        """The ARGS step's RM side: each row's slot for the chosen candidate, selection arrays, objective weights."""
+        a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
+        for name, x in self._selection(ready, kmax).items():
+            a[name] = self._pad(x, rows, 1 if name == "k" else 0)
+        rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
+        if rm_w is not None:  # multi-objective: each row's weights [B, N]
+            a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
+        return a
 
     def _rows(self, n: int) -> int:
         return (batch_bucket(n) or n) if self.static else n
@@ -236,9 +241,9 @@ class ModelRunner:
         return out
 
     def _selection(self, seqs: list[Sequence], kmax: int) -> dict[str, np.ndarray]:
-        # Gated rows draw their noise later (only if ARGS scores them; _gated_step), and a bridged RM's step draws
-        # its own (select_candidates): drawing here too would advance the requests' generators twice.
-        if self.bridge is not None or any(s.params.gate is not None for s in seqs):
+        # Gated rows draw their noise later (only if ARGS scores them; _gated_step): drawing here too would
+        # advance the requests' generators twice.
+        if any(s.params.gate is not None for s in seqs):
             return {}
         return selection_arrays([s.params for s in seqs], [s.req.generator for s in seqs], kmax)
 

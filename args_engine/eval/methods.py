@@ -120,6 +120,11 @@ class EvalModels:
     # (RayBatchOptions, ARGSEngine.from_pretrained keywords): ARGS methods decode on Ray Data actors instead
     ray: tuple | None = None
 
+    def score(self, prompts, replies: list[str], batch_size: int) -> list[float]:
+        """The decoding RM's reward of each (prompt, reply), read as decoding reads it (rm_score.py)."""
+        return score_replies(self.rm, self.tokenizer, prompts, replies, batch_size,
+                             getattr(self.engine, "bridge", None))
+
 
 def _first_eos(row: list[int], eos_ids: set[int]) -> int | None:
     return next((i for i, t in enumerate(row) if t in eos_ids), None)
@@ -219,7 +224,7 @@ def _run_bon(spec, models, prompts, max_new_tokens, batch_size, on_batch, start)
 
     ids, texts = hf_generate(models, expanded, max_new_tokens, batch_size, top_k=spec.k, temperature=spec.T,
                              seed=spec.seed, on_batch=progress, controls=spec.controls)
-    rewards = score_replies(models.rm, models.tokenizer, expanded, [clean_response(t) for t in texts], batch_size)
+    rewards = models.score(expanded, [clean_response(t) for t in texts], batch_size)
     pick = [max(range(i * N, (i + 1) * N), key=lambda j: rewards[j]) for i in range(len(prompts))]
     return MethodRun([texts[j] for j in pick], [len(ids[j]) for j in pick], sum(map(len, ids)), len(expanded),
                      time.perf_counter() - start, rewards=[rewards[j] for j in pick],

@@ -14,7 +14,6 @@ from .judge import Judge, check_independent
 from .methods import EvalModels, MethodSpec, parse_method, run_method
 from .metrics import clean_response, coherence, diversity
 from .prompts import hh_text
-from .rm_score import score_replies
 
 
 def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_size: int = 8,
@@ -64,9 +63,6 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
             raise ValueError("eval --ray runs the native engine; these models need the reference backend")
         models = dataclasses.replace(models, ray=(ray, dict(lm=lm, rm=rm, device=device, dtype=dtype,
                                                             enable_prefix_caching=False, **(rm_options or {}))))
-    if getattr(models.engine, "bridge", None) is not None:  # score_replies reads the LM's tokens
-        raise ValueError("eval scores responses with the decoding RM on the LM's tokens: an RM on another "
-                         "tokenizer, or an encoder RM, is not supported by eval yet (decode with it instead)")
     judge = judge or Judge.load(device=device)
     check_independent(judge, models.rm)
     encoder = encoder or judge.encoder
@@ -91,7 +87,7 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
             run = run_method(spec, models, prompts, max_new_tokens, batch_size, on_batch=bar.update)
             texts = [clean_response(t) for t in run.texts]
             bar.set_postfix_str("scoring")
-            rewards = run.rewards or score_replies(models.rm, models.tokenizer, prompts, texts, batch_size)
+            rewards = run.rewards or models.score(prompts, texts, batch_size)
             judged = judge.score(prompts, texts)
             coh = coherence(encoder, prompt_texts, texts)
         rows = [{"prompt": p, "raw_text": raw, "text": t, "reward": r, "judge_reward": j, "diversity": diversity(t),
