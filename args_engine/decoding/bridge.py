@@ -59,7 +59,17 @@ class RMTextView:
 
     def ids_many(self, prefix: str, responses: list[list[int]]) -> list[list[int]]:
         """rm_ids of several responses (a step's candidates) in one batched tokenizer call."""
-        return self.text_ids([prefix + self.response_text(r) for r in responses])
+        return self.ids_rows([(prefix, responses)])[0]
+
+    def ids_rows(self, rows: list[tuple[str, list[list[int]]]]) -> list[list[list[int]]]:
+        """rm_ids of several rows' responses, (prefix, responses) each, in one batched tokenizer call (the fast
+        tokenizer spreads a batch over its threads)."""
+        ids = self.text_ids([prefix + self.response_text(r) for prefix, responses in rows for r in responses])
+        out, at = [], 0
+        for _, responses in rows:
+            out.append(ids[at:at + len(responses)])
+            at += len(responses)
+        return out
 
     def text_ids(self, texts: list[str]) -> list[list[int]]:
         """RM token ids of whole texts (prefix + response text), one batched tokenizer call."""

@@ -2,8 +2,8 @@
 bridge's definition and its exactness argument: decoding/bridge.py; the RM pool: rm_block_manager.py).
 
 One ARGS step for B rows, each with its n candidates (k, or the top one where the gate takes it):
-  1. host: every candidate's RM tokens from its whole text; the cache is cut back to what still begins them all
-     (split_tails; usually nothing to cut);
+  1. host: every candidate's RM tokens from its whole text (one tokenizer call for all rows); the cache is cut
+     back to what still begins them all (split_tails; usually nothing to cut);
   2. the tokens all candidates share past the cache (the prompt, at a sequence's first step) go through causal
      prefill forwards for every such row at once (forward_chunks, at most max_tokens tokens each), stored in the
      RM's blocks;
@@ -59,13 +59,14 @@ class PagedBridge:
         copies = bm.take_copies()
         if copies:
             self.ops.copy_blocks(*self.kv, torch.tensor(copies, dtype=torch.int64, device=self.device))
-        rows = [self._plan(s, c) for s, c in zip(seqs, cands)]
+        ids = self.view.ids_rows([(s.req.rm_prefix, [s.req.out_ids + [c] for c in cs]) for s, cs in zip(seqs, cands)])
+        rows = [self._plan(s, i) for s, i in zip(seqs, ids)]
         self._extend([r for r in rows if r.end > r.keep])
         return self._score_tails(rows, weights)
 
-    def _plan(self, seq: Sequence, cands: list[int]) -> _Row:
+    def _plan(self, seq: Sequence, ids: list[list[int]]) -> _Row:
+        """ids: each candidate's RM tokens. Cut the cache back to what still begins them all."""
         bm = self.blocks
-        ids = self.view.ids_many(seq.req.rm_prefix, [seq.req.out_ids + [c] for c in cands])
         keep, shared = split_tails(seq.rm_ids, ids)
         settled = seq.rm_settled_ids  # the allocator's tokens (some may not be cached yet) must hold too
         holds = common_prefix(settled, ids[0], min(len(settled), shared))
