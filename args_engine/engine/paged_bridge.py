@@ -61,6 +61,7 @@ class PagedBridge:
             self.ops.copy_blocks(*self.kv, torch.tensor(copies, dtype=torch.int64, device=self.device))
         ids = self.view.ids_rows([(s.req.rm_prefix, [s.req.out_ids + [c] for c in cs]) for s, cs in zip(seqs, cands)])
         rows = [self._plan(s, i) for s, i in zip(seqs, ids)]
+        self.model.reserve_positions(max(len(c) for i in ids for c in i))  # its own tokens may pass its context
         self._extend([r for r in rows if r.end > r.keep])
         return self._score_tails(rows, weights)
 

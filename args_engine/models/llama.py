@@ -190,6 +190,7 @@ class RopeTable:
         kind = getattr(rotary, "rope_type", "default")
         self.static = (kind.get(layer_type, "default") if isinstance(kind, dict) else kind) in _STATIC_ROPE
         self.cos = self.sin = None  # [P, 1, D]
+        self.reserved = 0  # positions a caller said it will read (on CUDA the table covers them without a sync)
 
     def _hf(self, x: torch.Tensor, positions: torch.Tensor):
         args = (x, positions[None]) if self.layer_type is None else (x, positions[None], self.layer_type)
@@ -199,8 +200,10 @@ class RopeTable:
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> RopeInputs:
         if not self.static:
             return RopeInputs(*self._hf(x, positions), None)
-        # on CUDA the whole context at once: reading the longest position would sync the host
-        need = int(positions.max()) + 1 if not x.is_cuda else self.rotary.config.max_position_embeddings
+        # on CUDA the whole context at once (reading the longest position would sync the host), and past it what
+        # a caller reserved (a bridged RM reads its own tokens, which may run past its context, as HF's RoPE does)
+        need = int(positions.max()) + 1 if not x.is_cuda else max(self.rotary.config.max_position_embeddings,
+                                                                  self.reserved)
         if self.cos is None or self.cos.shape[0] < need or self.cos.dtype != x.dtype:
             size = max(need, 2 * (0 if self.cos is None else self.cos.shape[0]), 256)
             self.cos, self.sin = self._hf(x, torch.arange(size, device=x.device))
@@ -256,6 +259,11 @@ class PagedLlama:
         if k_out is not None:
             k, v = k_out.copy_(k), v_out.copy_(v)
         return q, k, v
+
+    def reserve_positions(self, n: int) -> None:
+        """The next forwards read positions < n (known on the host): the RoPE tables grow to cover them."""
+        for table in self.ropes.values():
+            table.reserved = max(table.reserved, n)
 
     def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> dict[str | None, RopeInputs]:
         """-> {rope type: its RopeInputs}, once per forward for the layers' RoPE types."""
