@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One command for a lent GPU, at most about 9 minutes (each step has its own timeout; 8 expected): build the
-# extension, the GPU tests, end-to-end runs (1B shapes: graphs and eager; 8B shapes: two trunks and shared
-# trunk, graphs), the micro and kernel benchmarks. Everything lands in $OUT (default benchmarks/results/gpu).
+# One command for a lent GPU, at most about 9.6 minutes (each step has its own timeout; 8 expected): build the
+# extension, the GPU tests, end-to-end runs (1B shapes: graphs and eager, and a bridged RM; 8B shapes: two trunks
+# and shared trunk, graphs), the micro and kernel benchmarks. Everything lands in $OUT (default benchmarks/results/gpu).
 # The GPU machine reaches no package registry: it builds in place against the torch it has.
 #   FULL=1 also builds the CUDA cache ops (the native engine's GPU path needs only the C++ allocator + Triton).
 set -uo pipefail
@@ -34,6 +34,8 @@ step "end-to-end, 1B shapes, two trunks, CUDA graphs"
 timeout ${E2E_S:-90} $E2E --shape 1B --step-mode graph 2>&1 | grep -v Warning | tail -5
 step "end-to-end, 1B shapes, two trunks, eager (one transfer per step, no graphs)"
 timeout ${EAGER_S:-50} $E2E --shape 1B --step-mode dynamic --batches 1,8 --new-tokens 64 2>&1 | grep -v Warning | tail -4
+step "a bridged RM (another tokenizer, its own paged pool) against the same-vocabulary RM, 1B shapes"
+timeout ${BRIDGE_S:-55} python benchmarks/gpu/bench_bridge_gpu.py --out $OUT 2>&1 | grep -v Warning | tail -8
 step "end-to-end, 8B shapes, two trunks, CUDA graphs"
 timeout ${E2E8_S:-90} $E2E --shape 8B --step-mode graph --new-tokens 64 2>&1 | grep -v Warning | tail -5
 step "end-to-end, 8B shapes, shared trunk, CUDA graphs"
