@@ -373,3 +373,23 @@ def test_paged_bridge_for_each_native_rm_family(lm, lm_tokenizer, bpe_tokenizer,
     for x, y in zip(want, got, strict=True):
         assert x.token_ids == y.token_ids
         torch.testing.assert_close(torch.tensor(x.rewards), torch.tensor(y.rewards), rtol=tol, atol=tol)
+
+
+def test_common_prefix_and_split_tails():
+    """common_prefix (C slice comparisons and a bisection) against a plain loop, on random lists; split_tails on
+    a hand case."""
+    import random
+
+    from args_engine.decoding.bridge import common_prefix, split_tails
+    rng = random.Random(0)
+    for _ in range(2000):
+        a = [rng.randrange(3) for _ in range(rng.randrange(12))]
+        b = a[:rng.randrange(len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(5))]
+        limit = rng.randrange(15)
+        want = 0
+        while want < min(limit, len(a), len(b)) and a[want] == b[want]:
+            want += 1
+        assert common_prefix(a, b, limit) == want, (a, b, limit)
+    # the cache holds [1, 2, 3, 4]; the candidates re-tokenized the last cached token and share [1, 2, 3]
+    assert split_tails([1, 2, 3, 4], [[1, 2, 3, 5, 6], [1, 2, 3, 7]]) == (3, 3)
+    assert split_tails([1, 2], [[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]]) == (2, 4)  # two more shared past the cache
