@@ -393,3 +393,29 @@ def test_common_prefix_and_split_tails():
     # the cache holds [1, 2, 3, 4]; the candidates re-tokenized the last cached token and share [1, 2, 3]
     assert split_tails([1, 2, 3, 4], [[1, 2, 3, 5, 6], [1, 2, 3, 7]]) == (3, 3)
     assert split_tails([1, 2], [[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]]) == (2, 4)  # two more shared past the cache
+
+
+def test_hf_custom_generate_hook_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer):
+    """`generate(custom_generate=args_engine.hf.generate, args_tokenizer=..., args_rm_tokenizer=...)` with an RM
+    on another tokenizer: the tokens the naive oracle gives for the same prompt ids (read as their text)."""
+    import args_engine.hf
+    rm = decoder_rm(len(bpe_tokenizer))
+    from args_engine.chat import render_prompt
+    prompt = render_prompt(lm_tokenizer, PROMPTS[1])
+    out = lm.generate(torch.tensor([prompt]), custom_generate=args_engine.hf.generate, reward_model=rm, args_k=4,
+                      args_w=3.0, args_tokenizer=lm_tokenizer, args_rm_tokenizer=bpe_tokenizer, max_new_tokens=6,
+                      do_sample=False, eos_token_id=None, pad_token_id=0)
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive", eos_ids=set())
+    assert out[0, len(prompt):].tolist() == want.generate([prompt], ARGSParams(k=4, w=3.0, max_new_tokens=6),
+                                                          progress=False)[0].token_ids
+
+
+def test_logits_processor_refuses_rms_it_cannot_read(lm, bpe_tokenizer, wordpiece_tokenizer):
+    """ARGSLogitsProcessor feeds the LM's token ids to the RM: an encoder RM or an RM over another vocabulary is
+    refused with a message that points at the bridge, not run on ids it does not understand."""
+    from args_engine.hf import ARGSLogitsProcessor
+    with pytest.raises(ValueError, match="encoder RM"):
+        ARGSLogitsProcessor(encoder_rm("bert", len(wordpiece_tokenizer)), k=3)
+    proc = ARGSLogitsProcessor(decoder_rm(len(bpe_tokenizer)), k=3)
+    with pytest.raises(ValueError, match="the LM's vocabulary"):
+        proc(torch.tensor([[1, 2, 3]]), torch.randn(1, lm.config.vocab_size))

@@ -21,17 +21,20 @@ from ..models.hf import RewardModel
 from ..params import ARGSParams
 
 
-def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int], rm_weights=None):
+def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int], rm_weights=None,
+            tokenizer=None, rm_tokenizer=None):
     """The ARGSEngine for these settings, kept on the LM so repeated calls reuse it: one slot, replaced (cache and
     all) when a call asks for other settings, so engines never pile up."""
     from ..engine import ARGSEngine
 
-    key = (id(reward_model), backend, batch_size, frozenset(eos_ids), None if rm_weights is None else tuple(rm_weights))
+    key = (id(reward_model), backend, batch_size, frozenset(eos_ids), None if rm_weights is None else tuple(rm_weights),
+           id(tokenizer), id(rm_tokenizer))
     slot = model.__dict__.get("_args_engine")
     if slot is None or slot[0] != key or slot[1] is not reward_model:
         model.__dict__["_args_engine"] = None  # drop the old engine (and its KV cache) before building the next
-        slot = (key, reward_model, ARGSEngine(model, reward_model, backend=backend, batch_size=batch_size,
-                                              eos_ids=eos_ids or None, rm_weights=rm_weights))
+        slot = (key, reward_model, ARGSEngine(model, reward_model, tokenizer=tokenizer, rm_tokenizer=rm_tokenizer,
+                                              backend=backend, batch_size=batch_size, eos_ids=eos_ids or None,
+                                              rm_weights=rm_weights))
         model.__dict__["_args_engine"] = slot
     return slot[2]
 
@@ -57,7 +60,8 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
              args_k: int = 10, args_w: float = 1.0, args_mode: str | None = None, args_seed: int | None = 0,
              args_backend: str = "auto", args_batch_size: int | None = None, args_presence_penalty: float = 0.0,
              args_frequency_penalty: float = 0.0, args_logit_bias: dict[int, float] | None = None,
-             args_gate: float | None = None, args_rm_weights: list[float] | None = None, **model_kwargs):
+             args_gate: float | None = None, args_rm_weights: list[float] | None = None, args_tokenizer=None,
+             args_rm_tokenizer=None, **model_kwargs):
     """A `custom_generate` callable: `model.generate(**inputs, custom_generate=generate, reward_model=rm, ...)`.
 
     input_ids [B, P] (left padding marked by `attention_mask`) -> LongTensor [B, P + n] with n the longest
@@ -72,7 +76,9 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
     refused. Logit controls come from the config (repetition_penalty, no_repeat_ngram_size, top_p, min_p,
     single-token sequence_bias) and from args_presence_penalty, args_frequency_penalty, args_logit_bias.
     args_gate: the uncertainty gate tau (ARGSParams.gate). args_rm_weights: a multi-objective RM's weights
-    (reward = weights . outputs), or pass a RewardModel built with them.
+    (reward = weights . outputs), or pass a RewardModel built with them. args_tokenizer, args_rm_tokenizer: the
+    LM's and the RM's tokenizers, for an RM on another tokenizer or an encoder RM (the tokenizer bridge: the RM
+    reads the text of the prompt ids as they are, then the response's text).
     Honoured from `generate`: max_new_tokens / max_length, eos_token_id, pad_token_id, do_sample, temperature.
     Logits processors, stopping criteria and streamers do not apply (ARGS picks every token).
     """
@@ -97,7 +103,8 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
                          seed=None if args_seed is None else args_seed + b, gate=args_gate, **controls)
               for b in range(B)]
     eos = set(_ids_list(cfg.eos_token_id))
-    engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos, args_rm_weights)
+    engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos, args_rm_weights, args_tokenizer,
+                     args_rm_tokenizer)
     eos = engine.eos_ids
 
     mask = model_kwargs.get("attention_mask")  # [B, P] or None (generate drops an all-ones mask)
@@ -143,6 +150,10 @@ class ARGSLogitsProcessor(LogitsProcessor):
                  pad_token_id: int | None = None, rm_weights: list[float] | None = None, rm_objective: int | None = None):
         ARGSParams(k=k, w=w)  # validates k and w
         self.rm = RewardModel.wrap(reward_model, rm_weights, rm_objective)  # multi-objective: weights . outputs
+        if self.rm.is_encoder:
+            raise ValueError(f"ARGSLogitsProcessor scores the LM's token ids, which an encoder RM "
+                             f"({self.rm.config.model_type}) cannot read; use the custom_generate hook with "
+                             "args_tokenizer= and args_rm_tokenizer= (the tokenizer bridge)")
         self.k, self.w, self.pad_token_id = k, float(w), pad_token_id
         self.prompt_mask = attention_mask
         self.reset()
@@ -189,6 +200,11 @@ class ARGSLogitsProcessor(LogitsProcessor):
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[-1] != self.rm.config.vocab_size:
+            raise ValueError(f"ARGSLogitsProcessor needs an RM over the LM's vocabulary (LM scores over "
+                             f"{scores.shape[-1]} tokens, RM vocab_size={self.rm.config.vocab_size}); for an RM on "
+                             "another tokenizer use the custom_generate hook with args_tokenizer= and "
+                             "args_rm_tokenizer= (the tokenizer bridge)")
         device = next(self.rm.parameters()).device
         dtype = next(self.rm.parameters()).dtype
         ids = input_ids.to(device)  # [B, T]
