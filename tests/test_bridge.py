@@ -2,6 +2,7 @@
 tokens identical to the naive oracle, which re-tokenizes each candidate's whole text from scratch every step
 (decoding/bridge.py). Tiny random models in float64; the LM on the default SmolLM2 tokenizer; the RM on a BPE
 tokenizer trained here on HH text, or on the offline MiniLM package's WordPiece tokenizer."""
+import math
 import os
 
 import pytest
@@ -419,3 +420,35 @@ def test_logits_processor_refuses_rms_it_cannot_read(lm, bpe_tokenizer, wordpiec
     proc = ARGSLogitsProcessor(decoder_rm(len(bpe_tokenizer)), k=3)
     with pytest.raises(ValueError, match="the LM's vocabulary"):
         proc(torch.tensor([[1, 2, 3]]), torch.randn(1, lm.config.vocab_size))
+
+
+def test_the_rm_pool_is_sized_for_the_rm_tokenizer(lm, lm_tokenizer):
+    """An RM tokenizer that spends more tokens on a text than the LM's (here one per character, about 4x) gets an
+    RM pool that many times larger: a batch that fits the LM's pool runs without RM-pool preemptions, and the
+    memory budget counts both pools. rm_num_blocks sets it by hand."""
+    from args_engine.chat import render_prompt
+    from args_engine.engine.model_runner import cache_bytes_per_block
+    from tiny import char_tokenizer
+    rm_tok = char_tokenizer()
+    rm = decoder_rm(len(rm_tok))
+    prompt = "Tell me everything you know about bread, ovens and the history of baking in Europe, please."
+    params = ARGSParams(k=3, w=3.0, max_new_tokens=6)
+    blocks = 4 * -(-(len(render_prompt(lm_tokenizer, prompt)) + 8) // 8)  # the LM's pool just holds four
+    engine = paged_bridge_engine(lm, rm, lm_tokenizer, rm_tok, batch_size=4, block_size=8, num_blocks=blocks)
+    dec = engine.decoder
+    ratio = engine.bridge.token_ratio()
+    assert ratio > 2 and dec.rm_bm.num_blocks == math.floor(blocks * ratio)
+    running, schedule = [], dec.scheduler.schedule
+    dec.scheduler.schedule = lambda: (schedule(), running.append(len(dec.scheduler.running)))[0]
+    got = engine.generate([prompt] * 4, params, progress=False)
+    assert max(running) == 4 and dec.scheduler.num_preemptions == 0  # (with the LM's block count: 2 and 1)
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=rm_tok, backend="naive",
+                      eos_ids=set()).generate([prompt] * 4, params, progress=False)
+    assert_same(want, got)
+    by_hand = paged_bridge_engine(lm, rm, lm_tokenizer, rm_tok, block_size=8, num_blocks=blocks, rm_num_blocks=7)
+    assert by_hand.decoder.rm_bm.num_blocks == 7
+    sized = paged_bridge_engine(lm, rm, lm_tokenizer, rm_tok, block_size=8, cache_memory_gb=0.001)
+    d = sized.decoder
+    lm_bytes = d.bm.num_blocks * cache_bytes_per_block([d.runner.lm], 8)
+    rm_bytes = d.rm_bm.num_blocks * cache_bytes_per_block([d.runner.paged_bridge.model], 8)
+    assert lm_bytes + rm_bytes <= 0.001 * 2**30 and d.rm_bm.num_blocks > 2 * d.bm.num_blocks

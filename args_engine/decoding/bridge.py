@@ -28,6 +28,15 @@ from .logit_controls import apply_logit_controls
 from .masks import _additive
 
 
+# A text of everyday English, with digits, punctuation and a little of other scripts: what the RM pool's size is
+# measured on (RM tokens per LM token; engine/llm_engine.py).
+SIZING_SAMPLE = ("User: Could you help me plan a weekend trip to the mountains? We are two adults and a child, "
+                 "leaving on Friday at 5 pm, with a budget of about $600.\nAssistant: Of course! Here is a simple "
+                 "plan: drive up on Friday evening (about 3 hours), stay two nights in a family-friendly cabin, and "
+                 "spend Saturday on an easy 8 km trail with a picnic. On Sunday, visit the village market before "
+                 "heading home. Bonne route ! Gute Reise! ¡Buen viaje!")
+
+
 class RMTextView:
     """How a bridged RM reads a request: the RM-side prompt text, and the RM token ids of prompt + response."""
 
@@ -48,6 +57,13 @@ class RMTextView:
         if self._template:
             return self.rm_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    def token_ratio(self) -> float:
+        """RM tokens per LM token on SIZING_SAMPLE (how much larger the RM's cache must be than the LM's), within
+        [1/4, 4]."""
+        lm = len(self.lm_tok(SIZING_SAMPLE, add_special_tokens=False)["input_ids"])
+        rm = len(self.rm_tok(SIZING_SAMPLE, add_special_tokens=False)["input_ids"])
+        return min(4.0, max(0.25, rm / max(lm, 1)))
 
     def response_text(self, response_ids: list[int]) -> str:
         return self.lm_tok.decode(response_ids, skip_special_tokens=True)

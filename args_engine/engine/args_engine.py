@@ -18,7 +18,7 @@ from .llm_engine import LLMEngine, TokenEvent
 
 BACKENDS = ("auto", "native", "reference", "naive")
 NATIVE_OPTIONS = {"num_blocks", "block_size", "max_num_batched_tokens", "cache_memory_gb", "use_triton", "share_trunk",
-                  "enable_prefix_caching", "step_mode"}
+                  "enable_prefix_caching", "step_mode", "rm_num_blocks"}
 
 
 def _eos_ids(lm, tokenizer) -> set[int]:
@@ -51,7 +51,9 @@ class ARGSEngine:
         use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk), enable_prefix_caching
         (default True: prompts that begin like an earlier one reuse its cached K/V blocks), step_mode ("graph":
         CUDA graphs per batch-size bucket, the default on CUDA; "static": the same padded step without capture;
-        "dynamic": unpadded eager steps, the default on CPU)."""
+        "dynamic": unpadded eager steps, the default on CPU), rm_num_blocks (an RM on another tokenizer, run
+        paged: its pool's blocks, in RM tokens; default: the LM's blocks x the RM tokens per LM token on a sample
+        text)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -8,6 +8,8 @@ they finish, and stream their tokens as they are chosen.
 """
 from __future__ import annotations
 
+import math
+
 import logging
 from dataclasses import dataclass
 
@@ -50,7 +52,7 @@ class LLMEngine:
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
                  max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True,
-                 step_mode: str | None = None, bridge=None):
+                 step_mode: str | None = None, bridge=None, rm_num_blocks: int | None = None):
         sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                      num_blocks=1 if num_blocks is None else num_blocks)
         for name, value in sizes.items():
@@ -62,20 +64,32 @@ class LLMEngine:
         if use_triton and not triton_available(device):
             raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
         self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode, bridge)
-        per_block = cache_bytes_per_block(self.runner.models, block_size)
+        paged_bridge = self.runner.paged_bridge
+        if rm_num_blocks is not None and (not isinstance(rm_num_blocks, int) or rm_num_blocks < 1):
+            raise ValueError(f"rm_num_blocks must be an integer >= 1, got {rm_num_blocks!r}")
+        # A bridged RM's pool is in RM-token positions: as many times the LM's blocks as its tokenizer spends tokens
+        # on a text per LM token (or rm_num_blocks); the memory budget pays for both.
+        ratio = 1.0 if paged_bridge is None else bridge.view.token_ratio()
+        per_block = cache_bytes_per_block([self.runner.lm] if paged_bridge is not None else self.runner.models,
+                                          block_size)
+        if paged_bridge is not None:
+            per_block += ratio * cache_bytes_per_block([paged_bridge.model], block_size)
         if num_blocks is None:
             # what the engine can use: max_num_seqs full contexts, within the memory budget
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
             budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
             num_blocks = max(1, min(want, int(budget // per_block)))
-        self.runner.allocate_caches(num_blocks)
+        if paged_bridge is not None and rm_num_blocks is None:
+            rm_num_blocks = max(1, math.floor(num_blocks * ratio))  # floor: within the budget
+        self.runner.allocate_caches(num_blocks, rm_num_blocks)
         logger.info("KV cache: %d blocks x %d tokens = %d tokens, %.0f MiB on %s (%s)", num_blocks, block_size,
                     num_blocks * block_size, num_blocks * per_block / 2**20, device,
-                    "one cache for LM and RM: shared trunk" if self.runner.shared else "LM + RM")
+                    "one cache for LM and RM: shared trunk" if self.runner.shared else
+                    f"LM + RM, the RM's pool {rm_num_blocks} blocks in RM tokens" if paged_bridge else "LM + RM")
         self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.rm_bm = None  # a bridged RM's own pool, in RM-token positions (as many blocks)
-        if self.runner.paged_bridge is not None:
-            self.rm_bm = RMBlockManager(bridge.view, num_blocks, block_size, enable_prefix_caching)
+        self.rm_bm = None  # a bridged RM's own pool, in RM-token positions
+        if paged_bridge is not None:
+            self.rm_bm = RMBlockManager(bridge.view, rm_num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size), self.rm_bm)
         if self.rm_bm is not None:
             self.runner.paged_bridge.blocks = self.rm_bm

@@ -153,19 +153,19 @@ class ModelRunner:
     def static(self) -> bool:
         return self.step_mode != "dynamic"
 
-    def allocate_caches(self, num_blocks: int) -> None:
+    def allocate_caches(self, num_blocks: int, rm_num_blocks: int | None = None) -> None:
         """k, v [L, num_blocks (+1 spare in static modes), block_size, Hkv, D] for each model (one for both with a
-        shared trunk). The block allocator hands out blocks 0..num_blocks-1 only."""
-        total = num_blocks + (1 if self.static else 0)
+        shared trunk). The block allocator hands out blocks 0..num_blocks-1 only. rm_num_blocks: a bridged RM's
+        own pool, in RM-token positions (default: as many)."""
         self.spare_block = num_blocks if self.static else -1
 
-        def alloc(m: PagedLlama):
-            shape = (m.num_layers, total, self.block_size, m.num_kv_heads, m.head_dim)
+        def alloc(m: PagedLlama, blocks: int):
+            shape = (m.num_layers, blocks + (1 if self.static else 0), self.block_size, m.num_kv_heads, m.head_dim)
             return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
-        self.lm_kv = alloc(self.lm)
-        self.rm_kv = self.lm_kv if self.rm is self.lm else alloc(self.rm)
-        if self.paged_bridge is not None:  # in RM-token positions, with a pool of its own (as many blocks)
-            self.paged_bridge.kv = alloc(self.paged_bridge.model)
+        self.lm_kv = alloc(self.lm, num_blocks)
+        self.rm_kv = self.lm_kv if self.rm is self.lm else alloc(self.rm, num_blocks)
+        if self.paged_bridge is not None:
+            self.paged_bridge.kv = alloc(self.paged_bridge.model, rm_num_blocks or num_blocks)
 
     # --- preparing a step ---------------------------------------------------------------------------------
     def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
