@@ -452,3 +452,19 @@ def test_the_rm_pool_is_sized_for_the_rm_tokenizer(lm, lm_tokenizer):
     lm_bytes = d.bm.num_blocks * cache_bytes_per_block([d.runner.lm], 8)
     rm_bytes = d.rm_bm.num_blocks * cache_bytes_per_block([d.runner.paged_bridge.model], 8)
     assert lm_bytes + rm_bytes <= 0.001 * 2**30 and d.rm_bm.num_blocks > 2 * d.bm.num_blocks
+
+
+def test_native_encoder_rm_reads_every_rows_candidates_in_one_forward(lm, lm_tokenizer, wordpiece_tokenizer):
+    """An encoder RM keeps no cache: on the native engine each step's candidate texts of all rows go through it in
+    one batched forward (not one per row). Tokens and rewards equal the naive oracle's."""
+    rm = encoder_rm("bert", len(wordpiece_tokenizer))
+    calls = []
+    rm.register_forward_hook(lambda *_: calls.append(1))
+    params = [ARGSParams(k=k, w=3.0, max_new_tokens=5, gate=g) for k, g in ((4, None), (3, 0.5), (5, None))]
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=wordpiece_tokenizer, backend="native",
+                        eos_ids=set(), batch_size=3)
+    got = engine.generate(PROMPTS, params, progress=False)
+    assert len(calls) == 5  # one per step: the three rows decode together
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=wordpiece_tokenizer, backend="naive",
+                      eos_ids=set()).generate(PROMPTS, params, progress=False)
+    assert_same(want, got)

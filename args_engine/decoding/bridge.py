@@ -143,6 +143,16 @@ class BridgeScorer:
                 lambda j: None
         return self._score_cached(req, cands, state, weights, device)
 
+    def score_encoder_rows(self, reqs: list[Request], cands: list[list[int]], weights, device) -> list[torch.Tensor]:
+        """An encoder RM, several rows: every row's candidate texts in one batched forward. weights [B, N] (one
+        row per request) or None. -> each row's rewards [n]."""
+        texts = [req.rm_prefix + self.view.response_text(req.out_ids + [c]) for req, cs in zip(reqs, cands)
+                 for c in cs]
+        counts = [len(cs) for cs in cands]
+        if weights is not None:  # [sum n, N]: each candidate gets its row's weights
+            weights = weights.repeat_interleave(torch.tensor(counts, device=weights.device), dim=0)
+        return list(self.rm.encoder_rewards(self.view.encode_texts(texts, device), weights).split(counts))
+
     def _score_cached(self, req: Request, cands: list[int], state: BridgeState, weights, device):
         cache, cached = state.cache, state.cached
         rm_ids = self.view.ids_many(req.rm_prefix, [req.out_ids + [c] for c in cands])

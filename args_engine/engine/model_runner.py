@@ -404,8 +404,9 @@ class ModelRunner:
 
     def _bridged_step(self, seqs: list[Sequence], controlled: torch.Tensor):
         """An RM that reads text: the LM's top-k [B, kmax] come back in one read; the RM scores each row's
-        candidates (all k, or its top one where the gate takes it): all rows at once on its paged cache, or each
-        row on its own HF cache; the choice is select_candidates', as the reference backend makes it."""
+        candidates (all k, or its top one where the gate takes it): all rows at once on its paged cache, all
+        rows' texts in one batch (an encoder), or each row on its own HF cache; the choice is select_candidates',
+        as the reference backend makes it."""
         B, kmax = len(seqs), max(s.params.k for s in seqs)
         logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
         host = torch.tensor(self.read(torch.cat([logp.double(), cand.double()], 1)), dtype=torch.float64)
@@ -417,6 +418,12 @@ class ModelRunner:
             weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)
             scored, commit = self.paged_bridge.score(seqs, cands, weights)  # [B, n]
             rewards[:, :scored.shape[1]] = scored
+        elif self.reward_model.is_encoder:  # no cache: every row's candidate texts in one encoder forward
+            weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)
+            for b, r in enumerate(self.bridge.score_encoder_rows([s.req for s in seqs], cands, weights,
+                                                                 self.bridge_device)):
+                rewards[b, :len(r)] = r.cpu()
+            commit = None  # nothing cached
         else:
             commits = []
             for b, s in enumerate(seqs):
@@ -431,7 +438,8 @@ class ModelRunner:
                 for c, j in zip(commits, choice):
                     c(j)
         choice = select_candidates(logp_h, rewards, [s.req for s in seqs], gate)  # [B]
-        commit(choice.tolist())
+        if commit is not None:
+            commit(choice.tolist())
         rows = torch.arange(B)
         return cand_h[rows, choice].to(self.device), rewards[rows, choice].to(self.device), None
 
