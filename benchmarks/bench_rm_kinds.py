@@ -11,7 +11,8 @@ k = 10, EOS ignored, B = 1, with
 
 Reports tok/s and ms per token for each (and, on native, with 4 prompts decoded together), prefill included and
 decode only (past the first token), medians of rounds that interleave the RMs; and the bridge's ratio to the
-same-vocabulary RM on the same backend (target <= 1.3x) and to the native one. Writes
+same-vocabulary RM on the same backend (target <= 1.3x) and to the native one, and the prompt's length in each
+bridged RM's tokens (a same-vocabulary RM reads the LM's). Writes
 benchmarks/results/bench_rm_kinds_<machine>.json and .png.
 
     python benchmarks/bench_rm_kinds.py [--new-tokens 32] [--prompt-tokens 550] [--rounds 3]
@@ -125,10 +126,13 @@ def main() -> None:
         rows[name] = {"tokens_per_s": rate, "ms_per_token": 1e3 / rate, "decode_ms_per_token": decode,
                       "batch": 4 if name in batched else 1, "rounds": samples[name]}
     same_ref, same_nat = "(a) same-size RM, own trunk, reference", "(a) same-size RM, own trunk, native"
+    encoder = "(c) MiniLM-size encoder RM, reference"
     bridge_ref, bridge_nat = ("(b) same-size RM behind the BPE bridge, reference",
                               "(b) same-size RM behind the BPE bridge, native")
     result = {"machine": machine_name(), "torch": torch.__version__, "lm": "SmolLM2-135M-Instruct (float32)",
               "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "k": 10, "rounds": args.rounds,
+              "prompt_rm_tokens": {kind: len(view.ids(view.prefix(ids, False), [])) for kind, view in (
+                  ("bpe_bridge", engines[bridge_nat].bridge), ("encoder", engines[encoder].bridge))},
               "statistic": "median over rounds", "rms": rows,
               "bridge_over_same_vocab_reference": ratio(rows, bridge_ref, same_ref),
               "bridge_over_same_vocab_native": ratio(rows, bridge_ref, same_nat),
@@ -150,6 +154,7 @@ def main() -> None:
           f"{result['native_bridge_over_same_vocab_native']:.2f}x, {d['native_bridge_over_same_vocab_native']:.2f}x; "
           f"native B = 4 {result['native_bridge_over_same_vocab_native_b4']:.2f}x, "
           f"{d['native_bridge_over_same_vocab_native_b4']:.2f}x (target <= 1.3x)")
+    print(f"the prompt in RM tokens: {result['prompt_rm_tokens']} (LM tokens: {len(ids)})")
     path = write_result(result, "bench_rm_kinds", args.out)
     plot(result, path.with_suffix(".png"))
 
