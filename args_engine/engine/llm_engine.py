@@ -54,7 +54,8 @@ class LLMEngine:
                  max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True,
                  step_mode: str | None = None, bridge=None, rm_num_blocks: int | None = None):
         sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                     num_blocks=1 if num_blocks is None else num_blocks)
+                     num_blocks=1 if num_blocks is None else num_blocks,
+                     rm_num_blocks=1 if rm_num_blocks is None else rm_num_blocks)
         for name, value in sizes.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -65,15 +66,12 @@ class LLMEngine:
             raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
         self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode, bridge)
         paged_bridge = self.runner.paged_bridge
-        if rm_num_blocks is not None and (not isinstance(rm_num_blocks, int) or rm_num_blocks < 1):
-            raise ValueError(f"rm_num_blocks must be an integer >= 1, got {rm_num_blocks!r}")
         # A bridged RM's pool is in RM-token positions: as many times the LM's blocks as its tokenizer spends tokens
         # on a text per LM token (or rm_num_blocks); the memory budget pays for both.
         ratio = 1.0 if paged_bridge is None else bridge.view.token_ratio()
-        per_block = cache_bytes_per_block([self.runner.lm] if paged_bridge is not None else self.runner.models,
-                                          block_size)
-        if paged_bridge is not None:
-            per_block += ratio * cache_bytes_per_block([paged_bridge.model], block_size)
+        per_block = cache_bytes_per_block(self.runner.models, block_size)
+        if paged_bridge is not None:  # `ratio` RM blocks per LM block
+            per_block += (ratio - 1) * cache_bytes_per_block([paged_bridge.model], block_size)
         if num_blocks is None:
             # what the engine can use: max_num_seqs full contexts, within the memory budget
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
@@ -88,12 +86,11 @@ class LLMEngine:
                     f"LM + RM, the RM's pool {rm_num_blocks} blocks in RM tokens" if paged_bridge else "LM + RM")
         self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.rm_bm = None  # a bridged RM's own pool, in RM-token positions
+        token_budget = max(max_num_batched_tokens, block_size)
         if paged_bridge is not None:
             self.rm_bm = RMBlockManager(bridge.view, rm_num_blocks, block_size, enable_prefix_caching)
-        self.scheduler = Scheduler(self.bm, max_num_seqs, max(max_num_batched_tokens, block_size), self.rm_bm)
-        if self.rm_bm is not None:
-            self.runner.paged_bridge.blocks = self.rm_bm
-            self.runner.paged_bridge.max_tokens = self.scheduler.max_num_batched_tokens
+            paged_bridge.blocks, paged_bridge.max_tokens = self.rm_bm, token_budget
+        self.scheduler = Scheduler(self.bm, max_num_seqs, token_budget, self.rm_bm)
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.cache_bytes_per_block = per_block
         self.seqs: dict[int, Sequence] = {}

@@ -414,12 +414,11 @@ class ModelRunner:
         gate = gated([s.params for s in seqs], logp_h[:, 0].tolist())
         cands = [cand_h[b, :1 if gate[b] else s.params.k].tolist() for b, s in enumerate(seqs)]
         rewards = torch.zeros(B, kmax, dtype=self.rm_head_dtype)  # [B, kmax], the RM's dtype as the reference's
+        weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)  # [B, N]
         if self.paged_bridge is not None:
-            weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)
             scored, commit = self.paged_bridge.score(seqs, cands, weights)  # [B, n]
             rewards[:, :scored.shape[1]] = scored
         elif self.reward_model.is_encoder:  # no cache: every row's candidate texts in one encoder forward
-            weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)
             for b, r in enumerate(self.bridge.score_encoder_rows([s.req for s in seqs], cands, weights,
                                                                  self.bridge_device)):
                 rewards[b, :len(r)] = r.cpu()
@@ -429,8 +428,8 @@ class ModelRunner:
             for b, s in enumerate(seqs):
                 if s.bridge_state is None:
                     s.bridge_state = BridgeState()
-                weights = self.reward_model.row_weights([s.params.rm_weights], self.bridge_device)
-                r, c = self.bridge.score(s.req, cands[b], s.bridge_state, weights, self.bridge_device)
+                row_w = None if weights is None else weights[b:b + 1]  # [1, N]
+                r, c = self.bridge.score(s.req, cands[b], s.bridge_state, row_w, self.bridge_device)
                 rewards[b, :len(cands[b])] = r.cpu()
                 commits.append(c)
 
