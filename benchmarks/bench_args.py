@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from common import long_prompt, machine_name, timed
+from bench_common import long_prompt, machine_name, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

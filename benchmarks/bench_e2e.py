@@ -1,5 +1,5 @@
 """End-to-end: the native engine against HF greedy, the reference decoder and the original-style baseline
-(benchmarks/baselines/original_args.py), on the default models, ARGS-greedy k = 10, w = 1, EOS ignored so every
+(benchmarks/ref_baselines/original_args.py), on the default models, ARGS-greedy k = 10, w = 1, EOS ignored so every
 decoder emits the same number of tokens. All figures of one run are measured side by side on one machine.
 
     python benchmarks/bench_e2e.py [--sections e2e,batch,memory,sweep,prefix_cache] [--new-tokens 128] [--quick]
@@ -28,8 +28,8 @@ from args_engine.progress import progress_bar
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.reward.data import load_pairs, split_last_reply, split_pairs
-from baselines.original_args import original_args_generate
-from common import long_prompt, machine_name, timed
+from ref_baselines.original_args import original_args_generate
+from bench_common import long_prompt, machine_name, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,6 +17,7 @@ benchmarks/results/bench_kernels_<gpu>.json. Without CUDA it prints a message an
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -32,11 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load_kernels():
     """Import the repo's kernels/ directory as a package without importing (or building) args_engine."""
-    spec = importlib.util.spec_from_file_location("_bench_kernels", ROOT / "kernels" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "kernels")])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["_bench_kernels"] = pkg
-    spec.loader.exec_module(pkg)
+    spec = importlib.machinery.ModuleSpec("_bench_kernels", None, is_package=True)  # kernels/ has no __init__.py
+    spec.submodule_search_locations = [str(ROOT / "kernels")]
+    sys.modules["_bench_kernels"] = importlib.util.module_from_spec(spec)
     return {name: importlib.import_module(f"_bench_kernels.{name}")
             for name in ("topk_logprobs", "candidate_attention", "add_rmsnorm", "rope_qkv")}
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_name, write_result  # noqa: E402
+from bench_common import machine_name, write_result  # noqa: E402
 
 from load_test import PROMPTS  # noqa: E402
 

@@ -32,7 +32,7 @@ from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassificati
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.eval.embed import minilm_dir
 from args_engine.reward.data import load_pairs
-from common import long_prompt, machine_name, write_result
+from bench_common import long_prompt, machine_name, write_result
 
 
 def bpe_tokenizer(vocab: int = 8000) -> PreTrainedTokenizerFast:

@@ -121,8 +121,8 @@ def main(argv=None) -> dict:
         result["server"] = f"in-process, lm={args.lm or 'default'}, rm={args.rm or 'default'}, " \
                            f"device={args.device}, dtype={args.dtype}, batch_size={args.batch_size}"
         result["prefix_cache_hit_rate"] = round(engine.decoder.prefix_cache_hit_rate, 4)  # the server's default: on
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
-    from common import machine_name, write_result
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/bench_common.py, also when loaded by path
+    from bench_common import machine_name, write_result
     result["machine"] = machine_name()
     print(f"{result['requests']} requests, {result['tokens']} tokens in {result['elapsed_s']} s with "
           f"{args.clients} clients: {result['requests_per_s']} req/s, {result['tokens_per_s']} tok/s")

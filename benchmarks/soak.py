@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, load_test.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/bench_common.py, load_test.py
 from load_test import PROMPTS, percentile  # noqa: E402
 
 MODEL = "soak"
@@ -285,7 +285,7 @@ def main(argv=None) -> dict:
             wrong.append({"request": case.body, "path": case.path, "got": got, "expected": (texts, reasons)})
     bad_wrong = [r for r in soak.bad_results if r[2] != r[1] or not r[3]]
     ms = lambda v: None if v is None else round(1000 * v, 1)  # noqa: E731
-    from common import machine_name, write_result
+    from bench_common import machine_name, write_result
     result = {
         "machine": machine_name(), "clients": args.clients, "duration_s": args.duration,
         "elapsed_s": round(elapsed, 1), "dtype": args.dtype, "max_tokens": args.max_tokens,

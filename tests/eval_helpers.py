@@ -8,7 +8,7 @@ import torch
 from args_engine.engine import ARGSEngine
 from args_engine.eval.judge import Judge
 from args_engine.eval.runner import from_engine
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 
 class HashEncoder:

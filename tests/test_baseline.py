@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 from args_engine import ARGSEngine, ARGSParams
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from baselines.original_args import original_args_generate  # noqa: E402
+from ref_baselines.original_args import original_args_generate  # noqa: E402
 
 
 def test_original_style_baseline_matches_native():

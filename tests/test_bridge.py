@@ -361,7 +361,7 @@ def test_eval_scores_replies_as_the_bridged_rm_reads_them(lm, lm_tokenizer, bpe_
 def test_paged_bridge_for_each_native_rm_family(lm, lm_tokenizer, bpe_tokenizer, family):
     """Every native family as a bridged RM on its own paged pool (the README's table): tokens equal the naive
     oracle's (Gemma's float32 attention softmax: rewards to 1e-5)."""
-    from tiny import _RM, _config
+    from tiny_models import _RM, _config
     cfg = _config(family, num_labels=1)
     cfg.vocab_size, cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = len(bpe_tokenizer), 0, 0, 1
     torch.manual_seed(4)
@@ -428,7 +428,7 @@ def test_the_rm_pool_is_sized_for_the_rm_tokenizer(lm, lm_tokenizer):
     memory budget counts both pools. rm_num_blocks sets it by hand."""
     from args_engine.chat import render_prompt
     from args_engine.engine.model_runner import cache_bytes_per_block
-    from tiny import char_tokenizer
+    from tiny_models import char_tokenizer
     rm_tok = char_tokenizer()
     rm = decoder_rm(len(rm_tok))
     prompt = "Tell me everything you know about bread, ovens and the history of baking in Europe, please."

@@ -8,7 +8,7 @@ import torch
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.engine import llm_engine
 from args_engine.engine.model_runner import _zeros
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 
 def engine(**kw):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from args_engine.cli import main
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 
 @pytest.fixture(scope="module")

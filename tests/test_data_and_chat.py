@@ -4,7 +4,7 @@ import pytest
 from args_engine.chat import render_dialogue, render_prompt
 from args_engine.reward.data import (SPLIT_SIZES, assert_disjoint_from_training, load_pairs, parse_dialogue,
                                      split_last_reply, split_pairs)
-from tiny import char_tokenizer
+from tiny_models import char_tokenizer
 
 DIALOGUE = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Fine, thanks."
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from args_engine.decoding.detokenize import IncrementalText
-from tiny import char_tokenizer
+from tiny_models import char_tokenizer
 
 TEXTS = ["Hello there, how are you today?\n\nI'm fine.", "  leading spaces and\ttabs ", "Ünïcödé: naïve café, 東京, 🙂👍🏽!",
          "code: `x = [i**2 for i in range(10)]`", "a" * 300]

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from args_engine.eval.judge import JUDGE_ASSET, Judge, check_independent, train_judge
 from args_engine.reward.data import load_pairs, split_pairs
 from eval_helpers import HashEncoder, tiny_judge
-from tiny import tiny_rm
+from tiny_models import tiny_rm
 
 
 def test_judge_and_decoding_rm_are_distinct():

@@ -9,7 +9,7 @@ from args_engine.eval.compare import TIE_EPS, outcome
 from args_engine.eval.methods import parse_methods
 from args_engine.eval.runner import evaluate, merge_results
 from eval_helpers import HashEncoder, tiny_judge, tiny_models
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = [[{"role": "user", "content": c}] for c in ("Hello there", "How are you?", "Tell me a story", "Why?")]
 KEYS = {"avg_reward", "reward_sd", "win_tie_vs_greedy", "diversity", "coherence", "tokens_per_s",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?", "abc"]
 N = 14

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from tiny import EOS, char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPT = "Tell me a story"
 

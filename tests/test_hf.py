@@ -6,7 +6,7 @@ import torch
 import args_engine.hf
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.hf import ARGSLogitsProcessor
-from tiny import EOS, PAD, char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import EOS, PAD, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]
 K, W, N = 6, 1.5, 12

@@ -9,7 +9,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.decoding.logit_controls import apply_logit_controls, banned_ngram_tokens, dropped_by_min_p_top_p
-from tiny import EOS, char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]
 N = 16

@@ -10,7 +10,7 @@ from args_engine import ARGSEngine, ARGSParams
 from args_engine.integrations.server import create_app
 from args_engine.integrations.server_config import ServerConfig
 from server_util import ServerThread, post
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from args_engine.integrations.server import create_app
 from args_engine.integrations.server_config import ServerConfig
 from args_engine.models.hf import RewardModel
 from server_util import ServerThread, post
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]
 WEIGHTS = [0.5, -1.0, 2.0]

@@ -8,7 +8,7 @@ import torch
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.decoding.common import Request
-from tiny import EOS, char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to learn to cook rice at home?", "x", "Tell me a joke."]
 GREEDY = ARGSParams(k=6, w=1.5, max_new_tokens=14)
@@ -349,7 +349,7 @@ def test_rope_type_with_per_forward_tables(use_triton):
     are made per forward, one row per token (the Triton path reads them by row index too)."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from tiny import _config
+    from tiny_models import _config
     lm_cfg, rm_cfg = _config("llama").to_dict(), _config("llama", num_labels=1).to_dict()
     scaling = {"rope_type": "dynamic", "factor": 2.0}
     torch.manual_seed(0)

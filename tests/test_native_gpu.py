@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 PROMPTS = ["Hello there", "Hi", "What is the best way to learn to cook rice at home?", "x"]

@@ -14,7 +14,7 @@ import ray  # the README's test command installs the [ray] extra: its absence is
 from args_engine.engine import ARGSEngine
 from args_engine.params import ARGSParams
 from server_util import free_port, get, post
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 APP = "args"
 PARAMS = dict(max_tokens=6, args_k=3, args_w=1.5)

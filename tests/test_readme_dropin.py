@@ -8,7 +8,7 @@ import torch
 from args_engine import ARGSEngine
 from args_engine.integrations.server import create_app
 from server_util import ServerThread
-from tiny import EOS, char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -5,7 +5,7 @@ import torch
 from args_engine.models.defaults import apply_reward_asset
 from args_engine.reward.train import (bradley_terry_loss, extract_features, last_layers_rewards, pairwise_accuracy,
                                       train_last_layers, train_linear_head)
-from tiny import tiny_rm
+from tiny_models import tiny_rm
 
 
 def test_bt_loss_values():
@@ -54,7 +54,7 @@ def test_train_rm_command_end_to_end(tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
     from args_engine.cli import main
-    from tiny import char_tokenizer, tiny_lm
+    from tiny_models import char_tokenizer, tiny_lm
 
     monkeypatch.setenv("ARGS_ENGINE_CACHE", str(tmp_path / "cache"))
     tiny_lm(dtype=torch.float32).save_pretrained(tmp_path / "lm")

@@ -11,7 +11,7 @@ from args_engine import ARGSEngine, ARGSParams
 from args_engine.integrations.server import create_app
 from args_engine.integrations.server_config import ServerConfig
 from server_util import ServerThread, post
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 ARGS = {"args_k": 5, "args_w": 1.5}
 
@@ -242,7 +242,7 @@ def test_serves_an_rm_on_another_tokenizer_with_its_own_template():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from tiny import VOCAB
+    from tiny_models import VOCAB
     rm_raw = Tokenizer(models.WordLevel({t: i for i, t in enumerate(reversed(VOCAB))}, unk_token="<unk>"))
     rm_raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     rm_raw.decoder = decoders.Fuse()

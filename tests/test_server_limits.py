@@ -14,7 +14,7 @@ from args_engine.integrations.engine_loop import EngineLoop, EngineUnavailable
 from args_engine.integrations.server import create_app
 from args_engine.integrations.server_config import ServerConfig
 from server_util import ServerThread, get, post
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 ARGS = {"args_k": 4, "args_w": 1.0}
 

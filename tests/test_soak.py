@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 
 @pytest.fixture(scope="module")

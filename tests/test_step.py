@@ -6,7 +6,7 @@ import torch
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.engine.cuda_graphs import batch_bucket
-from tiny import char_tokenizer, tiny_lm, tiny_rm
+from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]  # 3 rows: a bucket of 4, one padding row
 GREEDY = ARGSParams(k=6, w=1.5, max_new_tokens=12)

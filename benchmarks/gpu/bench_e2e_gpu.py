@@ -23,7 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from args_engine import ARGSEngine, ARGSParams  # noqa: E402
-from baselines.original_args import original_args_generate  # noqa: E402
+from ref_baselines.original_args import original_args_generate  # noqa: E402
 
 LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,

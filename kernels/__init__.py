@@ -1,1 +1,0 @@
-"""Triton kernels (packaged as args_engine.kernels), each with a plain-torch `_ref` beside it."""
