@@ -109,19 +109,27 @@ void BlockAllocator::hash_full_blocks(Sequence& s) const {
 
 // Registers s's full blocks that lie wholly below s.computed: only blocks whose K/V has been written
 // may be hit. A hash already owned by another block keeps its owner: both hold the same prefix, and
-// the older one is likelier to be shared.
+// the older one is likelier to be shared. s.cached[k] is the block the cache holds for s's block k (the
+// owner when one exists), so a later block chains onto it: chained onto s's own unregistered copy it
+// could never be found (lookup walks the cached blocks).
 void BlockAllocator::register_computed_blocks(Sequence& s) {
   const size_t n = std::min(s.hashes.size(), static_cast<size_t>(s.computed / block_size_));
   for (size_t k = s.num_registered; k < n; ++k) {
     const int32_t id = s.table[k];
+    const int32_t parent = k ? s.cached[k - 1] : -1;
+    const int32_t owner = lookup(s.hashes[k], &s.tokens[k * block_size_], parent);
     Block& b = blocks_[id];
-    if (b.registered || hash_to_block_.count(s.hashes[k])) continue;
+    if (owner >= 0 || b.registered || hash_to_block_.count(s.hashes[k])) {
+      s.cached.push_back(owner >= 0 ? owner : id);  // no owner for this prefix (a collision): as before
+      continue;
+    }
     b.registered = true;
     b.hash = s.hashes[k];
-    b.parent = k ? s.table[k - 1] : -1;
-    b.parent_generation = k ? blocks_[s.table[k - 1]].generation : 0;
+    b.parent = parent;
+    b.parent_generation = k ? blocks_[parent].generation : 0;
     b.tokens.assign(s.tokens.begin() + k * block_size_, s.tokens.begin() + (k + 1) * block_size_);
     hash_to_block_.emplace(b.hash, id);
+    s.cached.push_back(id);
   }
   s.num_registered = std::max(s.num_registered, n);
 }
@@ -210,6 +218,7 @@ int64_t BlockAllocator::allocate(int64_t seq_id, const std::vector<int64_t>& tok
   // blocks that hold nothing.
   s.computed = static_cast<int64_t>(hits.size()) * block_size_;
   s.num_registered = hits.size();
+  s.cached = hits;
   seqs_.emplace(seq_id, std::move(s));
   return static_cast<int64_t>(hits.size()) * block_size_;
 }

@@ -79,6 +79,7 @@ class BlockAllocator {
     std::vector<uint64_t> hashes;  // chained hash of each full block of tokens
     int64_t computed = 0;  // leading positions whose K/V the caller has written
     size_t num_registered = 0;  // leading full blocks already offered to the prefix cache
+    std::vector<int32_t> cached;  // per offered block: the block the prefix cache holds for it
   };
 
   const Sequence& seq(int64_t seq_id) const;

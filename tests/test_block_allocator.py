@@ -199,6 +199,24 @@ def test_prefix_hits_share_full_blocks():
     a.check()
 
 
+def test_a_prompt_computed_twice_at_once_keeps_its_continuations_findable():
+    # Two identical prompts admitted together: the second's full blocks are not registered (the first's own
+    # the hashes), so the blocks the second appends after them must chain onto the first's blocks, or its
+    # continuation hits only the shared prompt and never its own generated tokens.
+    a = BlockAllocator(32, 4)
+    p = list(range(8))
+    for s in (0, 1):
+        a.allocate(s, p, 8)
+    for s in (0, 1):
+        a.mark_computed(s, 8)
+    a.ensure(1, 13)
+    a.append_tokens(1, [50, 51, 52, 53, 54])
+    a.mark_computed(1, 13)
+    assert a.allocate(2, p + [50, 51, 52, 53, 54], 13) == 12  # was 8: the third block hung under an orphan
+    assert a.block_table(2)[2] == a.block_table(1)[2]
+    a.check()
+
+
 def test_hit_counts_and_short_prompts():
     a = BlockAllocator(8, 4)
     a.allocate(0, [1, 2, 3, 4], 4)
