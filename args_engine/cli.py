@@ -388,6 +388,14 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as e:
         print(f"args-engine: error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    except ImportError as e:
+        from .import_check import shadowing_message
+
+        message = shadowing_message(e)
+        if message is None:
+            raise
+        print(f"args-engine: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

