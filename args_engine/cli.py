@@ -199,6 +199,7 @@ def cmd_eval(args) -> None:
     from .eval.methods import parse_methods
     from .eval.prompts import check_prompts, default_prompts, load_prompts_file
     from .eval.runner import evaluate
+    from .reward.data import data_provenance
 
     methods = parse_methods(args.methods)
     if args.limit is not None and args.limit < 1:
@@ -210,11 +211,15 @@ def cmd_eval(args) -> None:
     else:
         prompts = default_prompts(args.data)[:args.limit]
         name = "HH-RLHF harmless-base evaluation split"
+    try:  # which file the splits (so the prompts and the guard) came from: recorded beside the figures
+        data = data_provenance(args.data)
+    except FileNotFoundError:
+        data = None  # a prompts file with no preference data anywhere (check_prompts allowed it)
     start = time.perf_counter()
     results = evaluate(prompts, methods, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        out=args.out, lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
                        prompts_name=name, rm_options=_rm_options(args),
-                       ray=_ray_batch_options(args) if args.ray else None)
+                       ray=_ray_batch_options(args) if args.ray else None, data=data)
     print(f"{'method':<28} {'reward':>8} {'win-tie':>8} {'div %':>7} {'coh':>6} {'tok/s':>7} {'s':>7}")
     for label, m in results["methods"].items():
         print(f"{label:<28} {m['avg_reward']:>8.3f} {m['win_tie_vs_greedy']:>8.1%} {100 * m['diversity']:>7.2f} "

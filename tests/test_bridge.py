@@ -41,18 +41,19 @@ def lm(lm_tokenizer):
     return LlamaForCausalLM(cfg).double().eval()
 
 
-def hh_lines(limit=400):
-    from args_engine.reward.data import load_pairs
-    return [p.chosen for p in load_pairs()[:limit]]
+def english_lines(limit=400):
+    """English text to train a tokenizer on: the Python documentation's topics, which CPython ships."""
+    from pydoc_data.topics import topics
+    return [line for text in topics.values() for line in text.splitlines() if line.strip()][:limit * 8]
 
 
 @pytest.fixture(scope="module")
 def bpe_tokenizer():
-    """A byte-level BPE trained here on HH text (another vocabulary entirely), with its own chat template."""
+    """A byte-level BPE trained here on English text (another vocabulary entirely), with its own chat template."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(hh_lines(), trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"],
+    tok.train_from_iterator(english_lines(), trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"],
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = RM_TEMPLATE

@@ -26,8 +26,8 @@ def test_render_dialogue_extends_the_decoding_prompt():
     assert ids[:len(head)] == head and tok.decode(ids[len(head):]) == reply
 
 
-def test_splits_fixed_disjoint_and_guarded():
-    pairs = load_pairs()
+def test_splits_fixed_disjoint_and_guarded(hh_data):
+    pairs = load_pairs(hh_data)
     a, b = split_pairs(pairs), split_pairs(pairs)
     assert a == b
     assert len(a["evaluation"]) == SPLIT_SIZES["evaluation"] and len(a["validation"]) == SPLIT_SIZES["validation"]

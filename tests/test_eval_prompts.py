@@ -35,8 +35,8 @@ def test_jsonl_errors_name_the_line(tmp_path):
         as_messages(42)
 
 
-def test_default_set_is_the_evaluation_split_and_the_guard_raises_on_training_pairs():
-    splits = split_pairs(load_pairs())
+def test_default_set_is_the_evaluation_split_and_the_guard_raises_on_training_pairs(hh_data):
+    splits = split_pairs(load_pairs(hh_data))
     prompts = default_prompts()
     assert prompts == [split_last_reply(p.chosen)[0] for p in splits["evaluation"]]
     check_prompts(prompts[:5])  # disjoint: no error
@@ -46,8 +46,8 @@ def test_default_set_is_the_evaluation_split_and_the_guard_raises_on_training_pa
             check_prompts(leaked)
 
 
-def test_guard_covers_single_turn_prompt_strings(tmp_path):
-    splits = split_pairs(load_pairs())
+def test_guard_covers_single_turn_prompt_strings(tmp_path, hh_data):
+    splits = split_pairs(load_pairs(hh_data))
     single = next(m for m in (split_last_reply(p.chosen)[0] for p in splits["train"]) if len(m) == 1)
     f = _write(tmp_path / "p.jsonl", [{"prompt": single[0]["content"]}])
     with pytest.raises(ValueError, match="appear in the reward model's training"):

@@ -46,7 +46,7 @@ def test_last_layers_lora_lowers_loss_and_merges_exactly(attn):
     assert bradley_terry_loss(r_after[0::2], r_after[1::2]) < loss_before - 0.1
 
 
-def test_train_rm_command_end_to_end(tmp_path, monkeypatch, capsys):
+def test_train_rm_command_end_to_end(tmp_path, monkeypatch, capsys, hh_data):
     """`args-engine train-rm` on a tiny trunk and a few real HH pairs: writes a loadable asset and a report."""
     import json
 
@@ -68,6 +68,7 @@ def test_train_rm_command_end_to_end(tmp_path, monkeypatch, capsys):
     assert report["n_train_pairs"] == 12 and report["n_validation_pairs"] == 300
     assert 0.0 <= report["validation_accuracy"] <= 1.0 and "lora_last_1" in report
     assert "--tune-layers 1" in report["command"] and "--limit 12" in report["command"]
+    assert report["data"]["file"] == hh_data.name and len(report["data"]["sha256"]) == 64
     asset = load_file(str(out))
     assert asset["score.weight"].shape == (1, 64)
     assert any(k.endswith(".lora_A") for k in asset)

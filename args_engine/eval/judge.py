@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from ..models.defaults import cache_dir
-from ..reward.data import load_pairs, split_last_reply, split_pairs
+from ..reward.data import data_provenance, load_pairs, split_last_reply, split_pairs
 from ..reward.train import choose_l2_by_cv, pairwise_accuracy, train_linear_head
 from .prompts import Messages, hh_text
 
@@ -103,6 +103,7 @@ def train_judge(data_path: str | None = None, out: str | Path = JUDGE_ASSET, l2:
         raise ValueError(f"limit must be >= 2, got {limit}")
     encoder = encoder or MiniLMEncoder()
     splits = split_pairs(load_pairs(data_path))
+    data = data_provenance(data_path)
     train, val = splits["train"][:limit], splits["validation"]
     name = getattr(encoder, "name", type(encoder).__name__)
     feats = {s: _pair_features(encoder, pairs, json.dumps([name, FEATURES, str(data_path), s, len(pairs)]))
@@ -122,7 +123,7 @@ def train_judge(data_path: str | None = None, out: str | Path = JUDGE_ASSET, l2:
         cmd += ["--out", out]
     report = {"validation_accuracy": acc["validation"], "train_accuracy": acc["train"], "l2": l2,
               "cv_accuracy_by_l2": cv, "n_train_pairs": len(train), "n_validation_pairs": len(val),
-              "encoder": name, "features": FEATURES, "reward_scale_divided_by": scale, "seed": seed,
+              "encoder": name, "features": FEATURES, "reward_scale_divided_by": scale, "seed": seed, "data": data,
               "command": " ".join(shlex.quote(str(c)) for c in cmd) + (f"  # L2 {l2:g} (5-fold CV on train)"
                                                                         if cv else "")}
     out = Path(out)

@@ -8,6 +8,13 @@ def _f(x, fmt="{:.3f}") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def _data_line(data: dict | None) -> list[str]:
+    if not data:
+        return []
+    which = "the reference file" if data.get("reference") else "NOT the reference file: splits and figures differ"
+    return [f"Data: `{data['file']}`, {data['pairs']} pairs, sha256 `{data['sha256'][:16]}...` ({which}).", ""]
+
+
 def markdown(results: dict) -> str:
     cfg, judge = results["config"], results["judge"]
     lines = [
@@ -17,7 +24,7 @@ def markdown(results: dict) -> str:
         f"batch size {cfg['batch_size']}, ARGS backend `{cfg['args_backend']}`.", "",
         f"Judge: {judge['encoder']} features ({judge['features']}) + a Bradley-Terry linear head trained on the "
         f"default RM's train split; pairwise accuracy on the validation split "
-        f"{_f(judge['validation_accuracy'], '{:.1%}')}.", "",
+        f"{_f(judge['validation_accuracy'], '{:.1%}')}.", "", *_data_line(cfg.get("data")),
         "| method | avg reward | reward sd | gain (greedy sds) | win-tie vs greedy (judge) | diversity (%) | "
         "coherence | tok/s | RM calls / token |",
         "|---|---|---|---|---|---|---|---|---|"]

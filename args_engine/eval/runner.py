@@ -48,7 +48,8 @@ def _describe(source) -> str:
 def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = None, judge: Judge | None = None,
              encoder=None, max_new_tokens: int = 128, batch_size: int = 8, out: str | Path | None = None,
              lm=None, rm=None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
-             prompts_name: str = "custom", rm_options: dict | None = None, ray=None) -> dict:
+             prompts_name: str = "custom", rm_options: dict | None = None, ray=None,
+             data: dict | None = None) -> dict:
     """Decode `prompts` (chat message lists) with each method and score the responses. Greedy is always run
     (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder.
     ray (a RayBatchOptions): the ARGS methods decode on Ray Data engine actors built from lm / rm (the same
@@ -73,10 +74,11 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
                           "batch_size": batch_size, "lm": _describe(lm), "rm": _describe(rm), "device": device,
                           "dtype": str(dtype), "args_backend": getattr(models.engine, "backend", "?"),
                           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "data": data},
                "judge": {"validation_accuracy": judge.validation_accuracy, "family": judge.family,
                          "encoder": judge.meta.get("encoder", getattr(encoder, "name", "?")),
-                         "features": judge.meta.get("features", "?"), "command": judge.meta.get("command")},
+                         "features": judge.meta.get("features", "?"), "command": judge.meta.get("command"),
+                         "data": judge.meta.get("data")},
                "win_tie_rule": WIN_TIE_RULE,
                "units": {"diversity": "fraction in [0, 1) (results.md shows x100)",
                          "reward": "decoding RM, unit SD over its training dialogues"},

@@ -7,27 +7,108 @@ guards any evaluation prompt set against pairs that trained a reward model.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import logging
+import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+logger = logging.getLogger(__name__)
+
 SPLIT_SEED = 20240101
 SPLIT_SIZES = {"evaluation": 300, "validation": 300}  # train = the rest (1,412 of the 2,012 pairs here)
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
-def default_data_path() -> Path:
-    """../shared/data/hh-rlhf/harmless-base.jsonl.gz beside the checkout (read in place, never copied)."""
+# The file every committed figure, split, reward head and judge was made from: 2,012 pairs of HH-RLHF's
+# harmless-base test split, shuffled (this project's machines have it beside the checkout). Another file works
+# too, but its splits, and so every figure, differ: load_pairs says so once.
+REFERENCE_DATA = {"file": "harmless-base.jsonl.gz", "pairs": 2012,
+                  "sha256": "76eaf281bbac987f0bf4106b2889b5aed5e4ef83320d6d483a449a3ea41347b0"}
+DATA_ENV = "ARGS_ENGINE_HH_RLHF"  # a .jsonl(.gz) file, or a folder holding one of the names below
+HUB_REPO, HUB_FILE = "Anthropic/hh-rlhf", "harmless-base/test.jsonl.gz"  # a dataset repo on the Hugging Face Hub
+_FOLDER_NAMES = ("harmless-base.jsonl.gz", "harmless-base/test.jsonl.gz", "test.jsonl.gz")
+_warned: set[Path] = set()
+
+
+def _in_folder(folder: Path) -> Path | None:
+    return next((folder / name for name in _FOLDER_NAMES if (folder / name).is_file()), None)
+
+
+def _beside_checkout() -> Path | None:
+    """../shared/data/hh-rlhf/ beside the checkout (this project's own machines and CI; read in place)."""
     here = Path(__file__).resolve()
     for parent in [Path.cwd(), *here.parents]:
-        cand = parent.parent / "shared" / "data" / "hh-rlhf" / "harmless-base.jsonl.gz"
-        if cand.exists():
+        cand = parent.parent / "shared" / "data" / "hh-rlhf" / REFERENCE_DATA["file"]
+        if cand.is_file():
             return cand
-    raise FileNotFoundError("HH-RLHF data not found: expected ../shared/data/hh-rlhf/harmless-base.jsonl.gz "
-                            "beside the project checkout")
+    return None
+
+
+def _from_hub() -> Path:
+    """HH-RLHF's harmless-base test file through huggingface_hub: its cache, HF_HOME and HF_HUB_OFFLINE."""
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset"))
+
+
+def default_data_path() -> Path:
+    """The HH-RLHF preference pairs, found as users have them, in this order: the `ARGS_ENGINE_HH_RLHF`
+    environment variable (a file, or a folder holding harmless-base.jsonl.gz or harmless-base/test.jsonl.gz); the
+    folder beside the checkout (../shared/data/hh-rlhf/); the Hugging Face Hub (`Anthropic/hh-rlhf`, file
+    `harmless-base/test.jsonl.gz`, with the hub's own cache and offline rules). An explicit path (`--data`, the
+    API's `data_path`) skips all of this. The error names every place tried."""
+    tried = []
+    env = os.environ.get(DATA_ENV)
+    if env:
+        found = Path(env) if Path(env).is_file() else _in_folder(Path(env)) if Path(env).is_dir() else None
+        if found is None:
+            raise FileNotFoundError(f"{DATA_ENV}={env}: no such file, nor a folder holding one of {_FOLDER_NAMES}")
+        return found
+    tried.append(f"${DATA_ENV} (not set)")
+    found = _beside_checkout()
+    if found is not None:
+        return found
+    tried.append(f"../shared/data/hh-rlhf/{REFERENCE_DATA['file']} beside the checkout (absent)")
+    try:
+        return _from_hub()
+    except Exception as e:  # offline with an empty cache, no network, huggingface_hub missing
+        tried.append(f"the Hugging Face Hub, dataset {HUB_REPO} file {HUB_FILE} ({type(e).__name__}: "
+                     f"{str(e).split('. ')[0].splitlines()[0] if str(e) else ''})")
+    raise FileNotFoundError(
+        "HH-RLHF preference data not found; tried: " + "; ".join(tried) + ". Provide it with --data FILE (or "
+        f"data_path=), set {DATA_ENV} to a .jsonl(.gz) file of {{\"chosen\", \"rejected\"}} rows, or let "
+        f"huggingface_hub download {HUB_REPO} (online, or HF_HUB_OFFLINE=1 with it in the hub cache)")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_provenance(path: str | Path | None = None) -> dict:
+    """What to record beside a figure or asset made from the data: the file, its sha256 and pair count, and
+    whether it is the reference file the committed figures used."""
+    path = Path(path) if path else default_data_path()
+    sha = file_sha256(path)
+    return {"file": path.name, "sha256": sha, "pairs": sum(1 for _ in read_jsonl(path)),
+            "reference": sha == REFERENCE_DATA["sha256"]}
+
+
+def _warn_if_not_reference(path: Path) -> None:
+    key = path.resolve()
+    if key in _warned:
+        return
+    _warned.add(key)
+    if file_sha256(path) != REFERENCE_DATA["sha256"]:
+        logger.warning("%s is not the reference HH-RLHF file (sha256 %s...): the splits, and every figure made "
+                       "from them, differ from the committed ones", path, REFERENCE_DATA["sha256"][:12])
 
 
 @dataclass(frozen=True)
@@ -62,6 +143,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def load_pairs(path: str | Path | None = None) -> list[PreferencePair]:
     path = Path(path) if path else default_data_path()
+    _warn_if_not_reference(path)
     pairs = []
     for n, row in read_jsonl(path):
         if not isinstance(row.get("chosen"), str) or not isinstance(row.get("rejected"), str):

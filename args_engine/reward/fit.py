@@ -10,7 +10,7 @@ import torch
 
 from ..models.defaults import (DEFAULT_LM_NAME, DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir,
                                reward_model_on_trunk)
-from .data import load_pairs, split_pairs
+from .data import data_provenance, load_pairs, split_pairs
 from .train import (TrunkFeatures, choose_l2_by_cv, extract_features, last_layers_rewards, pair_token_ids,
                     pairwise_accuracy, train_last_layers, train_linear_head)
 
@@ -68,6 +68,7 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     rm = reward_model_on_trunk(lm_dir)
 
     splits = split_pairs(load_pairs(data_path))
+    data = data_provenance(data_path)
     train, val = splits["train"][:limit], splits["validation"]
     if tune_layers > rm.config.num_hidden_layers:
         raise ValueError(f"tune_layers={tune_layers} exceeds the trunk's {rm.config.num_hidden_layers} layers")
@@ -108,7 +109,7 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     asset["score.weight"] = (asset["score.weight"] / scale).float().contiguous()
     final = report[f"lora_last_{tune_layers}"] if tune_layers else report["head_only"]
     report.update(validation_accuracy=final["validation_accuracy"], reward_scale_divided_by=scale,
-                  n_train_pairs=len(train), n_validation_pairs=len(val), seed=seed, tune_layers=tune_layers,
+                  n_train_pairs=len(train), n_validation_pairs=len(val), seed=seed, tune_layers=tune_layers, data=data,
                   command=_rebuild_command(out, tune_layers, max_len, seed, limit, l2, cv is not None, epochs,
                                            rank, lr, lm_dir, data_path))
     out = Path(out)
