@@ -18,6 +18,12 @@ def check_tensors_on_one_device(ref_name: str, **named) -> None:
                              "all tensors must share one device")
 
 
+def gpu_sms(t: torch.Tensor) -> int | None:
+    """The multiprocessor count of t's GPU, None off a GPU: the launchers choose block sizes and splits from it
+    (the interpreter wants few, big programs; tests compiling for sm_90 on CPU pass a GPU's count)."""
+    return torch.cuda.get_device_properties(t.device).multi_processor_count if t.is_cuda else None
+
+
 _SCALES: dict[tuple, torch.Tensor] = {}
 
 

@@ -7,8 +7,11 @@ in that dtype. A program takes one row at LLM widths (several when H is small); 
 residual) once and written (the normed row and the new residual) once: the torch path launches an add, two
 casts, rms_norm and a multiply, each a full pass over [N, H].
 
-Equal to the torch path up to the order of the float32 sum of squares (a float32 rounding, whatever the model
-dtype, as HF's float32 statistics are)."""
+Precision: the mean and rstd = 1 / sqrt(mean + eps) use IEEE-rounded division and square root (div_rn,
+sqrt_rn; Triton's defaults on CUDA are approximate, 1-3 ulp), so the result equals torch's CPU path up to the
+order of the float32 sum of squares (a float32 rounding, whatever the model dtype, as HF's float32 statistics
+are). torch's own CUDA rsqrt is approximate (up to 2 ulp): against torch on a GPU, rstd may differ by that much
+more, which moves y by at most a last bit before its cast to the model dtype."""
 from __future__ import annotations
 
 import torch
@@ -30,7 +33,8 @@ def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr, eps, R, M, sx_n
         x = x + tl.load(res_ptr + (n * sr_n + m * sr_m)[:, None] + e[None, :], mask=ok, other=0.0)  # model dtype
         tl.store(sum_ptr + r[:, None] * H + e[None, :], x, mask=ok)
     x32 = x.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=1) / H + eps)  # [ROWS]
+    ms = tl.div_rn(tl.sum(x32 * x32, axis=1), H + 0.0)  # [ROWS]; IEEE-rounded, as torch on CPU
+    rstd = tl.div_rn(1.0, tl.sqrt_rn(ms + eps))
     y = (x32 * rstd[:, None]).to(x.dtype)
     w = tl.load(w_ptr + e, mask=e < H, other=0.0)
     tl.store(out_ptr + r[:, None] * H + e[None, :], w[None, :] * y, mask=ok)

@@ -32,7 +32,7 @@ def _args_select_kernel(logp_ptr, r_ptr, ids_ptr, k_ptr, w_ptr, t_ptr, g_ptr,
     lp = tl.load(logp_ptr + b * s_logp + j, mask=in_k, other=0.0).to(ACC)  # [KP]
     rw = tl.load(r_ptr + b * s_r + j, mask=in_k, other=0.0).to(ACC)
     w = tl.load(w_ptr + b).to(ACC)
-    score = lp + w * rw
+    score = lp + w * rw  # two roundings: the launch turns off FMA fusion
     key = score.to(tl.float64)  # exact, so the greedy argmax is that of `score`
     if HAS_GUMBEL:
         t = tl.load(t_ptr + b).to(tl.float64)
@@ -130,5 +130,6 @@ def args_select(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, ca
         choice, token, reward, logp.stride(0), rewards.stride(0), cand_ids.stride(0), g.stride(0),
         K, B * K * row, key_cache[0].numel() if L else 0, row if L else 0,
         KP=max(2, triton.next_power_of_2(K)), ACC=_TL[acc], HAS_GUMBEL=gumbel is not None,
-        BLOCK=min(max(16, triton.next_power_of_2(row)), 4096), num_warps=4)
+        BLOCK=min(max(16, triton.next_power_of_2(row)), 4096), num_warps=4,
+        enable_fp_fusion=False)  # lp + w * r rounded twice, as torch does: a fused FMA flips near-ties
     return choice, token, reward

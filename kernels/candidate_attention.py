@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device, load_kv_tile, scale_tensor, soft_cap
+from ._checks import check_tensors_on_one_device, gpu_sms, load_kv_tile, scale_tensor, soft_cap
 
 
 @triton.jit
@@ -153,6 +153,31 @@ def _candidate_attention_combine_kernel(
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 MAX_TILE_ROWS = 64  # query rows (candidates x group) per program: more would spill registers; extra tiles instead
+
+
+def candidate_tiles(dtype: torch.dtype, D: int, rows: int, sms: int | None) -> tuple[int, int, int]:
+    """(M query rows, BLOCK_N keys, num_warps) per program for `rows` = K x GQA group queries per kv head; sms: the
+    GPU's multiprocessor count, None under the interpreter (big key tiles: it pays per op). On a GPU (sm_90,
+    checked by test_kernel_compile_sm90): half types take up to [64, 64] tiles (tensor cores); fp32 / fp64 run
+    the dots as FMA loops ("ieee") whose operands sit in registers, so they take [16, 32] (fp64 [16, 16]): a
+    [64, 64] x D = 128 fp32 tile needs kilobytes of local memory per thread, and fp64's shared memory passes
+    the 227 KB an sm_90 block may have."""
+    M = max(16, min(MAX_TILE_ROWS, triton.next_power_of_2(rows)))
+    if sms is None:
+        return M, 128, 4
+    if dtype in (torch.float16, torch.bfloat16):
+        return M, 64, 4
+    return 16, (16 if dtype == torch.float64 or D > 128 else 32), 4
+
+
+def candidate_split(B: int, Hkv: int, RT: int, max_ctx: int, BLOCK_N: int, sms: int | None) -> int:
+    """Programs per (row, kv head, row tile) along the prefix: enough for two waves of programs on the GPU when the
+    batch alone has too few, at least 2 key tiles each; 1 under the interpreter."""
+    if sms is None:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, B * Hkv * RT), triton.cdiv(max_ctx, 2 * BLOCK_N), 32))
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -221,18 +246,15 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     if out.numel() == 0:
         return out
     acc = _acc_dtype(q.dtype)
-    M = max(16, min(MAX_TILE_ROWS, triton.next_power_of_2(K * group)))  # rows per program
+    sms = gpu_sms(q)
+    M, BLOCK_N, nw = candidate_tiles(q.dtype, D, K * group, sms)  # M rows per program
     RT = triton.cdiv(K * group, M)  # row tiles per (sequence, kv head)
     DP = max(16, triton.next_power_of_2(D))
-    BLOCK_N = 64 if q.is_cuda else 128
     prec = "ieee" if q.dtype in (torch.float32, torch.float64) else None  # fp32: no TF32 rounding
     scale_t = scale_tensor(float(scale), acc, q.device)
     max_ctx = max(1, block_tables.shape[1] * BS)
     if split is None:
-        split = 1
-        if q.is_cuda:
-            sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-            split = max(1, min(triton.cdiv(2 * sms, B * Hkv * RT), triton.cdiv(max_ctx, 2 * BLOCK_N), 32))
+        split = candidate_split(B, Hkv, RT, max_ctx, BLOCK_N, sms)
     split = max(1, int(split))
     chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
     split = triton.cdiv(max_ctx, chunk)
@@ -240,7 +262,6 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc], CAP=softcap is not None, TREE=segments is not None)
     seg = segments if segments is not None else context_lens  # a placeholder pointer when TREE is off
     cap = float(softcap or 1.0)
-    nw = 4
     if split == 1:
         _candidate_attention_kernel[(B, Hkv * RT, 1)](
             q, k_new, v_new, key_cache, value_cache, block_tables, context_lens, out, seg, out, out, out,

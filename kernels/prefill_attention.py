@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_tensors_on_one_device, load_kv_tile, scale_tensor, soft_cap
+from ._checks import check_tensors_on_one_device, gpu_sms, load_kv_tile, scale_tensor, soft_cap
 
 
 @triton.jit
@@ -28,10 +28,11 @@ def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, 
     n = tl.load(cu_ptr + p + 1) - q0
     start = tl.load(start_ptr + p)
     m = mt * BLOCK_M + tl.arange(0, BLOCK_M)  # query index within the chunk
+    row = (q0 + m).to(tl.int64)  # token row in q / out: N x Hq x D can pass 2^31 in one step
     m_ok = m < n
     d = tl.arange(0, DP)
     d_ok = d < D
-    q = tl.load(q_ptr + (q0 + m)[:, None] * sq_n + h * sq_h + d[None, :], mask=m_ok[:, None] & d_ok[None, :],
+    q = tl.load(q_ptr + row[:, None] * sq_n + h * sq_h + d[None, :], mask=m_ok[:, None] & d_ok[None, :],
                 other=0.0)  # [BLOCK_M, DP]
     q_pos = start + m
     scale = tl.load(scale_ptr)
@@ -59,11 +60,25 @@ def _prefill_attention_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, cu_ptr, start_ptr, 
         acc = acc * alpha[:, None] + tl.dot(pr.to(vt.dtype), vt, out_dtype=ACC, input_precision=PREC)
         mx = m_new
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
-    tl.store(out_ptr + (q0 + m)[:, None] * so_n + h * so_h + d[None, :], out.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + row[:, None] * so_n + h * so_h + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & d_ok[None, :])
 
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def prefill_tiles(dtype: torch.dtype, D: int, max_chunk: int, sms: int | None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for a launch; sms: the GPU's multiprocessor count, None under the interpreter
+    (which pays per op, not per element: big key tiles). On a GPU (sm_90, checked by test_kernel_compile_sm90):
+    half types take [64, 64] tiles (tensor cores; D = 256 keys in 32s, or the tile spills); fp32 / fp64 run the
+    dots as FMA loops ("ieee"), whose operands live in registers: [64, 64] x D = 128 fp32 needs kilobytes of local
+    memory per thread, so they take [16, 32] tiles (fp64: [16, 16])."""
+    small = max_chunk <= 16
+    if sms is None:
+        return (16 if small else 32), 128, 4
+    if dtype in (torch.float16, torch.bfloat16):
+        return (16 if small else 64), (32 if D > 128 else 64), 4
+    return 16, (16 if dtype == torch.float64 or D > 128 else 32), 4
 
 
 def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -88,20 +103,28 @@ def prefill_attention(q: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     for name, t in (("block_tables", block_tables), ("cu_seqlens", cu_seqlens), ("starts", starts)):
         if t.dtype != torch.int32:
             raise ValueError(f"{name} must be int32, got {t.dtype}")
+    if starts.dim() != 1 or block_tables.dim() != 2:
+        raise ValueError(f"starts must be [P] and block_tables [P, MB], got {tuple(starts.shape)} and "
+                         f"{tuple(block_tables.shape)}")
     P = starts.shape[0]
     if cu_seqlens.shape != (P + 1,) or block_tables.shape[0] != P:
         raise ValueError(f"cu_seqlens must be [P + 1] and block_tables [P, MB] for P = {P} chunks")
+    # the kernel reads table entries at + i and the offsets at + p: any other stride reads other values
+    if block_tables.stride(1) != 1:
+        raise ValueError("block_tables must be contiguous along its last dim (stride(1) == 1)")
+    if not cu_seqlens.is_contiguous() or not starts.is_contiguous():
+        raise ValueError("cu_seqlens and starts must be contiguous")
     out = torch.empty_like(q)
     if N == 0 or P == 0:
         return out
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale_t = scale_tensor(float(scale), acc, q.device)
-    BLOCK_M = 16 if max_chunk <= 16 else 32 if not q.is_cuda else 64
+    BLOCK_M, BLOCK_N, nw = prefill_tiles(q.dtype, D, max_chunk, gpu_sms(q))
     grid = (P, triton.cdiv(max(max_chunk, 1), BLOCK_M), Hq)
     _prefill_attention_kernel[grid](
         q, key_cache, value_cache, block_tables, cu_seqlens, starts, out, scale_t, float(softcap or 1.0),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), Hkv, BS,
         GROUP=Hq // Hkv, D=D, DP=max(16, triton.next_power_of_2(D)), BLOCK_M=BLOCK_M,
-        BLOCK_N=64 if q.is_cuda else 128, ACC=_TL[acc],
-        PREC="ieee" if q.dtype in (torch.float32, torch.float64) else None, CAP=softcap is not None, num_warps=4)
+        BLOCK_N=BLOCK_N, ACC=_TL[acc],
+        PREC="ieee" if q.dtype in (torch.float32, torch.float64) else None, CAP=softcap is not None, num_warps=nw)
     return out

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import gpu_sms
+
 MAX_K = 64
 _INT_BIG = tl.constexpr(2147483647)  # jitted code may only read constexpr globals
 
@@ -149,19 +151,15 @@ def topk_logprobs(logits: torch.Tensor, k: int, split: int | None = None) -> tup
     if B == 0:
         return out_v, out_i
     KP = max(2, triton.next_power_of_2(k))
-    on_gpu = logits.is_cuda
-    cap = 2048 if on_gpu else 8192  # the interpreter pays per op, not per element: big blocks on CPU
+    sms = gpu_sms(logits)
+    cap = 2048 if sms else 8192  # the interpreter pays per op, not per element: big blocks on CPU
     if split is None:
-        if on_gpu:
-            sms = torch.cuda.get_device_properties(logits.device).multi_processor_count
-            split = max(1, min(triton.cdiv(2 * sms, B), triton.cdiv(V, 4 * cap), 64))
-        else:
-            split = 1
+        split = max(1, min(triton.cdiv(2 * sms, B), triton.cdiv(V, 4 * cap), 64)) if sms else 1
     split = max(1, min(int(split), triton.cdiv(V, 16)))
     chunk = triton.cdiv(triton.cdiv(V, split), 16) * 16  # aligned starts
     split = triton.cdiv(V, chunk)
     BLOCK = min(triton.next_power_of_2(chunk), cap)
-    nw = 8 if on_gpu else 4
+    nw = 8 if sms else 4
     if split == 1:
         _topk_logprobs_kernel[(B, 1)](logits, logits.stride(0), V, chunk, k, out_v, out_i,
                                       out_v, out_v, out_v, out_i,  # unused partial buffers

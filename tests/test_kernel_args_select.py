@@ -126,3 +126,22 @@ def test_bad_inputs():
         a[i] = bad
         with pytest.raises(ValueError, match=name):
             args_select(*a)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_near_tie_picks_as_torch_rounds(device):
+    # lp + w * r rounded twice (torch) ties candidate 0 exactly; one rounding (a fused FMA, the GPU's default)
+    # makes candidate 1 larger by an ulp. The interpreter never fuses: on CPU this holds either way, and
+    # test_kernel_compile_sm90 checks that the compiled kernel has no FMA; compiled on a GPU this is the real test.
+    f32 = dict(dtype=torch.float32, device=device)
+    logp = torch.tensor([[0.6247629, -0.385604]], **f32)  # [B=1, K=2]
+    rewards = torch.tensor([[0.0, 1.0425134]], **f32)
+    w = torch.tensor([0.9691645], **f32)
+    assert (logp[0, 1] + w[0] * rewards[0, 1]).item() == logp[0, 0].item()  # torch: an exact tie
+    fused = (logp[0, 1].double() + w[0].double() * rewards[0, 1].double()).float()
+    assert fused.item() > logp[0, 0].item()  # one rounding: candidate 1 wins
+    args = _inputs(1, 2, 1, 1, 16, torch.float32, device)
+    args[0], args[1], args[4] = logp, rewards, w
+    args[3] = torch.full((1,), 2, dtype=torch.int32, device=device)
+    choice = _check(args)[0]
+    assert choice.item() == 0

@@ -142,3 +142,16 @@ def test_bad_inputs():
         candidate_attention(q, kn, vn, kc, vc, bt.to("meta"), cl, 1.0)
     with pytest.raises(ValueError, match="segments must be a contiguous int32"):
         candidate_attention(q, kn, vn, kc, vc, bt, cl, 1.0, segments=torch.zeros(2, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_tiles_for_fp32_and_fp64_are_small(dtype):
+    # fp32 / fp64 dots are FMA loops over register operands: [64, 64] tiles spill kilobytes per thread on sm_90
+    # and fp64's need more shared memory than a block has (test_kernel_compile_sm90 compiles these choices)
+    from args_engine.kernels.candidate_attention import candidate_tiles
+    for D in (64, 128, 256):
+        for rows in (1, 10, 40, 80):
+            m, bn, _ = candidate_tiles(dtype, D, rows, sms=132)
+            assert m * bn <= 16 * 32, (D, rows, m, bn)
+    assert candidate_tiles(torch.bfloat16, 128, 40, sms=132)[:2] == (64, 64)
+    assert candidate_tiles(dtype, 128, 40, sms=None)[:2] == (64, 128)

@@ -58,3 +58,28 @@ def test_bad_inputs():
         prefill_attention(q, kc, vc, tables, cu.long(), starts, 4, 0.25)
     with pytest.raises(ValueError, match="whole GQA group"):
         prefill_attention(q[:, :3], kc, vc, tables, cu, starts, 4, 0.25)
+
+
+def test_index_tensors_must_be_contiguous():
+    # a block table read at + i with stride(1) = 2 would use other entries as block ids: wrong output, no error
+    q, kc, vc, tables, cu, starts = _case([(0, 4), (3, 5)], 4, 2, 16, 4, torch.float32, "cpu")
+    wide = torch.stack([tables, tables], dim=-1).flatten(1)[:, ::2]  # same values, stride(1) = 2
+    assert torch.equal(wide, tables) and wide.stride(1) == 2
+    with pytest.raises(ValueError, match="block_tables must be contiguous along its last dim"):
+        prefill_attention(q, kc, vc, wide, cu, starts, 5, 0.25)
+    for bad_cu, bad_starts in ((cu.repeat_interleave(2)[::2], starts), (cu, starts.repeat_interleave(2)[::2])):
+        with pytest.raises(ValueError, match="cu_seqlens and starts must be contiguous"):
+            prefill_attention(q, kc, vc, tables, bad_cu, bad_starts, 5, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_tiles_for_fp32_and_fp64_are_small(dtype):
+    # fp32 / fp64 dots are FMA loops over register operands: [64, 64] tiles spill kilobytes per thread on sm_90
+    # (test_kernel_compile_sm90 compiles these choices); the interpreter keeps its big tiles
+    from args_engine.kernels.prefill_attention import prefill_tiles
+    for D in (64, 128, 256):
+        bm, bn, _ = prefill_tiles(dtype, D, 512, sms=132)
+        assert bm * bn <= 16 * 32, (D, bm, bn)
+    assert prefill_tiles(torch.bfloat16, 128, 512, sms=132)[:2] == (64, 64)
+    assert prefill_tiles(torch.bfloat16, 256, 512, sms=132)[:2] == (64, 32)  # D = 256 spills at [64, 64]
+    assert prefill_tiles(dtype, 128, 512, sms=None)[:2] == (32, 128)
