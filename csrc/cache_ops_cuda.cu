@@ -4,8 +4,8 @@
 // Index tensors (slot_mapping, block_mapping) may live on the host or on the device:
 //  - host: validated exactly like the CPU op, then copied to the device;
 //  - device: validating them would cost a device->host sync on the decode hot path, so the kernels
-//    instead skip anything out of range (never an out-of-bounds access). ARGS_ENGINE_DEBUG_CHECKS=1
-//    adds the host validation (with its sync) for debugging.
+//    instead skip anything out of range (never an out-of-bounds access), and copy_blocks checks its pairs for
+//    races on the device (a device assert). ARGS_ENGINE_DEBUG_CHECKS=1 adds the host validation (with its sync).
 // Only ATen and c10/cuda headers: both ship in the CPU torch wheel, so tests/test_cuda_build.py can
 // compile this file on a machine without a GPU.
 #include <ATen/ATen.h>
@@ -46,12 +46,26 @@ __global__ void store_kv_kernel(const scalar_t* __restrict__ key, const scalar_t
   }
 }
 
-// grid.x: one pair per x; grid.y: chunks of the block. Copies raw words of type word_t.
+// grid.x: one pair per x; grid.y: chunks of the block. Copies raw words of type word_t. check_pairs (a device map,
+// unchecked on the host): the pairs run in parallel, so a block one pair writes must be no other pair's source or
+// destination (that would race); each CUDA block checks its own pair against all and stops the launch with a
+// device assert if it is (the host check's rule, without its sync).
 template <typename word_t>
 __global__ void copy_blocks_kernel(word_t* __restrict__ key_cache, word_t* __restrict__ value_cache,
-                                   const int64_t* __restrict__ pairs, int64_t num_blocks, int64_t block_words) {
+                                   const int64_t* __restrict__ pairs, int64_t num_blocks, int64_t block_words,
+                                   bool check_pairs) {
   const int64_t src = pairs[2 * blockIdx.x], dst = pairs[2 * blockIdx.x + 1];
   if (src < 0 || src >= num_blocks || dst < 0 || dst >= num_blocks || src == dst) return;
+  if (check_pairs) {
+    __shared__ int conflict;
+    if (threadIdx.x == 0) conflict = 0;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < gridDim.x; j += blockDim.x)
+      if (j != blockIdx.x && (pairs[2 * j] == dst || pairs[2 * j + 1] == dst)) conflict = 1;
+    __syncthreads();
+    CUDA_KERNEL_ASSERT(conflict == 0 && "copy_blocks: a destination block is another pair's source or destination; "
+                       "pairs run in parallel on CUDA");
+  }
   const int64_t step = static_cast<int64_t>(gridDim.y) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; e < block_words; e += step) {
     key_cache[dst * block_words + e] = key_cache[src * block_words + e];
@@ -61,14 +75,14 @@ __global__ void copy_blocks_kernel(word_t* __restrict__ key_cache, word_t* __res
 
 template <typename word_t>
 void launch_copy_blocks(at::Tensor& key_cache, at::Tensor& value_cache, const at::Tensor& map, int64_t block_bytes,
-                        cudaStream_t stream) {
+                        bool check_pairs, cudaStream_t stream) {
   const int64_t words = block_bytes / static_cast<int64_t>(sizeof(word_t));
   const int threads = 256;
   const int64_t chunks = std::min<int64_t>((words + threads - 1) / threads, 64);
   const dim3 grid(static_cast<unsigned>(map.size(0)), static_cast<unsigned>(std::max<int64_t>(chunks, 1)));
   copy_blocks_kernel<word_t><<<grid, threads, 0, stream>>>(
       static_cast<word_t*>(key_cache.data_ptr()), static_cast<word_t*>(value_cache.data_ptr()),
-      map.data_ptr<int64_t>(), key_cache.size(0), words);
+      map.data_ptr<int64_t>(), key_cache.size(0), words, check_pairs);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -114,7 +128,8 @@ void copy_blocks_cuda(at::Tensor& key_cache, at::Tensor& value_cache, const at::
   TORCH_CHECK(key_cache.scalar_type() == value_cache.scalar_type(),
               "copy_blocks: key_cache and value_cache must have the same dtype on CUDA");
   at::Tensor map = block_mapping.contiguous();
-  if (!map.is_cuda()) {
+  const bool on_device = map.is_cuda();  // checked in the kernel (a host check would sync)
+  if (!on_device) {
     check_block_pairs(map, key_cache.size(0), /*parallel=*/true);
     map = map.to(key_cache.device(), /*non_blocking=*/true);
   } else {
@@ -128,12 +143,12 @@ void copy_blocks_cuda(at::Tensor& key_cache, at::Tensor& value_cache, const at::
   // Widest word that divides a block and both base addresses: dtype-agnostic, like the CPU copy.
   for (int64_t w : {16, 8, 4, 2}) {
     if (block_bytes % w || !aligned(key_cache, w) || !aligned(value_cache, w)) continue;
-    if (w == 16) return launch_copy_blocks<uint4>(key_cache, value_cache, map, block_bytes, stream);
-    if (w == 8) return launch_copy_blocks<uint2>(key_cache, value_cache, map, block_bytes, stream);
-    if (w == 4) return launch_copy_blocks<uint32_t>(key_cache, value_cache, map, block_bytes, stream);
-    return launch_copy_blocks<uint16_t>(key_cache, value_cache, map, block_bytes, stream);
+    if (w == 16) return launch_copy_blocks<uint4>(key_cache, value_cache, map, block_bytes, on_device, stream);
+    if (w == 8) return launch_copy_blocks<uint2>(key_cache, value_cache, map, block_bytes, on_device, stream);
+    if (w == 4) return launch_copy_blocks<uint32_t>(key_cache, value_cache, map, block_bytes, on_device, stream);
+    return launch_copy_blocks<uint16_t>(key_cache, value_cache, map, block_bytes, on_device, stream);
   }
-  launch_copy_blocks<uint8_t>(key_cache, value_cache, map, block_bytes, stream);
+  launch_copy_blocks<uint8_t>(key_cache, value_cache, map, block_bytes, on_device, stream);
 }
 
 }  // namespace args_engine

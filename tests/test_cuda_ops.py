@@ -103,3 +103,20 @@ def test_allocator_copy_on_write_pairs_on_gpu():
     ops.store_kv(key, key, kc, vc, slots)
     ops.store_kv(key.cuda(), key.cuda(), kc_gpu, vc_gpu, slots.cuda())
     assert torch.equal(kc_gpu.cpu(), kc)
+
+
+@pytest.mark.parametrize("pairs", [[[0, 1], [1, 2]], [[0, 1], [2, 1]]], ids=["chain", "duplicate-destination"])
+def test_copy_blocks_device_map_that_would_race_stops_the_launch(pairs):
+    # a device-resident map is not checked on the host (a sync): the kernel checks it and a device assert stops
+    # it. A device assert poisons the CUDA context, so the copy runs in a subprocess.
+    import subprocess
+    import sys
+    code = ("import torch; from args_engine import ops; kc = torch.zeros(4, 4, 2, 8, device='cuda'); "
+            f"ops.copy_blocks(kc, kc.clone(), torch.tensor({pairs}, device='cuda')); torch.cuda.synchronize()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    said = done.stdout + done.stderr  # the device's assert message is printed on stdout
+    assert done.returncode != 0 and ("pairs run in parallel on CUDA" in said or "device-side assert" in said), said
+    # the same pairs from the host are refused before any copy, with the host check's message
+    kc, vc = (t.cuda() for t in caches((4, 4, 2, 8), torch.float32))
+    with pytest.raises(RuntimeError, match="pairs run in parallel on CUDA"):
+        ops.copy_blocks(kc, vc, torch.tensor(pairs))
