@@ -161,7 +161,7 @@ def candidate_tiles(dtype: torch.dtype, D: int, rows: int, sms: int | None) -> t
     checked by test_kernel_compile_sm90): half types take up to [64, 64] tiles (tensor cores); fp32 / fp64 run
     the dots as FMA loops ("ieee") whose operands sit in registers, so they take [16, 32] (fp64 [16, 16]): a
     [64, 64] x D = 128 fp32 tile needs kilobytes of local memory per thread, and fp64's shared memory passes
-    the 227 KB an sm_90 block may have."""
+    the 227 KB an sm_90 block may have (fp32 at D > 128 takes [16, 16] too)."""
     M = max(16, min(MAX_TILE_ROWS, triton.next_power_of_2(rows)))
     if sms is None:
         return M, 128, 4

@@ -72,7 +72,7 @@ def prefill_tiles(dtype: torch.dtype, D: int, max_chunk: int, sms: int | None) -
     (which pays per op, not per element: big key tiles). On a GPU (sm_90, checked by test_kernel_compile_sm90):
     half types take [64, 64] tiles (tensor cores; D = 256 keys in 32s, or the tile spills); fp32 / fp64 run the
     dots as FMA loops ("ieee"), whose operands live in registers: [64, 64] x D = 128 fp32 needs kilobytes of local
-    memory per thread, so they take [16, 32] tiles (fp64: [16, 16])."""
+    memory per thread, so they take [16, 32] tiles ([16, 16] for fp64, or D > 128)."""
     small = max_chunk <= 16
     if sms is None:
         return (16 if small else 32), 128, 4
