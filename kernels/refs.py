@@ -9,6 +9,52 @@ def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+_LOW32 = (1 << 32) - 1
+
+
+def topk_logprobs_ref(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> (log p of the top-k tokens [B, k], their ids [B, k]): log_softmax in the accumulator dtype
+    (NaN counts as -inf), highest first, ties broken by the LOWER token id, the kernel's rule. Every path picks
+    candidates this way, so a row's candidates (and its first j of them) depend on neither its neighbours' k nor
+    the backend; torch.topk alone promises no order among equal values and picks different tied sets for
+    different k."""
+    x = logits.to(acc_dtype(logits.dtype))
+    logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # [B, V]
+    V = logp.shape[-1]
+    if logp.is_cuda:  # no host sync on a device
+        return _topk_lower_id(logp, k)
+    # CPU: torch.topk (one pass), then the tie rule where it matters: order within the k (tiny), and the rows
+    # whose k-th value ties the (k+1)-th (then which of the tied tokens are in is the rule's to say)
+    vals, ids = torch.topk(logp, min(k + 1, V), dim=-1)  # [B, k(+1)], descending
+    straddle = (vals[:, k - 1] == vals[:, k]) if k < V else torch.zeros(len(vals), dtype=torch.bool)
+    vals, ids = _order_ties(vals[:, :k], ids[:, :k])
+    if straddle.any():
+        rows = straddle.nonzero()[:, 0]
+        vals[rows], ids[rows] = _topk_lower_id(logp[rows], k)
+    return vals, ids
+
+
+def _order_ties(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vals, ids [B, k] of one top-k set -> the same set, by value descending, then id ascending."""
+    ids, by_id = ids.sort(dim=-1)
+    vals, by_val = vals.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
+    return vals, ids.gather(-1, by_val)
+
+
+def _topk_lower_id(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact rule with no host sync. float32: one torch.topk over int64 keys (the value's order-preserving
+    bits, then the complement of the id), all distinct, so ties cannot arise; other dtypes: a stable sort."""
+    if logp.dtype != torch.float32:
+        vals, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
+        return vals[:, :k].contiguous(), ids[:, :k].contiguous()
+    bits = (logp + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0: equal values, equal bits
+    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)  # [B, V], monotone in the value
+    ids = torch.arange(logp.shape[-1], device=logp.device)
+    top = torch.topk((order << 32) | (_LOW32 - ids), k, dim=-1).values  # [B, k]
+    ids = _LOW32 - (top & _LOW32)
+    return logp.gather(-1, ids), ids
+
+
 def args_scores(logp: torch.Tensor, rewards: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """logp, rewards [B, K], k [B] (1 <= k[b] <= K), w [B] -> logp + w * reward [B, K]; -inf beyond each row's k
     and where the score is NaN."""

@@ -6,7 +6,7 @@ the buffer's current worst entry, which after the first blocks is rare, so the c
 row. Small batches split each row over several programs (flash-decoding style) and a second, tiny launch
 merges the partial results; large batches use one program per row and one launch.
 
-Order: descending log-prob, ties broken by the lower token id (as torch.topk on CPU in practice). NaN logits
+Order: descending log-prob, ties broken by the lower token id (refs.topk_logprobs_ref: every path's rule). NaN logits
 count as -inf, on every path.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ._checks import gpu_sms
+from .refs import topk_logprobs_ref  # noqa: F401  (this kernel's oracle: one torch top-k, one tie rule)
 
 MAX_K = 64
 _INT_BIG = tl.constexpr(2147483647)  # jitted code may only read constexpr globals
@@ -175,12 +176,3 @@ def topk_logprobs(logits: torch.Tensor, k: int, split: int | None = None) -> tup
     _topk_merge_kernel[(B,)](part_m, part_s, part_v, part_i, split, V, k, out_v, out_i,
                              ACC=_TL[acc], SP=triton.next_power_of_2(split), KP=KP, num_warps=4)
     return out_v, out_i
-
-
-def topk_logprobs_ref(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain torch: log_softmax in the accumulator dtype, then the top k (a stable sort, so ties keep the
-    lower id first, which torch.topk does not promise)."""
-    x = logits.to(_acc_dtype(logits.dtype))
-    logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # [B, V]; NaN counts as -inf
-    vals, ids = torch.sort(logp, dim=-1, descending=True, stable=True)
-    return vals[:, :k].contiguous(), ids[:, :k].contiguous()

@@ -210,6 +210,31 @@ def test_failed_step_recovers_and_forgets_the_prefix_cache(monkeypatch, same_tru
     assert engine.bm.num_hit_tokens > hits and third.out_ids == second.out_ids
 
 
+@pytest.mark.parametrize("same_trunk", [False, True])
+def test_retried_step_gives_a_seeded_stochastic_request_the_same_tokens(monkeypatch, same_trunk):
+    """A step that fails after its inputs were prepared (the noise drawn) and is retried must not change a seeded
+    request's tokens: the noise is a function of the seed and the position, not of how often a step ran."""
+    lm, rm, tok = models_on_trunks(same_trunk)
+    want = native(lm, rm, tok).generate(PROMPTS[0], STOCHASTIC)[0].token_ids
+    nat = native(lm, rm, tok)
+    engine, real_run = nat.decoder, nat.decoder.runner.run
+    req = nat.make_request(PROMPTS[0], STOCHASTIC)
+    engine.add_request(req)
+    for _ in range(4):
+        engine.step()
+
+    def fail_once(batch):
+        monkeypatch.setattr(engine.runner, "run", real_run)
+        raise RuntimeError("forward failed")
+    monkeypatch.setattr(engine.runner, "run", fail_once)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        engine.step()
+    while engine.has_unfinished():
+        engine.step()
+    assert req.out_ids == want
+    assert_all_free(nat)
+
+
 def test_request_larger_than_the_cache_is_refused():
     lm, rm, tok = models()
     nat = native(lm, rm, tok, num_blocks=4)

@@ -29,7 +29,11 @@ def test_stochastic_frequencies_follow_softmax_of_score_over_temperature():
     logp, r = torch.tensor([[-0.5, -1.0, -2.0, -9.0]]), torch.tensor([[0.0, 0.5, 1.0, 0.0]])
     rq = req(k=3, w=1.0, mode="stochastic", temperature=0.5, seed=123)
     n = 4000
-    counts = torch.bincount(torch.cat([select_candidates(logp, r, [rq]) for _ in range(n)]), minlength=4).double()
+    picks = []
+    for _ in range(n):  # one draw per response position: the noise is a function of (seed, position)
+        picks.append(select_candidates(logp, r, [rq]))
+        rq.out_ids.append(0)
+    counts = torch.bincount(torch.cat(picks), minlength=4).double()
     expected = torch.softmax((logp + r)[0, :3] / 0.5, -1)
     assert counts[3] == 0  # outside this request's k
     assert torch.allclose(counts[:3] / n, expected.double(), atol=0.03)

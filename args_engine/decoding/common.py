@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..kernels.refs import args_choose, args_scores
+from ..kernels.refs import topk_logprobs_ref as topk_logprobs  # noqa: F401  (the one torch top-k, re-exported)
 from ..params import ARGSParams
 from .detokenize import IncrementalText
 
@@ -45,7 +47,7 @@ class Request:
     rewards: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     text: str | None = None  # set when a stop string ended the response: the text before it
-    generator: torch.Generator | None = None
+    noise_seed: int | None = None  # stochastic rows: the seed their Gumbel noise is derived from (noise_generator)
     detok: IncrementalText | None = None  # the response's text so far (with a tokenizer)
     rm_tokens: int = 0  # k per ARGS step, 1 per gated step
     rm_prefix: str | None = None  # bridged RMs: the prompt as the RM reads it (decoding/bridge.py)
@@ -53,23 +55,12 @@ class Request:
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.params.mode == "stochastic":
-            self.generator = torch.Generator()
-            if self.params.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(self.params.seed)
+        if self.params.mode == "stochastic" and self.noise_seed is None:
+            self.noise_seed = self.params.seed if self.params.seed is not None else secrets.randbits(63)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
-
-
-def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, V] -> (log p of the top-k tokens [B, k], their ids [B, k]), highest first."""
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # NaN counts as -inf, as in the kernel
-    return torch.topk(logp, k, dim=-1)
 
 
 def gated(params: list[ARGSParams], top_logp: list[float]) -> list[bool]:
@@ -78,40 +69,54 @@ def gated(params: list[ARGSParams], top_logp: list[float]) -> list[bool]:
 
 
 def as_gated(params: ARGSParams) -> ARGSParams:
-    """A gated step's settings: the top token alone, chosen greedily (no noise drawn from the row's generator)."""
+    """A gated step's settings: the top token alone, chosen greedily (no noise)."""
     return dataclasses.replace(params, k=1, mode="greedy")
 
 
-def gumbel_noise(params: list[ARGSParams], generators: list, kmax: int) -> torch.Tensor | None:
+_MASK64 = (1 << 64) - 1
+
+
+def noise_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of a stochastic row's noise at response position `step`: seeded by a SplitMix64 mix of
+    the request's seed and the position, so the noise is a pure function of the two. A retried step (after a
+    failure), a preempted and recomputed row, or the same request in another batch or on another device draws
+    exactly the same values; nothing is consumed ahead of a step that may not happen."""
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return torch.Generator().manual_seed(z ^ (z >> 31))
+
+
+def gumbel_noise(params: list[ARGSParams], reqs: list[Request], kmax: int) -> torch.Tensor | None:
     """Gumbel noise [B, kmax] float64 for the stochastic rows (zeros elsewhere), or None when all rows are greedy.
-    Each row draws k values from its request's own CPU generator, so a choice depends on neither the batch nor
-    the device."""
+    Row b draws its k values for its next response position from noise_generator, so a choice depends on neither
+    the batch, the device, nor how often the step was tried."""
     if all(p.mode != "stochastic" for p in params):
         return None
     gumbel = torch.zeros(len(params), kmax, dtype=torch.float64)
-    for b, (p, gen) in enumerate(zip(params, generators)):
+    for b, (p, req) in enumerate(zip(params, reqs)):
         if p.mode == "stochastic":
-            u = torch.rand(p.k, generator=gen, dtype=torch.float64)
+            u = torch.rand(p.k, generator=noise_generator(req.noise_seed, len(req.out_ids)), dtype=torch.float64)
             gumbel[b, :p.k] = -torch.log(-torch.log(u.clamp_min(1e-300)))
     return gumbel
 
 
-def selection_arrays(params: list[ARGSParams], generators: list, kmax: int) -> dict[str, np.ndarray]:
+def selection_arrays(params: list[ARGSParams], reqs: list[Request], kmax: int) -> dict[str, np.ndarray]:
     """The per-row host arrays of ARGS selection: k [B] int32, w and temperature [B] float64 (0: greedy), and
     gumbel [B, kmax] float64 when a row is stochastic. w stays float64: each path casts it to its accumulation
     dtype, so all paths score alike."""
     out = dict(k=np.array([p.k for p in params], dtype=np.int32),
                w=np.array([p.w for p in params], dtype=np.float64),
                temp=np.array([p.temperature if p.mode == "stochastic" else 0.0 for p in params], dtype=np.float64))
-    gumbel = gumbel_noise(params, generators, kmax)
+    gumbel = gumbel_noise(params, reqs, kmax)
     if gumbel is not None:
         out["gumbel"] = gumbel.numpy()
     return out
 
 
-def selection_inputs(params: list[ARGSParams], generators: list, kmax: int, device):
+def selection_inputs(params: list[ARGSParams], reqs: list[Request], kmax: int, device):
     """selection_arrays as tensors on `device`: (k, w, temperature, gumbel or None)."""
-    a = selection_arrays(params, generators, kmax)
+    a = selection_arrays(params, reqs, kmax)
     k, w, temp = (torch.from_numpy(a[n]).to(device) for n in ("k", "w", "temp"))
     return k, w, temp, torch.from_numpy(a["gumbel"]).to(device) if "gumbel" in a else None
 
@@ -124,7 +129,7 @@ def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Requ
     params = [as_gated(r.params) if g else r.params for r, g in zip(reqs, gate)]
     for r, p in zip(reqs, params):
         r.rm_tokens += p.k
-    k, w, temp, gumbel = selection_inputs(params, [r.generator for r in reqs], logp.shape[1], logp.device)
+    k, w, temp, gumbel = selection_inputs(params, reqs, logp.shape[1], logp.device)
     return args_choose(args_scores(logp, rewards, k, w), temp, gumbel)
 
 

@@ -32,6 +32,7 @@ import torch
 from ..decoding.bridge import BridgeScorer, BridgeState
 from ..decoding.common import gated, select_candidates, selection_arrays
 from ..decoding.logit_controls import apply_logit_controls
+from ..kernels.refs import topk_logprobs_ref
 from ..models.hf import RewardModel, combine_objectives, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
@@ -241,11 +242,11 @@ class ModelRunner:
         return out
 
     def _selection(self, seqs: list[Sequence], kmax: int) -> dict[str, np.ndarray]:
-        # Gated rows draw their noise later (only if ARGS scores them; _gated_step): drawing here too would
-        # advance the requests' generators twice.
+        # Gated batches take their selection arrays in _gated_step, for the rows ARGS scores (the noise is a pure
+        # function of a request's seed and position, so where it is drawn does not change it)
         if any(s.params.gate is not None for s in seqs):
             return {}
-        return selection_arrays([s.params for s in seqs], [s.req.generator for s in seqs], kmax)
+        return selection_arrays([s.params for s in seqs], [s.req for s in seqs], kmax)
 
     # --- running it -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -392,7 +393,7 @@ class ModelRunner:
                     sub = [seqs[i] for i in rows]
                     km = max(s.params.k for s in sub)
                     sel = {n: torch.from_numpy(x).to(self.rm_device) for n, x in selection_arrays(
-                        [s.params for s in sub], [s.req.generator for s in sub], km).items()}
+                        [s.params for s in sub], [s.req for s in sub], km).items()}
                     tok, c, h = self._score(logp[r, :km], cand[r, :km], tables[r], pos[r], slots[r], sel["k"], sel["w"],
                                             sel["temp"], sel.get("gumbel"), None if rm_w is None else rm_w[r])
                 tokens[r], chosen[r] = tok, c.to(chosen.dtype)
@@ -452,5 +453,5 @@ def _logprob_columns(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> list
     [B, n] each, most likely first, as float64 columns for the step's one read."""
     logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, V]
     chosen = logp.gather(1, tokens.view(-1, 1))  # [B, 1]
-    top_lp, top_ids = logp.topk(n, dim=-1)  # [B, n]
+    top_lp, top_ids = topk_logprobs_ref(logits, n)  # [B, n], ties by the lower id as the candidates
     return [chosen.double(), top_ids.double(), top_lp.double()]
