@@ -42,8 +42,8 @@ def cmd_generate(args) -> None:
         return _generate_on_ray(args, prompts, params)
     if args.out:
         raise ValueError("--out applies with --ray (results.jsonl there); without it, use --json")
-    engine = ARGSEngine.from_pretrained(lm=args.lm, rm=args.rm, device=args.device, rm_device=args.rm_device,
-                                        dtype=args.dtype, backend=args.backend, raw=args.raw,
+    engine = ARGSEngine.from_pretrained(**_model_options(args), device=args.device, rm_device=args.rm_device,
+                                        backend=args.backend, raw=args.raw,
                                         batch_size=args.batch_size,
                                         **_rm_options(args), **_native_options(args))
     outs = engine.generate(prompts, params)
@@ -78,8 +78,8 @@ def _generate_on_ray(args, prompts, params) -> None:
         raise ValueError("--compare and --json apply without --ray (with --ray, read OUT/results.jsonl)")
     if args.backend != "auto" or args.raw:
         raise ValueError("--ray runs the default backend on chat-formatted prompts (no --backend, no --raw)")
-    results = generate_to_dir(prompts, args.out, params, _ray_batch_options(args), progress=True, lm=args.lm,
-                              rm=args.rm, device=args.device, rm_device=args.rm_device, dtype=args.dtype,
+    results = generate_to_dir(prompts, args.out, params, _ray_batch_options(args), progress=True,
+                              **_model_options(args), device=args.device, rm_device=args.rm_device,
                               batch_size=args.batch_size, **_rm_options(args), **_native_options(args))
     print(f"wrote {results} ({len(prompts)} prompts)")
 
@@ -140,6 +140,24 @@ def _rm_options(args) -> dict:
     return opts
 
 
+def _add_model_options(parser) -> None:
+    m = parser.add_argument_group("models: a local directory or a Hugging Face model id (HF_HUB_OFFLINE=1: the cache)")
+    m.add_argument("--lm", help="the causal LM (default: SmolLM2-135M-Instruct, embedded)")
+    m.add_argument("--rm", help="the reward model (default: the project's trained RM on the LM's trunk)")
+    m.add_argument("--revision", help="the LM id's branch, tag or commit (default: main)")
+    m.add_argument("--rm-revision", help="the RM id's branch, tag or commit (default: main)")
+    m.add_argument("--trust-remote-code", action="store_true",
+                   help="run modelling code shipped in a model's repository (off: such a model is refused)")
+    m.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16", "auto"],
+                   help="weights' dtype; auto: the checkpoint's own (default: %(default)s)")
+
+
+def _model_options(args) -> dict:
+    """What to load and how: --lm, --rm, their revisions, --trust-remote-code, --dtype."""
+    return dict(lm=args.lm, rm=args.rm, revision=args.revision, rm_revision=args.rm_revision,
+                trust_remote_code=args.trust_remote_code, dtype=args.dtype)
+
+
 def _add_rm_options(parser) -> None:
     r = parser.add_argument_group("multi-objective reward models (num_labels > 1)")
     r.add_argument("--rm-objective", type=int, metavar="I", help="the reward is the RM's output I")
@@ -170,7 +188,7 @@ def cmd_serve(args) -> None:
                           max_body_bytes=args.max_body_bytes, max_consecutive_failures=args.max_consecutive_failures,
                           api_key=args.api_key or os.environ.get("ARGS_ENGINE_API_KEY") or None,
                           auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [])
-    engine_options = dict(lm=args.lm, rm=args.rm, device=args.device, rm_device=args.rm_device, dtype=args.dtype,
+    engine_options = dict(**_model_options(args), device=args.device, rm_device=args.rm_device,
                           batch_size=args.batch_size, **_rm_options(args), **_native_options(args))
     if args.ray:
         from .ray.serving import RayServeOptions, serve_on_ray
@@ -217,7 +235,7 @@ def cmd_eval(args) -> None:
         data = None  # a prompts file with no preference data anywhere (check_prompts allowed it)
     start = time.perf_counter()
     results = evaluate(prompts, methods, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                       out=args.out, lm=args.lm, rm=args.rm, device=args.device, dtype=args.dtype,
+                       out=args.out, device=args.device, **_model_options(args),
                        prompts_name=name, rm_options=_rm_options(args),
                        ray=_ray_batch_options(args) if args.ray else None, data=data)
     print(f"{'method':<28} {'reward':>8} {'win-tie':>8} {'div %':>7} {'coh':>6} {'tok/s':>7} {'s':>7}")
@@ -245,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="decode prompts with ARGS")
     g.add_argument("prompt", nargs="*", help="prompt texts (default: three demo prompts)")
     g.add_argument("--prompts-file", help="JSONL or JSONL.gz with a 'prompt' field (or HH-RLHF rows with 'chosen')")
-    g.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
-    g.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
+    _add_model_options(g)
     g.add_argument("--k", type=int, default=10)
     g.add_argument("--w", type=float, default=1.0)
     g.add_argument("--mode", choices=["greedy", "stochastic"], default="greedy")
@@ -261,7 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare", action="store_true", help="also decode plain greedy and show both rewards")
     g.add_argument("--device", default="cpu", help="the LM's device (and the RM's unless --rm-device)")
     g.add_argument("--rm-device", help="the RM's device, e.g. cuda:1 (native backend; default: --device)")
-    g.add_argument("--dtype", default="float32")
     c = g.add_argument_group("logit controls, applied before the k candidates are taken")
     c.add_argument("--repetition-penalty", type=float, default=1.0, help="Hugging Face semantics (1: off)")
     c.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI semantics, in [-2, 2]")
@@ -279,13 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, ...)")
-    s.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
-    s.add_argument("--rm", help="local HF directory of the reward model (default: the project's trained RM)")
+    _add_model_options(s)
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--device", default="cpu", help="the LM's device (and the RM's unless --rm-device)")
     s.add_argument("--rm-device", help="the RM's device, e.g. cuda:1 (default: --device)")
-    s.add_argument("--dtype", default="float32")
     s.add_argument("--batch-size", type=int, default=16, help="sequences decoded at once (continuous batching)")
     _add_rm_options(s)
     _add_native_options(s)
@@ -334,12 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated name[:key=value...], names greedy, topk, bon, args-greedy, args-stochastic; "
                         "keys k, w, T, n, seed and the logit controls rp, pp, fp, nrng, minp (default: %(default)s)")
-    e.add_argument("--lm", help="local HF directory of the causal LM (default: SmolLM2-135M-Instruct)")
-    e.add_argument("--rm", help="local HF directory of the decoding reward model (default: the project's RM)")
+    _add_model_options(e)
     e.add_argument("--out", default="eval-results", help="output directory (default: %(default)s)")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--device", default="cpu")
-    e.add_argument("--dtype", default="float32")
     e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
     _add_rm_options(e)
     _add_ray_options(e)

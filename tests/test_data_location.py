@@ -2,7 +2,6 @@
 checkout, the Hugging Face Hub (its cache and offline rules); the error names every place tried; a file other
 than the reference one is said to change the splits; committed assets say which file made them."""
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from safetensors import safe_open
 
 from args_engine.reward import data
 from args_engine.reward.data import DATA_ENV, HUB_FILE, HUB_REPO, REFERENCE_DATA, default_data_path, load_pairs
+from hub_cache import add_snapshot
 
 ROWS = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: kind {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: rude {i}"}
         for i in range(5)]
@@ -27,18 +27,9 @@ def write_pairs(path, rows=ROWS):
 
 
 def fill_hub_cache(hub_cache, rows=ROWS, commit="0123456789abcdef0123456789abcdef01234567"):
-    """The dataset file in huggingface_hub's real cache layout: blobs/<sha256>, snapshots/<commit>/<path> linking
-    to it, refs/main naming the commit (what hf_hub_download leaves behind after a download)."""
-    repo = hub_cache / ("datasets--" + HUB_REPO.replace("/", "--"))
-    blob = write_pairs(repo / "blobs" / "tmp", rows)
-    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
-    blob = blob.rename(repo / "blobs" / digest)
-    link = repo / "snapshots" / commit / HUB_FILE
-    link.parent.mkdir(parents=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    return link
+    """The dataset file in huggingface_hub's real cache layout (what hf_hub_download leaves behind)."""
+    gz = write_pairs(hub_cache.parent / "upload" / "test.jsonl.gz", rows).read_bytes()
+    return add_snapshot(hub_cache, HUB_REPO, {HUB_FILE: gz}, commit, repo_type="dataset") / HUB_FILE
 
 
 def test_hub_dataset_found_offline_in_the_hub_cache(tmp_path):

@@ -101,14 +101,19 @@ class ARGSEngine:
 
     @classmethod
     def from_pretrained(cls, lm=None, rm=None, device: str = "cpu", dtype="float32", backend: str = "auto",
-                        raw: bool = False, rm_device: str | None = None, **kw) -> "ARGSEngine":
-        """lm / rm: a local Hugging Face directory, a loaded model, or None for the embedded defaults
-        (SmolLM2-135M-Instruct and the project's trained reward head on its trunk). device: the LM's; rm_device:
-        the RM's (default: the same). On two devices the native engine keeps each model's cache on its own
-        device and runs the RM's candidate forward there; only the top-k crosses over."""
+                        raw: bool = False, rm_device: str | None = None, revision: str | None = None,
+                        rm_revision: str | None = None, trust_remote_code: bool = False, **kw) -> "ARGSEngine":
+        """lm / rm: a local Hugging Face directory, a Hugging Face model id (downloaded into the hub's cache, or
+        read from it when HF_HUB_OFFLINE=1), a loaded model, or None for the embedded defaults
+        (SmolLM2-135M-Instruct and the project's trained reward head on its trunk). revision / rm_revision: a Hub
+        id's branch, tag or commit. trust_remote_code: run a repository's own modelling code (off unless given).
+        dtype: a name, a torch dtype, or "auto" (the checkpoint's). device: the LM's; rm_device: the RM's (default:
+        the same). On two devices the native engine keeps each model's cache on its own device and runs the RM's
+        candidate forward there; only the top-k crosses over."""
         dtype = resolve_dtype(dtype)
         tokenizer = kw.pop("tokenizer", None)
-        lm_model, lm_tokenizer, rm_model, rm_tokenizer = load_pair(lm, rm, device, dtype, rm_device)
+        lm_model, lm_tokenizer, rm_model, rm_tokenizer = load_pair(lm, rm, device, dtype, rm_device, revision,
+                                                                   rm_revision, trust_remote_code)
         return cls(lm_model, rm_model, tokenizer=tokenizer or lm_tokenizer, rm_tokenizer=rm_tokenizer,
                    backend=backend, raw=raw, **kw)
 

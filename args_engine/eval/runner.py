@@ -17,15 +17,18 @@ from .prompts import hh_text
 
 
 def load_models(lm=None, rm=None, device: str = "cpu", dtype="float32", batch_size: int = 8,
-                backend: str = "auto", rm_weights=None, rm_objective: int | None = None) -> EvalModels:
+                backend: str = "auto", rm_weights=None, rm_objective: int | None = None, revision: str | None = None,
+                rm_revision: str | None = None, trust_remote_code: bool = False) -> EvalModels:
     """LM, RM and tokenizer loaded once; the ARGS engine is built on the same objects (no second copy).
-    rm_weights / rm_objective: a multi-objective RM's reward (weights . outputs, or one output)."""
+    rm_weights / rm_objective: a multi-objective RM's reward (weights . outputs, or one output). revision,
+    rm_revision, trust_remote_code: as ARGSEngine.from_pretrained's."""
     from ..engine import ARGSEngine
     from ..models.hf import RewardModel, load_pair, resolve_dtype
     from ..models.llama import native_unsupported_reason
 
     dtype = resolve_dtype(dtype)
-    lm_model, tok, rm_model, rm_tok = load_pair(lm, rm, device, dtype)
+    lm_model, tok, rm_model, rm_tok = load_pair(lm, rm, device, dtype, revision=revision, rm_revision=rm_revision,
+                                                trust_remote_code=trust_remote_code)
     rm_model = RewardModel(rm_model, rm_weights, rm_objective)
     native = backend == "native" or (backend == "auto" and not (native_unsupported_reason(lm_model)
                                                                 or native_unsupported_reason(rm_model.model)))
@@ -49,7 +52,8 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
              encoder=None, max_new_tokens: int = 128, batch_size: int = 8, out: str | Path | None = None,
              lm=None, rm=None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
              prompts_name: str = "custom", rm_options: dict | None = None, ray=None,
-             data: dict | None = None) -> dict:
+             data: dict | None = None, revision: str | None = None, rm_revision: str | None = None,
+             trust_remote_code: bool = False) -> dict:
     """Decode `prompts` (chat message lists) with each method and score the responses. Greedy is always run
     (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder.
     ray (a RayBatchOptions): the ARGS methods decode on Ray Data engine actors built from lm / rm (the same
@@ -58,11 +62,12 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
         raise ValueError("no prompts")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
-    models = models or load_models(lm, rm, device, dtype, batch_size, **(rm_options or {}))
+    hub = dict(revision=revision, rm_revision=rm_revision, trust_remote_code=trust_remote_code)
+    models = models or load_models(lm, rm, device, dtype, batch_size, **hub, **(rm_options or {}))
     if ray is not None:
         if models.engine.backend != "native":
             raise ValueError("eval --ray runs the native engine; these models need the reference backend")
-        models = dataclasses.replace(models, ray=(ray, dict(lm=lm, rm=rm, device=device, dtype=dtype,
+        models = dataclasses.replace(models, ray=(ray, dict(lm=lm, rm=rm, device=device, dtype=dtype, **hub,
                                                             enable_prefix_caching=False, **(rm_options or {}))))
     judge = judge or Judge.load(device=device)
     check_independent(judge, models.rm)

@@ -1,6 +1,7 @@
 """Loading and checking Hugging Face LMs and reward models, and the pieces of them the decoders call."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from pathlib import Path
@@ -13,62 +14,114 @@ from ..progress import quiet_transformers
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
+def resolve_dtype(dtype) -> torch.dtype | str:
+    """A torch dtype from its name; "auto" stays "auto": the checkpoint's own dtype (its config's), as
+    transformers' from_pretrained reads it."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {sorted(DTYPES) + ['auto']}, got {dtype!r}")
     return DTYPES[dtype]
 
 
-def _load(source, default, auto_cls, what: str, device: str, dtype) -> tuple[torch.nn.Module, object]:
-    """source: None (the default model), a local HF directory, or a loaded model. -> (model, tokenizer or None)"""
+def _is_path(source: str | Path) -> bool:
+    """A source that can only be a path (a Hub id is `name` or `org/name`): a Path, or a string that starts like
+    one or has more than one '/'."""
+    text = str(source)
+    return isinstance(source, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
+@contextlib.contextmanager
+def _named_load_errors(what: str, source: str, revision: str | None):
+    """Turns transformers' loading errors into ones that say what was tried: the id, the revision, and whether the
+    hub was offline (HF_HUB_OFFLINE=1: only the local hub cache is searched)."""
+    try:
+        yield
+    except OSError as e:
+        from huggingface_hub import constants
+        hub = ("offline (HF_HUB_OFFLINE=1): only the local hub cache under HF_HOME was searched"
+               if constants.HF_HUB_OFFLINE else "online, through the Hugging Face Hub and its cache")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"{what} {source!r} (revision {revision or 'main'}) could not be loaded: it is not a "
+                                f"local directory, and as a Hugging Face model id, {hub}: {first}") from e
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ValueError(f"{what} {source!r} (revision {revision or 'main'}) runs code from its repository to load; "
+                         "if you trust that code, pass trust_remote_code=True (CLI: --trust-remote-code)") from e
+
+
+def _load(source, default, auto_cls, what: str, device: str, dtype, revision: str | None = None,
+          trust_remote_code: bool = False) -> tuple[torch.nn.Module, object]:
+    """source: None (the default model), a local HF directory, a Hugging Face model id (from the hub, or its cache
+    when offline; `revision`: a branch, tag or commit), or a loaded model. -> (model, tokenizer or None).
+    trust_remote_code: run a repository's own modelling code (never implied)."""
     from transformers import AutoTokenizer
 
     if not isinstance(source, (str, Path, type(None))):
         return source.to(device).eval(), None
-    with quiet_transformers():
-        path = Path(default() if source is None else source)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{what} directory not found: {path} (no model hub here: pass a local directory)")
-        model = auto_cls.from_pretrained(path, dtype=resolve_dtype(dtype))
-        has_tokenizer = any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-        return model.to(device).eval(), AutoTokenizer.from_pretrained(path) if has_tokenizer else None
+    name = default() if source is None else source
+    local = Path(name).expanduser()
+    if not local.is_dir() and _is_path(name):
+        raise FileNotFoundError(f"{what} directory not found: {local.absolute()}")
+    if local.is_dir() and revision is not None:
+        raise ValueError(f"a revision applies to a Hugging Face model id; {what} {str(name)!r} is a local directory")
+    where = str(local) if local.is_dir() else str(name)
+    options = dict(revision=revision, trust_remote_code=trust_remote_code)
+    with quiet_transformers(), _named_load_errors(what, where, revision):
+        model = auto_cls.from_pretrained(where, dtype=resolve_dtype(dtype), **options)
+        tokenizer = None
+        if not local.is_dir():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(where, **options)
+            except (OSError, ValueError) as e:  # a repository with weights and no tokenizer: the LM's reads the text
+                if "trust_remote_code" in str(e):
+                    raise
+                tokenizer = None
+        elif any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            tokenizer = AutoTokenizer.from_pretrained(where)
+        return model.to(device).eval(), tokenizer
 
 
-def load_lm(lm, device: str, dtype) -> tuple[torch.nn.Module, object]:
-    """`lm`: None (the default SmolLM2-135M-Instruct), a local HF directory, or a loaded causal LM."""
+def load_lm(lm, device: str, dtype, revision: str | None = None,
+            trust_remote_code: bool = False) -> tuple[torch.nn.Module, object]:
+    """`lm`: None (the default SmolLM2-135M-Instruct), a local HF directory, a Hugging Face model id, or a loaded
+    causal LM."""
     from transformers import AutoModelForCausalLM
 
     from .defaults import default_lm_dir
-    return _load(lm, default_lm_dir, AutoModelForCausalLM, "LM", device, dtype)
+    return _load(lm, default_lm_dir, AutoModelForCausalLM, "LM", device, dtype, revision, trust_remote_code)
 
 
-def load_rm(rm, device: str, dtype) -> tuple[torch.nn.Module, object]:
-    """`rm`: None (the default reward model), a local HF directory, or a loaded sequence-classification model."""
+def load_rm(rm, device: str, dtype, revision: str | None = None,
+            trust_remote_code: bool = False) -> tuple[torch.nn.Module, object]:
+    """`rm`: None (the default reward model), a local HF directory, a Hugging Face model id, or a loaded
+    sequence-classification model."""
     from transformers import AutoModelForSequenceClassification
 
     from .defaults import default_rm_dir
-    return _load(rm, default_rm_dir, AutoModelForSequenceClassification, "RM", device, dtype)
+    return _load(rm, default_rm_dir, AutoModelForSequenceClassification, "RM", device, dtype, revision,
+                 trust_remote_code)
 
 
-def load_pair(lm, rm, device: str, dtype, rm_device: str | None = None
+def load_pair(lm, rm, device: str, dtype, rm_device: str | None = None, revision: str | None = None,
+              rm_revision: str | None = None, trust_remote_code: bool = False
               ) -> tuple[torch.nn.Module, object, torch.nn.Module, object]:
     """load_lm + load_rm -> (lm, lm tokenizer, rm, rm tokenizer), keeping one copy of a trunk both share: the
-    default RM is built on the default LM's trunk module, and two directories whose trunks hold the same
+    default RM is built on the default LM's trunk module, and two sources whose trunks hold the same
     weights end up sharing the LM's. rm_device: where the RM goes (default: `device`); on another device than
-    the LM, the RM keeps a trunk of its own there."""
+    the LM, the RM keeps a trunk of its own there. revision / rm_revision: of a Hub id each."""
     import copy
 
     from .defaults import default_reward_model
 
     apart = rm_device is not None and torch.device(rm_device) != torch.device(device)
-    lm_model, lm_tok = load_lm(lm, device, dtype)
+    lm_model, lm_tok = load_lm(lm, device, dtype, revision, trust_remote_code)
     if lm is None and rm is None:
         rm_model = default_reward_model(lm_model)
         if rm_model is not None:
             return lm_model, lm_tok, copy.deepcopy(rm_model).to(rm_device) if apart else rm_model, None
-    rm_model, rm_tok = load_rm(rm, rm_device or device, dtype)
+    rm_model, rm_tok = load_rm(rm, rm_device or device, dtype, rm_revision, trust_remote_code)
     if not apart and isinstance(lm, (str, Path, type(None))) and isinstance(rm, (str, Path, type(None))):
         share_trunk_weights(lm_model, rm_model)  # both loaded here, so no caller holds the RM's own trunk
     return lm_model, lm_tok, rm_model, rm_tok
