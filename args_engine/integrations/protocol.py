@@ -100,23 +100,22 @@ def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1,
         if any(isinstance(x, str) and len(x) > config.max_stop_chars for x in stop):
             raise BadRequest(f"a stop string may hold at most {config.max_stop_chars} characters", "stop")
     seed = _get(body, "seed", int)
-    mode = _get(body, "args_mode", str, "greedy")
-    temperature = _get(body, "temperature", (int, float), 0.7 if mode == "stochastic" else 1.0)
-    if not math.isfinite(temperature) or temperature < 0:
-        raise BadRequest(f"temperature must be a finite number >= 0, got {temperature}", "temperature")
+    mode, temperature = parse_sampling(body)
     k = _get(body, "args_k", int, 10)
     if k > config.max_k:
         raise BadRequest(f"args_k must be at most {config.max_k} on this server, got {k}", "args_k")
+    max_tokens = parse_max_tokens(body, chat)
     kw = dict(k=k, w=_get(body, "args_w", (int, float), 1.0), mode=mode, temperature=temperature,
-              max_new_tokens=_get(body, "max_tokens", int, config.default_max_tokens), stop=stop or None,
+              max_new_tokens=config.default_max_tokens if max_tokens is None else max_tokens, stop=stop or None,
               logprobs=parse_logprobs(body, chat), logit_bias=parse_logit_bias(body),
               gate=_get(body, "args_gate", (int, float)), rm_weights=_get(body, "args_rm_weights", list),
               **{name: _get(body, name, kind, default) for name, (kind, default) in _CONTROLS.items()})
-    if n > 1 and "args_mode" not in body:
-        raise BadRequest("n > 1 in the default greedy mode returns n identical choices; set args_mode "
-                         "('stochastic' for distinct samples, or 'greedy' to ask for the copies)", "n")
+    if n > 1 and mode == "greedy" and body.get("args_mode") is None:
+        raise BadRequest("n > 1 in the default greedy mode returns n identical choices; set temperature > 0 or "
+                         "args_mode ('stochastic' for distinct samples, or 'greedy' to ask for the copies)", "n")
     if best_of > n and mode != "stochastic":
-        raise BadRequest("best_of > n needs args_mode='stochastic': greedy ARGS samples are all the same", "best_of")
+        raise BadRequest("best_of > n needs sampling (temperature > 0, or args_mode='stochastic'): greedy ARGS "
+                         "samples are all the same", "best_of")
     if best_of > n and body.get("stream"):
         raise BadRequest("best_of > n cannot be streamed: the best samples are known only at the end", "best_of")
     try:
@@ -124,12 +123,55 @@ def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1,
         params[0].validate()
     except ValueError as e:
         raise BadRequest(str(e), param_of(str(e))) from e
-    return params, n, body.get("max_tokens") is not None
+    return params, n, max_tokens is not None
+
+
+def parse_sampling(body: dict) -> tuple[str, float]:
+    """-> (mode, temperature), with OpenAI's meaning of temperature: without args_mode, temperature > 0 samples
+    (stochastic ARGS at that temperature) and 0 or none is greedy (the default). args_mode "stochastic" without
+    a temperature samples at 0.7; args_mode "greedy" with temperature > 0 asks for two things at once: a 400."""
+    mode = _get(body, "args_mode", str)
+    temperature = _get(body, "temperature", (int, float))
+    if temperature is not None and (not math.isfinite(temperature) or temperature < 0):
+        raise BadRequest(f"temperature must be a finite number >= 0, got {temperature}", "temperature")
+    if mode is None:
+        mode = "stochastic" if temperature else "greedy"
+    elif mode == "greedy" and temperature:
+        raise BadRequest(f"temperature {temperature} asks for sampling but args_mode is 'greedy'; send one of them "
+                         "(temperature 0 is greedy)", "temperature")
+    if mode != "stochastic":  # greedy reads no temperature: 1.0 keeps its row the same whatever was sent
+        return mode, 1.0
+    return mode, 0.7 if temperature is None else temperature
+
+
+def parse_max_tokens(body: dict, chat: bool) -> int | None:
+    """max_tokens, or chat's max_completion_tokens (OpenAI's newer name for it); None when neither is given.
+    0 (score the prompt without generating) is refused: it needs echo, which the server does not support yet."""
+    given = {name: _get(body, name, int) for name in (("max_tokens", "max_completion_tokens") if chat else
+                                                     ("max_tokens",))}
+    given = {name: v for name, v in given.items() if v is not None}
+    if len(set(given.values())) > 1:
+        raise BadRequest(f"max_tokens and max_completion_tokens disagree ({given['max_tokens']} and "
+                         f"{given['max_completion_tokens']}); send one of them", "max_completion_tokens")
+    for name, value in given.items():
+        if value == 0:
+            raise BadRequest(f"{name} must be >= 1: {name} 0 scores the prompt without generating, which needs echo, "
+                             "and echo is not supported yet", name)
+        if value < 0:
+            raise BadRequest(f"{name} must be an integer >= 1, got {value}", name)
+    return next(iter(given.values()), None)
+
+
+STREAM_OPTIONS = ("include_usage", "include_obfuscation")  # the second pads chunks on OpenAI's side: a no-op here
 
 
 def stream_options(body: dict) -> bool:
     """-> include_usage."""
     opts = _get(body, "stream_options", dict, {})
+    unknown = [name for name in opts if name not in STREAM_OPTIONS]
+    if unknown:
+        raise BadRequest(f"stream_options has no field {unknown[0]!r}; it takes {', '.join(STREAM_OPTIONS)}",
+                         "stream_options")
     include = opts.get("include_usage", False)
     if not isinstance(include, bool):
         raise BadRequest(f"stream_options.include_usage must be true or false, got {include!r}", "stream_options")

@@ -5,11 +5,12 @@
 
 Endpoints: POST /v1/completions, POST /v1/chat/completions (JSON or SSE with "stream": true), GET /v1/models,
 GET /v1/models/{id}, /health, /metrics (Prometheus). ARGS settings ride as extra body fields: args_k, args_w,
-args_mode ("greedy" | "stochastic"; temperature applies to stochastic). Every choice also carries `rewards` (the
-RM score after each token) and `reward`; stream chunks carry the token's `reward`. `best_of` (stochastic, not
-streamed) draws that many samples per prompt and returns the n with the highest final reward, best first. All
-clients share one engine loop, so concurrent requests decode in one continuous batch; a client that
-disconnects aborts its requests.
+args_mode ("greedy" | "stochastic"; without it, temperature > 0 samples and 0 or none is greedy). Every request
+field is honoured, accepted as a no-op, or refused with a 400 naming it (the table in fields.py). Every choice
+also carries `rewards` (the RM score after each token) and `reward`; stream chunks carry the token's `reward`.
+`best_of` (stochastic, not streamed) draws that many samples per prompt and returns the n with the highest final
+reward, best first. All clients share one engine loop, so concurrent requests decode in one continuous batch; a
+client that disconnects aborts its requests.
 
 Errors are OpenAI's envelope {"error": {message, type, param, code}}: 400 bad fields, 401 a missing or wrong
 API key, 404 an unknown model, 413 a body over the limit, 415 a body that is not JSON, 429 a full queue (with
@@ -31,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from ..chat import render_prompt
 from ..engine import ARGSEngine
 from .engine_loop import EngineLoop, EngineUnavailable, QueueFull, RequestFailed
+from .fields import check_fields
 from .protocol import (BadRequest, chat_logprobs, choice, completion_logprobs, envelope, error_body, new_id,
                        param_of, parse_params, stream_options, usage)
 from .server_config import ServerConfig
@@ -102,7 +104,7 @@ def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAP
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await _json(request, config)
+        body = check_fields(await _json(request, config), chat=False, lenient=config.lenient_fields)
         model_name = _check_model(body.get("model"), names)
         prompt = body.get("prompt")
         if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt)):
@@ -118,7 +120,7 @@ def create_app(engine: ARGSEngine, config: ServerConfig | None = None) -> FastAP
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json(request, config)
+        body = check_fields(await _json(request, config), chat=True, lenient=config.lenient_fields)
         model_name = _check_model(body.get("model"), names)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(

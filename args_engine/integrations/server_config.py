@@ -10,7 +10,9 @@ class ServerConfig:
     """served_model_names: the ids /v1/models lists and requests may name (others get 404); empty: the LM's
     name and "args-engine". api_key: Bearer token required on /v1/* (and on /health and /metrics too when
     auth_health_metrics); None: open. allowed_origins: CORS origins ("*" for any); empty: no CORS headers, so
-    browsers refuse cross-origin calls."""
+    browsers refuse cross-origin calls. lenient_fields: drop (and log) request fields the server does not know
+    instead of a 400, for clients that send their own; an unknown args_* field or an unsupported OpenAI field
+    (fields.FIELDS) is refused even then."""
 
     served_model_names: list[str] = field(default_factory=list)
     default_max_tokens: int = 128
@@ -24,6 +26,7 @@ class ServerConfig:
     api_key: str | None = None
     auth_health_metrics: bool = False
     allowed_origins: list[str] = field(default_factory=list)
+    lenient_fields: bool = False
 
     def __post_init__(self):
         for name in ("default_max_tokens", "max_k", "max_choices", "max_num_waiting", "max_stop", "max_stop_chars",
