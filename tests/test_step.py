@@ -1,8 +1,12 @@
 """The native step's contract (issue 11): one host-to-device transfer and one device-to-host read per step, and
 the static-shape step (padded to a batch bucket; the code CUDA graphs capture) token-identical to the dynamic
 one on CPU, padding rows included. On CUDA: no other synchronization, and graph replay equals eager."""
+import os
+import sys
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.engine.cuda_graphs import batch_bucket
@@ -118,6 +122,69 @@ def test_one_transfer_and_one_read_per_step(models):
         steps += 1
     assert runner.transfer.num_transfers == steps
     assert runner.read.num_reads == token_steps
+
+
+# aten ops that read device memory on the host (a synchronization on CUDA), or bring host data in outside the
+# step's one copy (lift_fresh: torch.tensor(python data)); index_put / nonzero / bincount / unique size their
+# output from the data
+_SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "bincount", "unique",
+             "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave", "index_put", "lift_fresh"}
+# reads that only the CPU path makes, by construction (CUDA takes another branch, graph-safe):
+_CPU_ONLY = {"RopeTable.__call__",  # the longest position sizes the table; on CUDA it covers the whole context
+             "candidate_plan_torch",  # the torch attention's context length; CUDA runs the kernel
+             "topk_logprobs_ref"}  # the tie check at the k-th value; on a device the int64-key top-k
+
+
+class _SyncOps(TorchDispatchMode):
+    """Counts _SYNC_OPS by the innermost project function that issued them (code qualname)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in _SYNC_OPS:
+            frame = sys._getframe(1)
+            while frame is not None and "args_engine" not in frame.f_code.co_filename \
+                    and "/kernels/" not in frame.f_code.co_filename:
+                frame = frame.f_back
+            where = frame.f_code.co_qualname if frame is not None else "?"
+            self.seen[where] = self.seen.get(where, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+ALL_OPTIONS = dict(k=4, w=1.0, max_new_tokens=8, logprobs=2, repetition_penalty=1.2, presence_penalty=0.5,
+                   frequency_penalty=0.3, no_repeat_ngram_size=2, logit_bias={5: 1.0, 7: -2.0}, min_p=0.05, top_p=0.9,
+                   rm_weights=[1.0, -0.5])
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_every_option_one_copy_in_one_read_out(use_triton):
+    """With every option on at once (logit bias, repetition, presence, frequency, n-gram, min_p, top_p, logprobs,
+    greedy and stochastic rows, a multi-objective RM), a decode step makes one host-to-device copy, one read back,
+    and no other host synchronization: the control arrays travel in the copy, the controls run on the device.
+    The gate is the one exception (test_gate_costs_one_more_read: eager steps compact the rows it takes)."""
+    if use_triton and os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("the Triton path needs CUDA or TRITON_INTERPRET=1")
+    lm, rm, tok = tiny_lm(dtype=torch.float32), tiny_rm(dtype=torch.float32, num_labels=2), char_tokenizer()
+    engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", block_size=4, use_triton=use_triton,
+                        rm_weights=[1.0, 0.0])  # the engine's default; each request brings its own
+    runner, decoder = engine.decoder.runner, engine.decoder
+    decoder.add_requests([engine.make_request(p, ARGSParams(**ALL_OPTIONS, mode=mode, seed=1))
+                          for p, mode in zip(PROMPTS, ("greedy", "stochastic", "greedy"))])
+    for _ in range(3):  # prefill, then decode steps with responses to penalize
+        decoder.step()
+    transfers, reads = runner.transfer.num_transfers, runner.read.num_reads
+    ops, run = _SyncOps(), runner.run
+
+    def counted(batch):  # the device part of the step (prepare is host work on host arrays)
+        with ops:
+            return run(batch)
+    runner.run = counted
+    events = decoder.step()
+    assert len(events) == len(PROMPTS)
+    assert runner.transfer.num_transfers == transfers + 1 and runner.read.num_reads == reads + 1
+    assert {where: n for where, n in ops.seen.items() if where not in _CPU_ONLY} == {}, ops.seen
 
 
 def test_gate_costs_one_more_read(models):

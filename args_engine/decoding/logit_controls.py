@@ -1,54 +1,105 @@
 """Logit controls (repetition, presence and frequency penalties, no-repeat n-grams, logit bias, min-p, top-p),
-applied to the LM's next-token logits before the k candidates are taken. Every decoder calls this one function,
-so all paths control alike; each row is processed from its own tokens and settings only (batch-invariant).
+applied to the LM's next-token logits before the k candidates are taken. Every decoder goes through
+`apply_controls`, so all paths control alike; each row is processed from its own tokens and settings only
+(batch-invariant).
+
+Two halves, so the native step needs no host round trip: `control_arrays` (host) turns each controlled row's
+settings and tokens into padded arrays that travel in the step's one host-to-device copy, and `apply_controls`
+(device) applies them to all controlled rows at once with gathers and scatters, never reading anything back.
 
 Semantics follow the libraries users know: logit bias added, then repetition_penalty and no_repeat_ngram_size
 as Hugging Face's processors (over prompt + response), presence and frequency penalties as OpenAI's (over the
 response). min_p and top_p then drop unlikely tokens (logit -inf): a step may have fewer than k candidates,
-and a dropped candidate can never be chosen (its log p is -inf)."""
+and a dropped candidate can never be chosen (its log p is -inf). Among tokens of equal probability top_p keeps
+the lower ids (a stable sort), as the candidates' tie rule does."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..params import ARGSParams
 
+_FLOAT_FIELDS = ("repetition_penalty", "presence_penalty", "frequency_penalty", "min_p", "top_p")
 
-def apply_logit_controls(logits: torch.Tensor, params: list[ARGSParams], token_ids: list[list[int]],
-                         num_prompt: list[int]) -> torch.Tensor:
-    """logits [B, V] of each row's next token; token_ids[b]: row b's prompt + response so far, the first
-    num_prompt[b] being the prompt. -> controlled logits [B, V] (a new tensor when any row has controls; the
-    input is never modified)."""
+
+def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_prompt: list[int],
+                   vocab_size: int) -> dict[str, np.ndarray]:
+    """Host arrays of the rows with controls (none: {}). token_ids[b]: row b's prompt + response so far, the first
+    num_prompt[b] being the prompt. Padding ids are `vocab_size` (a column apply_controls adds and drops).
+      ctl_rows [C] the controlled rows; ctl_<field> [C] float64 each setting; ctl_filter [F] those (of the C)
+      with min_p or top_p;
+      ctl_tokens [C, L] every token (for the penalties), ctl_prompt_len [C];
+      ctl_bias_ids, ctl_bias [C, NB] logit bias; ctl_ban [C, NN] the tokens no-repeat n-grams ban."""
     rows = [b for b, p in enumerate(params) if p.has_logit_controls]
     if not rows:
-        return logits
-    out = logits.clone()
-    for b in rows:
-        out[b] = control_row(out[b], params[b], token_ids[b], num_prompt[b])
+        return {}
+    ps = [params[b] for b in rows]
+    a = {"ctl_rows": np.array(rows, dtype=np.int64)}
+    for name in _FLOAT_FIELDS:
+        a[f"ctl_{name}"] = np.array([getattr(p, name) for p in ps], dtype=np.float64)
+    filtered = [i for i, p in enumerate(ps) if p.min_p > 0.0 or p.top_p < 1.0]
+    if filtered:  # only these rows pay for the softmax and the sort
+        a["ctl_filter"] = np.array(filtered, dtype=np.int64)
+    if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in ps):
+        a["ctl_tokens"] = _padded([token_ids[b] for b in rows], vocab_size)
+        a["ctl_prompt_len"] = np.array([num_prompt[b] for b in rows], dtype=np.int64)
+    if any(p.logit_bias for p in ps):
+        a["ctl_bias_ids"] = _padded([list(p.logit_bias or ()) for p in ps], vocab_size)
+        a["ctl_bias"] = _padded([list((p.logit_bias or {}).values()) for p in ps], 0.0, np.float64)
+    if any(p.no_repeat_ngram_size > 0 for p in ps):
+        a["ctl_ban"] = _padded([banned_ngram_tokens(token_ids[b], p.no_repeat_ngram_size) for b, p in zip(rows, ps)],
+                               vocab_size)
+    return a
+
+
+def _padded(lists: list[list], fill, dtype=np.int64) -> np.ndarray:
+    out = np.full((len(lists), max(1, max(map(len, lists)))), fill, dtype=dtype)
+    for i, x in enumerate(lists):
+        out[i, :len(x)] = x
     return out
 
 
-def control_row(x: torch.Tensor, p: ARGSParams, ids: list[int], num_prompt: int) -> torch.Tensor:
-    """x [V] -> [V]: one row's logits under p's controls, in Hugging Face's order (bias, repetition penalty,
-    no-repeat n-grams), OpenAI's penalties beside the repetition penalty, the filters last."""
-    device = x.device
-    if p.logit_bias:
-        tokens = torch.tensor(list(p.logit_bias), device=device)
-        x = x.index_add(0, tokens, torch.tensor(list(p.logit_bias.values()), dtype=x.dtype, device=device))
-    if p.repetition_penalty != 1.0 and ids:
-        seen = torch.tensor(sorted(set(ids)), device=device)
-        s = x[seen]
-        x = x.index_put((seen,), torch.where(s > 0, s / p.repetition_penalty, s * p.repetition_penalty))
-    response = ids[num_prompt:]
-    if (p.presence_penalty or p.frequency_penalty) and response:
-        counts = torch.bincount(torch.tensor(response, device=device), minlength=x.shape[0]).to(x.dtype)  # [V]
-        x = x - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(x.dtype)
-    if p.no_repeat_ngram_size > 0:
-        banned = banned_ngram_tokens(ids, p.no_repeat_ngram_size)
-        if banned:
-            x = x.index_fill(0, torch.tensor(banned, device=device), float("-inf"))
-    if p.min_p > 0.0 or p.top_p < 1.0:
-        x = x.masked_fill(dropped_by_min_p_top_p(x, p.min_p, p.top_p), float("-inf"))
-    return x
+def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """logits [B, V] and control_arrays' tensors (on the logits' device) -> controlled logits [B, V]: a new tensor
+    when any row has controls (the input is never modified). No host synchronization."""
+    if "ctl_rows" not in t:
+        return logits
+    rows = t["ctl_rows"]
+    x = logits.index_select(0, rows)  # [C, V]
+    C, V = x.shape
+    pad = x.new_zeros(C, 1)  # the column padding ids land in
+
+    def setting(name):  # [C, 1] in the logits' dtype, as a Python scalar would be
+        return t[f"ctl_{name}"].to(x.dtype)[:, None]
+    if "ctl_bias_ids" in t:
+        x = torch.cat([x, pad], 1).scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(x.dtype))[:, :V]
+    if "ctl_tokens" in t:
+        tokens = t["ctl_tokens"]  # [C, L]
+        seen = torch.zeros(C, V + 1, dtype=torch.bool, device=x.device).scatter_(1, tokens, True)[:, :V]
+        rep = setting("repetition_penalty")
+        x = torch.where(seen & (rep != 1.0), torch.where(x > 0, x / rep, x * rep), x)
+        in_response = torch.arange(tokens.shape[1], device=x.device)[None, :] >= t["ctl_prompt_len"][:, None]
+        response = torch.where(in_response, tokens, V)  # [C, L]: prompt tokens moved to the padding column
+        counts = torch.zeros(C, V + 1, dtype=x.dtype, device=x.device).scatter_add_(
+            1, response, torch.ones_like(response, dtype=x.dtype))[:, :V]  # [C, V]
+        penalized = x - setting("frequency_penalty") * counts - setting("presence_penalty") * (counts > 0).to(x.dtype)
+        x = torch.where((setting("frequency_penalty") != 0) | (setting("presence_penalty") != 0), penalized, x)
+    if "ctl_ban" in t:
+        x = torch.cat([x, pad], 1).scatter(1, t["ctl_ban"], float("-inf"))[:, :V]
+    if "ctl_filter" in t:
+        f = t["ctl_filter"]
+        kept = x.index_select(0, f)  # [F, V]
+        drop = dropped_by_min_p_top_p(kept, t["ctl_min_p"].index_select(0, f), t["ctl_top_p"].index_select(0, f))
+        x = x.index_copy(0, f, kept.masked_fill(drop, float("-inf")))
+    return logits.index_copy(0, rows, x)
+
+
+def apply_logit_controls(logits: torch.Tensor, params: list[ARGSParams], token_ids: list[list[int]],
+                         num_prompt: list[int]) -> torch.Tensor:
+    """The decoders' entry (reference, naive, bridge, HF processors): control_arrays for these rows, moved to the
+    logits' device, then apply_controls. logits [B, V] -> [B, V]."""
+    arrays = control_arrays(params, token_ids, num_prompt, logits.shape[-1])
+    return apply_controls(logits, {n: torch.from_numpy(a).to(logits.device) for n, a in arrays.items()})
 
 
 def banned_ngram_tokens(ids: list[int], n: int) -> list[int]:
@@ -64,12 +115,12 @@ def banned_ngram_tokens(ids: list[int], n: int) -> list[int]:
     return t[n - 1:][follows].unique().tolist()
 
 
-def dropped_by_min_p_top_p(x: torch.Tensor, min_p: float, top_p: float) -> torch.Tensor:
-    """x [V] logits -> [V] bool: the tokens min_p and top_p drop. The likeliest token is always kept."""
-    probs = torch.softmax(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # [V]
-    drop = probs < min_p * probs.max() if min_p > 0.0 else torch.zeros_like(probs, dtype=torch.bool)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        before = sorted_p.cumsum(0) - sorted_p  # probability of the likelier tokens
-        drop |= torch.zeros_like(drop).scatter(0, order, before >= top_p)
-    return drop
+def dropped_by_min_p_top_p(x: torch.Tensor, min_p, top_p) -> torch.Tensor:
+    """x [..., V] logits, min_p and top_p floats or [...] tensors -> [..., V] bool: the tokens min_p and top_p
+    drop (0 and 1: none). The likeliest token is always kept."""
+    probs = torch.softmax(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # [..., V]
+    min_p, top_p = (torch.as_tensor(v, dtype=probs.dtype, device=probs.device)[..., None] for v in (min_p, top_p))
+    drop = probs < min_p * probs.max(dim=-1, keepdim=True).values
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # probability of the likelier tokens
+    return drop | torch.zeros_like(drop).scatter(-1, order, (before >= top_p) & (top_p < 1.0))

@@ -31,7 +31,7 @@ import torch
 
 from ..decoding.bridge import BridgeScorer, BridgeState
 from ..decoding.common import gated, select_candidates, selection_arrays
-from ..decoding.logit_controls import apply_logit_controls
+from ..decoding.logit_controls import apply_controls, control_arrays
 from ..kernels.refs import topk_logprobs_ref
 from ..models.hf import RewardModel, combine_objectives, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
@@ -198,6 +198,8 @@ class ModelRunner:
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
             a["tables"] = self._pad(tables, rows, self.spare_block)
             a["pos"] = self._pad(pos, rows, 0)
+            a.update(control_arrays([s.params for s in ready], [s.token_ids for s in ready],
+                                    [len(s.req.prompt_ids) for s in ready], self.vocab_size))
             if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's arrays
                 a.update(self._rm_arrays(ready, pos, rows, kmax, bm))
             if decode and not self.shared:
@@ -265,8 +267,7 @@ class ModelRunner:
         logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # [B, V]
         seqs = batch.ready
         params = [s.params for s in seqs]
-        controlled = apply_logit_controls(logits, params, [s.token_ids for s in seqs],
-                                          [len(s.req.prompt_ids) for s in seqs])  # [B, V]
+        controlled = apply_controls(logits, t)  # [B, V]: the control arrays came in the step's one copy
         if self.bridge is not None:
             tokens, chosen, next_logits = self._bridged_step(seqs, controlled)
         elif any(p.gate is not None for p in params):
