@@ -187,7 +187,8 @@ def cmd_serve(args) -> None:
                           max_stop=args.max_stop, max_stop_chars=args.max_stop_chars,
                           max_body_bytes=args.max_body_bytes, max_consecutive_failures=args.max_consecutive_failures,
                           api_key=args.api_key or os.environ.get("ARGS_ENGINE_API_KEY") or None,
-                          auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [])
+                          auth_health_metrics=args.auth_health_metrics, allowed_origins=args.allowed_origins or [],
+                          lenient_fields=args.lenient_fields)
     engine_options = dict(**_model_options(args), device=args.device, rm_device=args.rm_device,
                           batch_size=args.batch_size, **_rm_options(args), **_native_options(args))
     if args.ray:
@@ -320,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     s.add_argument("--max-consecutive-failures", type=int, default=3,
                    help="failed engine steps in a row before /health answers 503")
+    s.add_argument("--lenient-fields", action="store_true",
+                   help="drop request fields this server does not know, with a logged warning, instead of a 400 "
+                        "(never args_* fields, never the refused ones)")
     s.add_argument("--log-level", default="info")
     _add_ray_options(s, serving=True)
     s.set_defaults(func=cmd_serve)

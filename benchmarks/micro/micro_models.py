@@ -40,10 +40,12 @@ def prompt(n: int, vocab: int, seed: int = 0) -> list[int]:
     return torch.randint(3, vocab, (n,), generator=g).tolist()
 
 
-def decoding_engine(lm, rm, batch: int, steps: int, k: int = 10, prompt_len: int = 128, **kw) -> ARGSEngine:
-    """An engine whose `batch` requests are past prefill and will not finish within `steps` more steps."""
+def decoding_engine(lm, rm, batch: int, steps: int, k: int = 10, prompt_len: int = 128, controls: dict | None = None,
+                    **kw) -> ARGSEngine:
+    """An engine whose `batch` requests are past prefill and will not finish within `steps` more steps.
+    controls: ARGSParams fields the requests also set (logit controls, the gate)."""
     engine = ARGSEngine(lm, rm, backend="native", batch_size=batch, eos_ids=set(), **kw)
-    params = ARGSParams(k=k, w=1.0, max_new_tokens=steps + 8, ignore_eos=True)
+    params = ARGSParams(k=k, w=1.0, max_new_tokens=steps + 8, ignore_eos=True, **(controls or {}))
     vocab = lm.config.vocab_size
     engine.decoder.add_requests([engine.make_request(prompt(prompt_len, vocab, s), params) for s in range(batch)])
     while engine.decoder.num_waiting or any(not s.prefilled for s in engine.decoder.scheduler.running):

@@ -139,7 +139,13 @@ def test_launches_per_step(benchmark, kernels):
 NEW_TOKENS = 128
 
 
-def test_host_overhead(benchmark):
+# the README's recommended repetition penalty with a presence penalty and the uncertainty gate (issue 24: with
+# them on, a step should cost within 10% of the plain one)
+CONTROLS = {"plain": None, "controls": dict(repetition_penalty=1.2, presence_penalty=0.5, gate=0.9)}
+
+
+@pytest.mark.parametrize("controls", list(CONTROLS))
+def test_host_overhead(benchmark, controls):
     """tiny, CPU, one thread, B = 1, k = 10, float32: ms per ARGS token vs HF greedy on the same LM."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -153,17 +159,18 @@ def test_host_overhead(benchmark):
         hf_greedy()
         hf_s = min(_seconds(hf_greedy) for _ in range(3))
 
-        engine = decoding_engine(lm, rm, 1, NEW_TOKENS + 4 * (NEW_TOKENS + 8), prompt_len=32)
+        engine = decoding_engine(lm, rm, 1, NEW_TOKENS + 4 * (NEW_TOKENS + 8), prompt_len=32,
+                                 controls=CONTROLS[controls])
         benchmark.pedantic(engine.decoder.step, rounds=NEW_TOKENS, iterations=3, warmup_rounds=4)
         args_ms = benchmark.stats.stats.median * 1e3
         hf_ms = hf_s / NEW_TOKENS * 1e3
         ops = aten_ops_per_step(engine)
     finally:
         torch.set_num_threads(threads)
-    benchmark.extra_info.update(args_ms_per_token=args_ms, hf_greedy_ms_per_token=hf_ms, ratio_to_hf_greedy=args_ms / hf_ms,
-                                aten_ops_per_step=ops, target_ratio=1.0)
-    print(f"\nhost overhead (tiny, 1 CPU thread, B=1, k=10): ARGS {args_ms:.3f} ms/token, HF greedy {hf_ms:.3f} "
-          f"ms/token, ratio {args_ms / hf_ms:.2f}x; {ops} aten ops per ARGS step")
+    benchmark.extra_info.update(controls=controls, args_ms_per_token=args_ms, hf_greedy_ms_per_token=hf_ms,
+                                ratio_to_hf_greedy=args_ms / hf_ms, aten_ops_per_step=ops, target_ratio=1.0)
+    print(f"\nhost overhead (tiny, 1 CPU thread, B=1, k=10, {controls}): ARGS {args_ms:.3f} ms/token, HF greedy "
+          f"{hf_ms:.3f} ms/token, ratio {args_ms / hf_ms:.2f}x; {ops} aten ops per ARGS step")
 
 
 def _seconds(fn) -> float:
