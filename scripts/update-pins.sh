@@ -6,12 +6,8 @@
 # move it by editing its line first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(mktemp -d "${TMPDIR:-/tmp}/args-engine-pins.XXXXXX")
-trap 'rm -rf "$ROOT"' EXIT
-unset PYTHONPATH VIRTUAL_ENV
-python3 -m venv "$ROOT/venv"
-# shellcheck disable=SC1091
-. "$ROOT/venv/bin/activate"
+# shellcheck source=fresh-venv.sh
+. scripts/fresh-venv.sh pins
 export PIP_CACHE_DIR="$ROOT/pip-cache"
 ARGS_ENGINE_CONSTRAINTS=none bash scripts/setup.sh
 python -m pytest -m "slow or not slow" "$@"

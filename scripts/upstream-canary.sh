@@ -5,12 +5,8 @@
 # step (CI prints a warning and goes on: a red canary means an upstream release will break the next re-pin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(mktemp -d "${TMPDIR:-/tmp}/args-engine-canary.XXXXXX")
-trap 'rm -rf "$ROOT"' EXIT
-unset PYTHONPATH VIRTUAL_ENV
-python3 -m venv "$ROOT/venv"
-# shellcheck disable=SC1091
-. "$ROOT/venv/bin/activate"
+# shellcheck source=fresh-venv.sh
+. scripts/fresh-venv.sh canary
 export ARGS_ENGINE_CACHE="${ARGS_ENGINE_CACHE:-$ROOT/model-cache}"
 
 report_versions() {
