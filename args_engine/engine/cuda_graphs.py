@@ -40,7 +40,8 @@ class StepGraphs:
     buffers and replay. fn must be idempotent on the caches (every step here is: it writes only the slots of
     the positions it computes, with the values it computes) and free of host synchronization.
 
-    The returned tensors are the graph's own buffers: read or copy them before the next call with the same key."""
+    The returned tensors are graph memory: every bucket's graph draws on ONE memory pool, so any later replay,
+    of this key or another, may overwrite them. Read or copy them before the next call, whatever its key."""
 
     def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool, max_graphs: int = 32):
         self.fn, self.capture, self.max_graphs = fn, capture, max_graphs
