@@ -76,14 +76,14 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Te
     if "ctl_tokens" in t:
         tokens = t["ctl_tokens"]  # [C, L]
         seen = torch.zeros(C, V + 1, dtype=torch.bool, device=x.device).scatter_(1, tokens, True)[:, :V]
-        rep = setting("repetition_penalty")
-        x = torch.where(seen & (rep != 1.0), torch.where(x > 0, x / rep, x * rep), x)
+        rep = setting("repetition_penalty")  # 1.0 leaves x exactly as it is: no mask needed
+        x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
         in_response = torch.arange(tokens.shape[1], device=x.device)[None, :] >= t["ctl_prompt_len"][:, None]
         response = torch.where(in_response, tokens, V)  # [C, L]: prompt tokens moved to the padding column
         counts = torch.zeros(C, V + 1, dtype=x.dtype, device=x.device).scatter_add_(
             1, response, torch.ones_like(response, dtype=x.dtype))[:, :V]  # [C, V]
-        penalized = x - setting("frequency_penalty") * counts - setting("presence_penalty") * (counts > 0).to(x.dtype)
-        x = torch.where((setting("frequency_penalty") != 0) | (setting("presence_penalty") != 0), penalized, x)
+        # zero penalties subtract exact zeros (counts are finite): rows without them stay as they are
+        x = x - setting("frequency_penalty") * counts - setting("presence_penalty") * (counts > 0).to(x.dtype)
     if "ctl_ban" in t:
         x = torch.cat([x, pad], 1).scatter(1, t["ctl_ban"], float("-inf"))[:, :V]
     if "ctl_filter" in t:
