@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The upstream canary: installs the newest versions pyproject.toml allows (no constraints) into a brand-new
 # virtual environment, then runs a short generation and the fast tests that import transformers, Ray and the
-# server. It says which installed versions differ from constraints.txt. Exit status: that of the first failing
-# step (CI prints a warning and goes on: a red canary means an upstream release will break the next re-pin).
+# server (its field table is checked against the newest openai package's). It says which installed versions
+# differ from constraints.txt. Exit status: that of the first failing step (CI prints a warning and goes on: a
+# red canary means an upstream release will break the next re-pin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=fresh-venv.sh
@@ -27,4 +28,5 @@ trap 'status=$?; report_versions; rm -rf "$ROOT"; exit $status' EXIT
 
 ARGS_ENGINE_CONSTRAINTS=none bash scripts/setup.sh
 args-engine generate --max-new-tokens 4 "Say hello."
-python -m pytest -q tests/test_packaging.py tests/test_hf.py tests/test_server.py tests/test_ray.py
+python -m pytest -q -m "not slow" tests/test_packaging.py tests/test_hf.py tests/test_server.py \
+  tests/test_server_fields.py tests/test_ray.py
