@@ -27,8 +27,7 @@ def _mount_checkout_kernels() -> None:
     checkout = _os.path.join(_os.path.dirname(here), "kernels")
     if name in _sys.modules or _os.path.isdir(_os.path.join(here, "kernels")) or not _os.path.isdir(checkout):
         return
-    spec = _machinery.ModuleSpec(name, None, is_package=True)
-    spec.submodule_search_locations = [checkout]
+    spec = _machinery.PathFinder.find_spec(name, [_os.path.dirname(checkout)])  # the folder as a namespace portion
     module = _importlib_util.module_from_spec(spec)
     module.__doc__ = "Triton kernels, one file each, with a plain-torch `_ref` beside each launcher."
     _sys.modules[name] = module

@@ -20,18 +20,22 @@ def topk_logprobs_ref(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     different k."""
     x = logits.to(acc_dtype(logits.dtype))
     logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # [B, V]
+    # ordered by a key in which NaN log p (a row of only -inf logits, or a +inf logit) counts as -inf, so such a
+    # row takes its lowest ids on every path
+    key = logp.masked_fill(logp.isnan(), float("-inf"))
     V = logp.shape[-1]
     if logp.is_cuda:  # no host sync on a device
-        return _topk_lower_id(logp, k)
+        ids = _topk_lower_id(key, k)[1]
+        return logp.gather(-1, ids), ids
     # CPU: torch.topk (one pass), then the tie rule where it matters: order within the k (tiny), and the rows
     # whose k-th value ties the (k+1)-th (then which of the tied tokens are in is the rule's to say)
-    vals, ids = torch.topk(logp, min(k + 1, V), dim=-1)  # [B, k(+1)], descending
+    vals, ids = torch.topk(key, min(k + 1, V), dim=-1)  # [B, k(+1)], descending
     straddle = (vals[:, k - 1] == vals[:, k]) if k < V else torch.zeros(len(vals), dtype=torch.bool)
     vals, ids = _order_ties(vals[:, :k], ids[:, :k])
     if straddle.any():
         rows = straddle.nonzero()[:, 0]
-        vals[rows], ids[rows] = _topk_lower_id(logp[rows], k)
-    return vals, ids
+        ids[rows] = _topk_lower_id(key[rows], k)[1]
+    return logp.gather(-1, ids), ids
 
 
 def _order_ties(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ header=$(sed -n '/^#/p' constraints.txt)
 {
   printf '%s\n' "$header"
   python -m pip freeze --all --disable-pip-version-check \
-    | grep -v -E '^(-e |pip==|args[-_]engine)' | sed -E 's/^(torch==[0-9.]+)\+cpu$/\1/'
+    | grep -v -E '^(#|-e |pip==|args[-_]engine)' | sed -E 's/^(torch==[0-9.]+)\+cpu$/\1/'
 } >"$ROOT/constraints.txt"
 echo "update-pins: suite passed; changes to constraints.txt:"
 diff constraints.txt "$ROOT/constraints.txt" || true

@@ -142,6 +142,14 @@ def test_row_helpers():
     assert out[1, 3] == (before[1, 3] / 2 if before[1, 3] > 0 else before[1, 3] * 2)
 
 
+def test_top_p_just_below_one_still_drops_the_tail():
+    """top_p is decided in double precision on the host: 1 - 1e-9 rounds to 1.0 in float32, and must still drop
+    the tokens whose likelier mass reaches 1.0 (as a per-row float comparison did)."""
+    x = torch.randn(1, 50000, generator=torch.Generator().manual_seed(0)) * 4
+    out = apply_logit_controls(x, [ARGSParams(top_p=1 - 1e-9)], [[1]], [1])
+    assert out.isinf().sum() > 0 and torch.equal(apply_logit_controls(x, [ARGSParams(top_p=1.0)], [[1]], [1]), x)
+
+
 def test_hf_hook_takes_the_configs_controls(models):
     import args_engine.hf
     lm, rm, tok = models

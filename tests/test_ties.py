@@ -44,6 +44,17 @@ def test_torch_topk_takes_the_lower_id_among_ties(dtype):
         assert torch.equal(topk_logprobs_ref(x, max(1, k // 2))[1], ids[:, :max(1, k // 2)])
 
 
+def test_a_row_with_no_finite_log_p_takes_its_lowest_ids_on_every_path():
+    """All logits -inf, or one +inf: every log p is NaN; the CPU fast path and the device's key path agree."""
+    from args_engine.kernels.refs import _topk_lower_id
+    for row in ([float("-inf")] * 8, [float("inf"), float("inf"), 1.0, 2.0, 0.0, 0.0, 0.0, 0.0]):
+        x = torch.tensor([row, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])
+        _, ids = topk_logprobs_ref(x, 2)
+        assert ids[0].tolist() == [0, 1] and ids[1].tolist() == [7, 6]
+        key = torch.log_softmax(x, -1).nan_to_num(nan=float("-inf"))
+        assert torch.equal(_topk_lower_id(key, 2)[1], ids)
+
+
 @pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
 def test_kernel_and_torch_agree_on_ties():
     from args_engine.kernels.topk_logprobs import topk_logprobs

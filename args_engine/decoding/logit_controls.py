@@ -23,12 +23,15 @@ _FLOAT_FIELDS = ("repetition_penalty", "presence_penalty", "frequency_penalty", 
 
 
 def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_prompt: list[int],
-                   vocab_size: int) -> dict[str, np.ndarray]:
+                   vocab_size: int, float_dtype=np.float64) -> dict[str, np.ndarray]:
     """Host arrays of the rows with controls (none: {}). token_ids[b]: row b's prompt + response so far, the first
     num_prompt[b] being the prompt. Padding ids are `vocab_size` (a column apply_controls adds and drops).
-      ctl_rows [C] the controlled rows; ctl_<field> [C] float64 each setting; ctl_filter [F] those (of the C)
-      with min_p or top_p;
-      ctl_tokens [C, L] every token (for the penalties), ctl_prompt_len [C];
+    float_dtype: of the settings, best the dtype apply_controls computes in (float32 unless the logits are
+    float64), so the device casts nothing.
+      ctl_rows [C] the controlled rows; ctl_<field> [C] each setting; ctl_filter [F] those (of the C) with min_p
+      or top_p;
+      ctl_tokens [C, L] every token (the repetition penalty's), ctl_response [C, R] the response's (presence and
+      frequency penalties');
       ctl_bias_ids, ctl_bias [C, NB] logit bias; ctl_ban [C, NN] the tokens no-repeat n-grams ban."""
     rows = [b for b, p in enumerate(params) if p.has_logit_controls]
     if not rows:
@@ -36,16 +39,20 @@ def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_pro
     ps = [params[b] for b in rows]
     a = {"ctl_rows": np.array(rows, dtype=np.int64)}
     for name in _FLOAT_FIELDS:
-        a[f"ctl_{name}"] = np.array([getattr(p, name) for p in ps], dtype=np.float64)
+        a[f"ctl_{name}"] = np.array([getattr(p, name) for p in ps], dtype=float_dtype)
+    # top_p off is +inf, decided here in double precision: a top_p just below 1 rounds to 1.0 in float32, and
+    # it must still drop the tokens whose likelier mass reaches 1.0
+    a["ctl_top_p"][[p.top_p >= 1.0 for p in ps]] = np.inf
     filtered = [i for i, p in enumerate(ps) if p.min_p > 0.0 or p.top_p < 1.0]
     if filtered:  # only these rows pay for the softmax and the sort
         a["ctl_filter"] = np.array(filtered, dtype=np.int64)
-    if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in ps):
+    if any(p.repetition_penalty != 1.0 for p in ps):
         a["ctl_tokens"] = _padded([token_ids[b] for b in rows], vocab_size)
-        a["ctl_prompt_len"] = np.array([num_prompt[b] for b in rows], dtype=np.int64)
+    if any(p.presence_penalty or p.frequency_penalty for p in ps):
+        a["ctl_response"] = _padded([token_ids[b][num_prompt[b]:] for b in rows], vocab_size)
     if any(p.logit_bias for p in ps):
         a["ctl_bias_ids"] = _padded([list(p.logit_bias or ()) for p in ps], vocab_size)
-        a["ctl_bias"] = _padded([list((p.logit_bias or {}).values()) for p in ps], 0.0, np.float64)
+        a["ctl_bias"] = _padded([list((p.logit_bias or {}).values()) for p in ps], 0.0, float_dtype)
     if any(p.no_repeat_ngram_size > 0 for p in ps):
         a["ctl_ban"] = _padded([banned_ngram_tokens(token_ids[b], p.no_repeat_ngram_size) for b, p in zip(rows, ps)],
                                vocab_size)
@@ -61,29 +68,30 @@ def _padded(lists: list[list], fill, dtype=np.int64) -> np.ndarray:
 
 def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
     """logits [B, V] and control_arrays' tensors (on the logits' device) -> controlled logits [B, V]: a new tensor
-    when any row has controls (the input is never modified). No host synchronization."""
+    when any row has controls (the input is never modified). No host synchronization. The arithmetic runs in
+    float32 (float64 for float64 logits), as Hugging Face's processors see the scores, and the result is cast
+    back to the logits' dtype."""
     if "ctl_rows" not in t:
         return logits
     rows = t["ctl_rows"]
-    x = logits.index_select(0, rows)  # [C, V]
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    x = logits.index_select(0, rows).to(acc)  # [C, V]
     C, V = x.shape
     pad = x.new_zeros(C, 1)  # the column padding ids land in
 
-    def setting(name):  # [C, 1] in the logits' dtype, as a Python scalar would be
-        return t[f"ctl_{name}"].to(x.dtype)[:, None]
+    def setting(name):  # [C, 1]
+        return t[f"ctl_{name}"].to(acc)[:, None]
     if "ctl_bias_ids" in t:
-        x = torch.cat([x, pad], 1).scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(x.dtype))[:, :V]
-    if "ctl_tokens" in t:
-        tokens = t["ctl_tokens"]  # [C, L]
-        seen = torch.zeros(C, V + 1, dtype=torch.bool, device=x.device).scatter_(1, tokens, True)[:, :V]
-        rep = setting("repetition_penalty")  # 1.0 leaves x exactly as it is: no mask needed
+        x = torch.cat([x, pad], 1).scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(acc))[:, :V]
+    if "ctl_tokens" in t:  # every token seen, prompt included; a penalty of 1.0 leaves x exactly as it is
+        seen = torch.zeros(C, V + 1, dtype=torch.bool, device=x.device).scatter_(1, t["ctl_tokens"], True)[:, :V]
+        rep = setting("repetition_penalty")
         x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
-        in_response = torch.arange(tokens.shape[1], device=x.device)[None, :] >= t["ctl_prompt_len"][:, None]
-        response = torch.where(in_response, tokens, V)  # [C, L]: prompt tokens moved to the padding column
-        counts = torch.zeros(C, V + 1, dtype=x.dtype, device=x.device).scatter_add_(
-            1, response, torch.ones_like(response, dtype=x.dtype))[:, :V]  # [C, V]
-        # zero penalties subtract exact zeros (counts are finite): rows without them stay as they are
-        x = x - setting("frequency_penalty") * counts - setting("presence_penalty") * (counts > 0).to(x.dtype)
+    if "ctl_response" in t:  # zero penalties subtract exact zeros (counts are finite)
+        response = t["ctl_response"]  # [C, R]
+        counts = torch.zeros(C, V + 1, dtype=acc, device=x.device).scatter_add_(
+            1, response, torch.ones_like(response, dtype=acc))[:, :V]  # [C, V]
+        x = x - setting("frequency_penalty") * counts - setting("presence_penalty") * (counts > 0).to(acc)
     if "ctl_ban" in t:
         x = torch.cat([x, pad], 1).scatter(1, t["ctl_ban"], float("-inf"))[:, :V]
     if "ctl_filter" in t:
@@ -91,7 +99,7 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Te
         kept = x.index_select(0, f)  # [F, V]
         drop = dropped_by_min_p_top_p(kept, t["ctl_min_p"].index_select(0, f), t["ctl_top_p"].index_select(0, f))
         x = x.index_copy(0, f, kept.masked_fill(drop, float("-inf")))
-    return logits.index_copy(0, rows, x)
+    return logits.index_copy(0, rows, x.to(logits.dtype))
 
 
 def apply_logit_controls(logits: torch.Tensor, params: list[ARGSParams], token_ids: list[list[int]],
@@ -117,10 +125,12 @@ def banned_ngram_tokens(ids: list[int], n: int) -> list[int]:
 
 def dropped_by_min_p_top_p(x: torch.Tensor, min_p, top_p) -> torch.Tensor:
     """x [..., V] logits, min_p and top_p floats or [...] tensors -> [..., V] bool: the tokens min_p and top_p
-    drop (0 and 1: none). The likeliest token is always kept."""
+    drop (min_p 0: none; top_p: a float >= 1 or a tensor's +inf: none). The likeliest token is always kept."""
+    if not isinstance(top_p, torch.Tensor) and top_p >= 1.0:
+        top_p = float("inf")
     probs = torch.softmax(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # [..., V]
     min_p, top_p = (torch.as_tensor(v, dtype=probs.dtype, device=probs.device)[..., None] for v in (min_p, top_p))
     drop = probs < min_p * probs.max(dim=-1, keepdim=True).values
     sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
     before = sorted_p.cumsum(-1) - sorted_p  # probability of the likelier tokens
-    return drop | torch.zeros_like(drop).scatter(-1, order, (before >= top_p) & (top_p < 1.0))
+    return drop | torch.zeros_like(drop).scatter(-1, order, before >= top_p)

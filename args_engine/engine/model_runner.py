@@ -101,6 +101,8 @@ class ModelRunner:
         self.rm_head_dtype = next(rm.model.parameters()).dtype
         self.rm_head, self.reward_model = rm.head, rm
         self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
+        # the logit controls' settings in the dtype they are applied in (apply_controls): no cast on the device
+        self._control_dtype = np.float64 if self.lm.dtype == torch.float64 else np.float32
         self._logit_cap = getattr(lm.config, "final_logit_softcapping", None)  # Gemma 2
         self.device, self.rm_device = self.lm.device, self.rm.device
         # Capture needs a step free of host syncs: the Triton kernels (the torch attention reads its context length)
@@ -199,7 +201,7 @@ class ModelRunner:
             a["tables"] = self._pad(tables, rows, self.spare_block)
             a["pos"] = self._pad(pos, rows, 0)
             a.update(control_arrays([s.params for s in ready], [s.token_ids for s in ready],
-                                    [len(s.req.prompt_ids) for s in ready], self.vocab_size))
+                                    [len(s.req.prompt_ids) for s in ready], self.vocab_size, self._control_dtype))
             if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's arrays
                 a.update(self._rm_arrays(ready, pos, rows, kmax, bm))
             if decode and not self.shared:

@@ -79,7 +79,7 @@ def _load(source, default, auto_cls, what: str, device: str, dtype, revision: st
                     raise
                 tokenizer = None
         elif any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-            tokenizer = AutoTokenizer.from_pretrained(where)
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
         return model.to(device).eval(), tokenizer
 
 

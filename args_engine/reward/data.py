@@ -77,7 +77,7 @@ def default_data_path() -> Path:
         return _from_hub()
     except Exception as e:  # offline with an empty cache, no network, huggingface_hub missing
         tried.append(f"the Hugging Face Hub, dataset {HUB_REPO} file {HUB_FILE} ({type(e).__name__}: "
-                     f"{str(e).split('. ')[0].splitlines()[0] if str(e) else ''})")
+                     f"{(str(e).split('. ')[0].splitlines() or [''])[0]})")
     raise FileNotFoundError(
         "HH-RLHF preference data not found; tried: " + "; ".join(tried) + ". Provide it with --data FILE (or "
         f"data_path=), set {DATA_ENV} to a .jsonl(.gz) file of {{\"chosen\", \"rejected\"}} rows, or let "
