@@ -6,6 +6,7 @@ guards any evaluation prompt set against pairs that trained a reward model.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -85,6 +86,13 @@ def default_data_path() -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The file's sha256, hashed once per version of the file (load_pairs' check and data_provenance share it)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
