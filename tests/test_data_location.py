@@ -106,3 +106,13 @@ def test_committed_assets_name_their_data(asset):
         meta = json.loads(f.metadata()["report"])["data"]
     assert meta == {"file": REFERENCE_DATA["file"], "sha256": REFERENCE_DATA["sha256"],
                     "pairs": REFERENCE_DATA["pairs"], "reference": True}
+
+
+def test_beside_means_the_checkouts_own_sibling_only(tmp_path):
+    """CI copies the checkout to <tmp>/elsewhere/args-engine to prove the no-data skips; a ../shared two or more
+    levels up (the machine's own) was found by the old walk over every ancestor, so nothing skipped."""
+    write_pairs(tmp_path / "shared" / "data" / "hh-rlhf" / REFERENCE_DATA["file"])
+    assert data._beside_checkout([tmp_path / "args-engine"]) == \
+        tmp_path / "shared" / "data" / "hh-rlhf" / REFERENCE_DATA["file"]
+    assert data._beside_checkout([tmp_path / "elsewhere" / "args-engine"]) is None
+    assert data._beside_checkout([tmp_path / "a" / "b" / "c" / "args-engine"]) is None

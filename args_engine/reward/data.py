@@ -40,11 +40,13 @@ def _in_folder(folder: Path) -> Path | None:
     return next((folder / name for name in _FOLDER_NAMES if (folder / name).is_file()), None)
 
 
-def _beside_checkout() -> Path | None:
-    """../shared/data/hh-rlhf/ beside the checkout (this project's own machines and CI; read in place)."""
-    here = Path(__file__).resolve()
-    for parent in [Path.cwd(), *here.parents]:
-        cand = parent.parent / "shared" / "data" / "hh-rlhf" / REFERENCE_DATA["file"]
+def _beside_checkout(roots: list[Path] | None = None) -> Path | None:
+    """../shared/data/hh-rlhf/ beside the checkout (this project's own machines and CI; read in place): only
+    the checkout root's own sibling, and the working directory's; never a "shared" folder further up, which a
+    copy placed deeper on the same machine would otherwise find."""
+    roots = roots if roots is not None else [Path(__file__).resolve().parents[2], Path.cwd()]
+    for root in roots:
+        cand = root.parent / "shared" / "data" / "hh-rlhf" / REFERENCE_DATA["file"]
         if cand.is_file():
             return cand
     return None
