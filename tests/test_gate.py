@@ -1,12 +1,13 @@
 """Uncertainty-gated ARGS: where the LM's top token has probability >= tau it is taken without RM scoring. The
-native engine (which reads only the ungated rows' candidates, and the gated rows' single token) equals the
-reference decoder and the naive definition, token for token, RM token counts included."""
+native engine (the gate decided on the device, in the step) equals the reference decoder and the naive
+definition, token for token, RM token counts included."""
 import os
 
 import pytest
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
+from args_engine.engine.args_step import cells_bucket
 from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?", "abc"]
@@ -72,16 +73,39 @@ def test_gate_decisions_follow_the_lms_confidence(models):
     assert all(o.rm_tokens == len(o.token_ids) for o in tiny)
 
 
-def test_only_ungated_rows_reach_the_candidate_forward(models):
-    lm, rm, tok = models
-    engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True)
-    runner = engine.decoder.runner
+def computed_candidates(runner) -> list[int]:
+    """A spy on the RM's candidate forward: the candidate tokens each call computes (the scored cells, or the
+    whole [B, K] grid)."""
     seen, real = [], runner.rm.forward_candidates
-    runner.rm.forward_candidates = lambda ids, *a, **kw: (seen.append(tuple(ids.shape)), real(ids, *a, **kw))[1]
+
+    def spy(ids, *a, scored=None, **kw):
+        seen.append(ids.numel() if scored is None else len(scored))
+        return real(ids, *a, scored=scored, **kw)
+    runner.rm.forward_candidates = spy
+    return seen
+
+
+@pytest.mark.parametrize("step_mode", ["dynamic", "static"])
+def test_gated_rows_candidates_skipped_on_a_cpu_rm_masked_in_static_shapes(models, step_mode):
+    """The gate decides on the device. A CPU RM in eager steps reads the gated row's top token alone (1 + 5
+    candidates per step here); static shapes (the CUDA-graph code) keep its cells and mask them, with no host
+    read. The tokens and RM-token counts are the same either way."""
+    lm, rm, tok = models
+    engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True, step_mode=step_mode)
+    runner = engine.decoder.runner
+    seen = computed_candidates(runner)
     params = [ARGSParams(k=5, w=2.0, max_new_tokens=N, gate=1e-9), ARGSParams(k=5, w=2.0, max_new_tokens=N)]
-    engine.generate([tok(p)["input_ids"] for p in PROMPTS[:2]], params, progress=False)
-    candidate_rows = [b for b, k in seen if k == 5]
-    assert candidate_rows and max(candidate_rows) == 1  # the always-gated row never joins the k-wide forward
+    outs = engine.generate([tok(p)["input_ids"] for p in PROMPTS[:2]], params, progress=False)
+    steps = [len(o.token_ids) for o in outs]
+    assert [o.rm_tokens for o in outs] == [steps[0], 5 * steps[1]]
+    if step_mode == "dynamic":  # the RM computed what the choices needed, no more
+        assert 1 + 5 in seen and sum(seen) == sum(o.rm_tokens for o in outs)
+    else:  # every row's 5 cells computed (the gated row's masked), padded to a bucket, not the 2 x 8 grid
+        assert set(seen) <= {cells_bucket(10), cells_bucket(5)} and cells_bucket(10) in seen
+    assert runner.read.num_reads == max(steps)  # one per step: the gate needs none of its own
+    plain = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True).generate(
+        [tok(p)["input_ids"] for p in PROMPTS[:2]], [ARGSParams(k=1, max_new_tokens=N), params[1]], progress=False)
+    assert [o.token_ids for o in outs] == [o.token_ids for o in plain]
 
 
 def test_gate_is_validated():

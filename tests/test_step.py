@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from args_engine import ARGSEngine, ARGSParams
+from args_engine.engine.args_step import cells_bucket
 from args_engine.engine.cuda_graphs import batch_bucket
 from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
@@ -132,7 +133,8 @@ _SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_se
 # reads that only the CPU path makes, by construction (CUDA takes another branch, graph-safe):
 _CPU_ONLY = {"RopeTable.__call__",  # the longest position sizes the table; on CUDA it covers the whole context
              "candidate_plan_torch",  # the torch attention's context length; CUDA runs the kernel
-             "topk_logprobs_ref"}  # the tie check at the k-th value; on a device the int64-key top-k
+             "topk_logprobs_ref",  # the tie check at the k-th value; on a device the int64-key top-k
+             "ArgsStep._listed"}  # a CPU RM's gated rows re-listed (compact_gate); on CUDA they are masked
 
 
 class _SyncOps(TorchDispatchMode):
@@ -153,25 +155,26 @@ class _SyncOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-ALL_OPTIONS = dict(k=4, w=1.0, max_new_tokens=8, logprobs=2, repetition_penalty=1.2, presence_penalty=0.5,
+ALL_OPTIONS = dict(w=1.0, max_new_tokens=8, logprobs=2, repetition_penalty=1.2, presence_penalty=0.5,
                    frequency_penalty=0.3, no_repeat_ngram_size=2, logit_bias={5: 1.0, 7: -2.0}, min_p=0.05, top_p=0.9,
-                   rm_weights=[1.0, -0.5])
+                   rm_weights=[1.0, -0.5], gate=0.05)
 
 
+@pytest.mark.parametrize("step_mode", ["dynamic", "static"])
 @pytest.mark.parametrize("use_triton", [False, True])
-def test_every_option_one_copy_in_one_read_out(use_triton):
+def test_every_option_one_copy_in_one_read_out(use_triton, step_mode):
     """With every option on at once (logit bias, repetition, presence, frequency, n-gram, min_p, top_p, logprobs,
-    greedy and stochastic rows, a multi-objective RM), a decode step makes one host-to-device copy, one read back,
-    and no other host synchronization: the control arrays travel in the copy, the controls run on the device.
-    The gate is the one exception (test_gate_costs_one_more_read: eager steps compact the rows it takes)."""
+    the gate, greedy and stochastic rows, ragged k, a multi-objective RM), a decode step makes one host-to-device
+    copy, one read back, and no other host synchronization: the control arrays travel in the copy, the controls
+    and the gate run on the device."""
     if use_triton and os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         pytest.skip("the Triton path needs CUDA or TRITON_INTERPRET=1")
     lm, rm, tok = tiny_lm(dtype=torch.float32), tiny_rm(dtype=torch.float32, num_labels=2), char_tokenizer()
     engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", block_size=4, use_triton=use_triton,
-                        rm_weights=[1.0, 0.0])  # the engine's default; each request brings its own
+                        rm_weights=[1.0, 0.0], step_mode=step_mode)  # the engine's default; each request its own
     runner, decoder = engine.decoder.runner, engine.decoder
-    decoder.add_requests([engine.make_request(p, ARGSParams(**ALL_OPTIONS, mode=mode, seed=1))
-                          for p, mode in zip(PROMPTS, ("greedy", "stochastic", "greedy"))])
+    decoder.add_requests([engine.make_request(p, ARGSParams(**ALL_OPTIONS, k=k, mode=mode, seed=1))
+                          for p, mode, k in zip(PROMPTS, ("greedy", "stochastic", "greedy"), (4, 3, 4))])
     for _ in range(3):  # prefill, then decode steps with responses to penalize
         decoder.step()
     transfers, reads = runner.transfer.num_transfers, runner.read.num_reads
@@ -187,15 +190,23 @@ def test_every_option_one_copy_in_one_read_out(use_triton):
     assert {where: n for where, n in ops.seen.items() if where not in _CPU_ONLY} == {}, ops.seen
 
 
-def test_gate_costs_one_more_read(models):
-    engine = native(models)
-    runner = engine.decoder.runner
-    engine.decoder.add_requests([engine.make_request(p, ARGSParams(k=4, w=1.0, gate=0.5, max_new_tokens=6))
-                                 for p in PROMPTS])
-    token_steps = 0
-    while engine.decoder.has_unfinished():
-        token_steps += bool(engine.decoder.step())
-    assert runner.read.num_reads == 2 * token_steps
+def test_each_row_scores_its_own_k(models):
+    """Ragged k: a k=10 row beside a k=64 row costs the RM 10 candidates, not the batch's 64 (and a static
+    batch pads the total to a bucket, not each row to a power of two). Tokens as each row decoded alone."""
+    lm, rm, tok = models
+    params = [ARGSParams(k=10, w=1.0, max_new_tokens=4), ARGSParams(k=64, w=1.0, max_new_tokens=4)]
+    for mode in ("dynamic", "static"):
+        engine = native(models, step_mode=mode)
+        seen, real = [], engine.decoder.runner.rm.forward_candidates
+
+        def spy(ids, *a, scored=None, **kw):
+            seen.append(ids.numel() if scored is None else len(scored))
+            return real(ids, *a, scored=scored, **kw)
+        engine.decoder.runner.rm.forward_candidates = spy
+        both = engine.generate(PROMPTS[:2], params, progress=False)
+        assert seen[0] == (10 + 64 if mode == "dynamic" else cells_bucket(10 + 64)), (mode, seen)
+        alone = [native(models, step_mode=mode).generate([p], q, progress=False)[0] for p, q in zip(PROMPTS, params)]
+        assert [o.token_ids for o in both] == [o.token_ids for o in alone]
 
 
 def test_step_mode_is_checked(models):
@@ -261,3 +272,18 @@ def test_copy_on_write_copies_every_layer_of_each_cache(models, monkeypatch, nat
         for x, x0 in ((k, k0), (v, v0)):
             assert torch.equal(x[:, [5, 6]], x0[:, [1, 2]])
             assert torch.equal(x[:, :5], x0[:, :5]) and torch.equal(x[:, 7:], x0[:, 7:])
+
+
+def test_graph_capture_failure_is_an_error_that_names_why():
+    """A capture that fails (out of memory, say) used to fall back to eager steps silently, for good; now the
+    step fails with the shape, the cause and what to do. (The capture itself needs CUDA: stood in for here.)"""
+    from args_engine.engine.cuda_graphs import StepGraphs
+    graphs = StepGraphs(lambda x: {"y": x + 1}, capture=True)
+
+    def oom(args, inputs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    graphs._capture = oom
+    with pytest.raises(RuntimeError, match=r"capture failed for the step shape \('args', 4\).*out of memory.*"
+                                           r"step_mode='static'"):
+        graphs(("args", 4), x=torch.zeros(2))
+    assert graphs.eager_keys == set()

@@ -46,7 +46,7 @@ class StepGraphs:
     def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool, max_graphs: int = 32):
         self.fn, self.capture, self.max_graphs = fn, capture, max_graphs
         self.graphs: dict[tuple, _Graph] = {}
-        self.eager_keys: set[tuple] = set()  # shapes past max_graphs, or whose capture failed: run eagerly
+        self.eager_keys: set[tuple] = set()  # shapes past max_graphs: run eagerly (logged once each)
         self._pool = None
 
     def __call__(self, key: tuple, *args, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,15 +56,16 @@ class StepGraphs:
         g = self.graphs.get(key)
         if g is None:
             if len(self.graphs) >= self.max_graphs:
+                logger.warning("%d CUDA graphs captured: the step shape %s runs eagerly", self.max_graphs, key)
                 self.eager_keys.add(key)
                 return self.fn(*args, **inputs)
             try:
                 g = self.graphs[key] = self._capture(args, inputs)
-            except RuntimeError as e:  # e.g. out of memory: this shape runs eagerly from now on
-                logger.warning("CUDA graph capture failed for %s, running it eagerly: %s", key, e)
-                self.eager_keys.add(key)
-                torch.cuda.synchronize()
-                return self.fn(*args, **inputs)
+            except RuntimeError as e:  # e.g. out of memory: an error that says so, never a silent slow path
+                raise RuntimeError(
+                    f"CUDA graph capture failed for the step shape {key}: {e}. Leave the graphs more memory (a "
+                    "lower gpu_memory_utilization or max_num_seqs), or run step_mode='static' (the same padded "
+                    "step, not captured)") from e
         else:
             for name, x in inputs.items():
                 g.inputs[name].copy_(x, non_blocking=True)

@@ -1,6 +1,7 @@
 """The only part of the native engine that builds tensors: paged caches for the LM and the RM, the step's
-inputs (one host-to-device copy, `prepare`), prefill chunks, LM decode, and the ARGS step (top-k, RM candidate
-forward, select + commit), whose chosen tokens come back in one device-to-host read (`run`).
+inputs (one host-to-device copy, `prepare`), prefill chunks, LM decode, and the ARGS step (engine/args_step.py:
+controls -> top-k -> gate -> RM candidate forward -> select + commit, every mode and option on the one path),
+whose chosen tokens come back in one device-to-host read (`run`).
 
 Shared trunk: when the RM is a scalar head on the LM's own trunk (the default RM is), the two models compute
 the same K/V and hidden states for the same tokens. Then one cache serves both, and the chosen candidate's
@@ -24,18 +25,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..decoding.bridge import BridgeScorer, BridgeState
-from ..decoding.common import gated, select_candidates, selection_arrays
+from ..decoding.common import gated, logprob_columns, logprob_lists, select_candidates, selection_arrays
 from ..decoding.logit_controls import apply_controls, control_arrays
 from ..kernels.refs import topk_logprobs_ref
-from ..models.hf import RewardModel, combine_objectives, shares_trunk
+from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
+from .args_step import ArgsStep, cells_bucket, scored_cells
 from .cuda_graphs import StepGraphs, batch_bucket
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
@@ -63,7 +65,7 @@ class StepBatch:
 
     `ready`: the sequences that take an ARGS step (those whose prompt this step completes, then the decode
     rows), padded to `rows` rows in static modes. Tensor names: prefill `pf_ids pf_pos pf_slots pf_tables`;
-    ARGS `tables pos rm_slots k w temp [gumbel] [rm_w]`; two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`;
+    ARGS `tables pos rm_slots k w temp [gumbel] [rm_w] [gate] [scored]`; controls `ctl_*`; two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`;
     copy-on-write `copies`."""
 
     prefill: list[tuple[Sequence, int]]
@@ -74,6 +76,9 @@ class StepBatch:
     rows: int  # ARGS rows incl. padding
     lm_rows: int  # LM decode rows incl. padding (two trunks)
     kmax: int
+    scored_only: list[Sequence] = field(default_factory=list)  # prompts complete, nothing to decode (scoring)
+    prompt_lp: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, prompt positions scored here)
+    prompt_lp_width: int = 0  # top-N columns of this step's prompt log-probs (the largest N asked)
 
 
 @dataclass
@@ -83,6 +88,7 @@ class StepResult:
     tokens: list[int]
     rewards: list[float]
     logprobs: list | None
+    prompt_logprobs: dict[int, tuple[list, list]] = field(default_factory=dict)  # seq_id -> (log p, tops)
 
 
 class ModelRunner:
@@ -99,7 +105,7 @@ class ModelRunner:
             self.paged_bridge = PagedBridge(rm, bridge.view, self.ops)
         self.bridge_device = next(rm.model.parameters()).device if bridge is not None else None
         self.rm_head_dtype = next(rm.model.parameters()).dtype
-        self.rm_head, self.reward_model = rm.head, rm
+        self.reward_model = rm
         self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
         # the logit controls' settings in the dtype they are applied in (apply_controls): no cast on the device
         self._control_dtype = np.float64 if self.lm.dtype == torch.float64 else np.float32
@@ -126,7 +132,10 @@ class ModelRunner:
         self.transfer, self.read = StepTransfer(self.device), HostRead()
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
         capture = step_mode == "graph"
-        self._args_graphs = StepGraphs(self._args_core, capture)
+        # a CPU RM in eager steps skips the gated rows' candidates (reading a CPU tensor costs no transfer)
+        self.args_step = ArgsStep(self.ops, self.rm, rm.head, self.lm_head if self.shared else None,
+                                  compact_gate=self.rm_device.type == "cpu" and step_mode == "dynamic")
+        self._args_graphs = StepGraphs(self.args_step, capture)
         self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -167,6 +176,7 @@ class ModelRunner:
             return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
         self.lm_kv = alloc(self.lm, num_blocks)
         self.rm_kv = self.lm_kv if self.rm is self.lm else alloc(self.rm, num_blocks)
+        self.args_step.kv = self.rm_kv
         if self.paged_bridge is not None:
             self.paged_bridge.kv = alloc(self.paged_bridge.model, rm_num_blocks or num_blocks)
 
@@ -188,13 +198,17 @@ class ModelRunner:
             a["pf_cu"] = np.cumsum([0] + [n for _, n in prefill], dtype=np.int32)
             a["pf_starts"] = np.array([s.lm_cached for s, _ in prefill], dtype=np.int32)
             ends = np.cumsum([n for _, n in prefill]) - 1
-            a["pf_last"] = ends[[s.lm_cached + n == s.num_tokens for s, n in prefill]].astype(np.int64)
-        ready = [s for s, n in prefill if s.lm_cached + n == s.num_tokens] + decode
+            a["pf_last"] = ends[[_completes(s, n) and s.params.max_new_tokens > 0 for s, n in prefill]].astype(np.int64)
+        completed = [s for s, n in prefill if _completes(s, n)]
+        ready = [s for s in completed if s.params.max_new_tokens > 0] + decode
+        scored_only = [s for s in completed if s.params.max_new_tokens == 0]
+        prompt_lp, width = self._prompt_lp_arrays(prefill, a)
         B, rows, lm_rows, kmax = len(ready), 0, 0, 0
         if ready:
             rows = self._rows(B)
             kmax = max(s.params.k for s in ready)
-            if self.static:  # a power of two: few graph shapes; rows with a smaller k ignore the extra candidates
+            if self.static:  # the candidate grid's width a power of two (few graph shapes); the RM computes only each
+                # row's own k cells (scored), their total padded to a bucket
                 kmax = min(1 << (kmax - 1).bit_length(), self.vocab_size)
             tables = bm.block_tables(ready, self._width(ready, bm) if self.static else 0).numpy()
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
@@ -214,13 +228,41 @@ class ModelRunner:
                 a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
         t = self.transfer.pack(a) if a else {}
         rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
-        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax)
+        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, scored_only, prompt_lp, width)
+
+    @staticmethod
+    def _prompt_lp_arrays(prefill: list[tuple[Sequence, int]], a: dict) -> tuple[list[tuple[Sequence, int]], int]:
+        """The prefill rows whose next token is a prompt token of a sequence that wants its prompt scored:
+        `pl_rows` (into the chunks' tokens) and `pl_next` (that next token)."""
+        rows, nxt, scored, off = [], [], [], 0
+        for s, n in prefill:
+            if s.scores_prompt:
+                P = len(s.req.prompt_ids)
+                pos = range(s.lm_cached, min(s.lm_cached + n, P - 1))  # position p scores prompt token p + 1
+                rows += [off + p - s.lm_cached for p in pos]
+                nxt += [s.req.prompt_ids[p + 1] for p in pos]
+                scored.append((s, len(pos)))
+            off += n
+        if not rows:
+            return [], 0
+        a["pl_rows"], a["pl_next"] = np.array(rows, dtype=np.int64), np.array(nxt, dtype=np.int64)
+        return scored, max(s.params.prompt_logprobs for s, _ in scored)
 
     def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm) -> dict[str, np.ndarray]:
         """The ARGS step's RM side: each row's slot for the chosen candidate, selection arrays, objective weights."""
         a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
-        for name, x in self._selection(ready, kmax).items():
+        sel = selection_arrays([s.params for s in ready], [s.req for s in ready], kmax)
+        for name, x in sel.items():
             a[name] = self._pad(x, rows, 1 if name == "k" else 0)
+        if any(s.params.gate is not None for s in ready):  # log tau per row, +inf: no gate
+            a["gate"] = self._pad(np.array([math.log(s.params.gate) if s.params.gate is not None else math.inf
+                                            for s in ready], dtype=np.float64), rows, math.inf)
+        # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step)
+        if not ("gate" in a and self.args_step.compact_gate):
+            n = int(a["k"].sum())
+            cells = scored_cells(a["k"], kmax, cells_bucket(n) if self.static else None)
+            if cells is not None:
+                a["scored"] = cells
         rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
         if rm_w is not None:  # multi-objective: each row's weights [B, N]
             a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
@@ -245,17 +287,11 @@ class ModelRunner:
         out[:len(x)] = x
         return out
 
-    def _selection(self, seqs: list[Sequence], kmax: int) -> dict[str, np.ndarray]:
-        # Gated batches take their selection arrays in _gated_step, for the rows ARGS scores (the noise is a pure
-        # function of a request's seed and position, so where it is drawn does not change it)
-        if any(s.params.gate is not None for s in seqs):
-            return {}
-        return selection_arrays([s.params for s in seqs], [s.req for s in seqs], kmax)
-
     # --- running it -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, batch: StepBatch) -> StepResult | None:
-        """Prefill chunks, LM decode and the ARGS step of the ready rows -> their tokens (None: no row ready)."""
+        """Prefill chunks, LM decode and the ARGS step of the ready rows -> their tokens, and the log p of the
+        prompts completed this step that asked for them (None: nothing to report)."""
         t = batch.t
         if "copies" in t:
             self._copy_blocks(t["copies"], batch.rt["copies"])
@@ -264,21 +300,48 @@ class ModelRunner:
             logits.append(self._prefill(batch))
         if batch.decode:
             logits.append(self._decode(batch))
-        if not batch.ready:
+        scored = [s for s, n in batch.prefill if _completes(s, n) and s.scores_prompt]
+        if not batch.ready and not scored:
             return None
-        logits = torch.cat(logits) if len(logits) > 1 else logits[0]  # [B, V]
-        seqs = batch.ready
+        rows = None
+        if batch.ready:
+            rows, gate, n_top = self._choose(batch, torch.cat(logits) if len(logits) > 1 else logits[0])
+        # the step's one read: the ARGS rows [B, C], then each scored prompt's log-prob rows, flattened
+        dev = rows.device if rows is not None else self.device
+        flat = ([rows.flatten()] if rows is not None else []) + \
+            [p.flatten().to(dev) for s in scored for p, _ in s.prompt_lp_parts]
+        host = self.read(torch.cat(flat) if len(flat) > 1 else flat[0]) if flat else []  # none: 1-token prompts
+        result = StepResult([], [], None)
+        if rows is not None:
+            B, C = rows.shape
+            self._unpack_rows(batch.ready, [host[i * C:(i + 1) * C] for i in range(B)], gate, n_top, result)
+            host = host[B * C:]
+        for s in scored:
+            lps, tops = [None], [None]  # the first prompt token has no log p
+            for part, width in s.prompt_lp_parts:
+                m, C = part.shape
+                lp, top = logprob_lists([host[i * C:(i + 1) * C] for i in range(m)], s.params.prompt_logprobs, width)
+                lps += lp
+                tops += top
+                host = host[m * C:]
+            s.prompt_lp_parts = []
+            result.prompt_logprobs[s.seq_id] = (lps, tops)
+        return result
+
+    def _choose(self, batch: StepBatch, logits: torch.Tensor):
+        """The ARGS step of the ready rows, logits [B, V] -> (their read-out rows [B, C] float64: token, reward,
+        [gate's k], [log p, top ids, top log p]; the gate's k [B] or None; the log-prob width or None)."""
+        t, seqs = batch.t, batch.ready
         params = [s.params for s in seqs]
         controlled = apply_controls(logits, t)  # [B, V]: the control arrays came in the step's one copy
+        gate = None
         if self.bridge is not None:
             tokens, chosen, next_logits = self._bridged_step(seqs, controlled)
-        elif any(p.gate is not None for p in params):
-            tokens, chosen, next_logits = self._gated_step(seqs, controlled, batch)
         else:
             out = self._args_step(controlled, batch)
             tokens, chosen, next_logits = out["tokens"], out["rewards"], out.get("next_logits")
-            for s in seqs:
-                s.req.rm_tokens += s.params.k
+            if "gate" in batch.rt:  # which rows the gate took comes back in the one read
+                gate = out["k"]
         B = len(seqs)
         if self.shared:
             if self.step_mode == "graph":  # out of the graph's buffers, which another bucket's replay may reuse
@@ -286,18 +349,25 @@ class ModelRunner:
             for b, s in enumerate(seqs):
                 s.next_logits = next_logits[b]  # [V]: the LM's logits for the next step
         parts = [tokens[:B].to(torch.float64), chosen[:B].to(torch.float64)]  # exact: ids < 2**53
-        want = [p.logprobs for p in params]
-        n_top = max((n for n in want if n is not None), default=None)
+        if gate is not None:
+            parts.append(gate[:B].to(parts[0].device, torch.float64))
+        n_top = max((p.logprobs for p in params if p.logprobs is not None), default=None)
         if n_top is not None:
-            parts += [c.to(tokens.device) for c in _logprob_columns(logits, tokens[:B].to(logits.device), n_top)]
-        host = self.read(torch.stack(parts, 1) if n_top is None else torch.cat([p.view(B, -1) for p in parts], 1))
-        toks = [int(r[0]) for r in host]
-        rewards = [r[1] for r in host]
-        logprobs = None
+            parts += [c.to(tokens.device) for c in logprob_columns(logits, tokens[:B].to(logits.device), n_top)]
+        rows = torch.cat([p.view(B, -1) for p in parts], 1)  # [B, C], on the RM's device with two
+        return rows, gate, n_top
+
+    def _unpack_rows(self, seqs: list[Sequence], host: list[list[float]], gate, n_top, result: StepResult) -> None:
+        result.tokens = [int(r[0]) for r in host]
+        result.rewards = [r[1] for r in host]
+        if self.bridge is None:  # the RM tokens each row's choice needed: k, or 1 where the gate took the top one
+            for s, r in zip(seqs, host):
+                s.req.rm_tokens += int(r[2]) if gate is not None else s.params.k
         if n_top is not None:
-            logprobs = [None if n is None else (r[2], list(zip(map(int, r[3:3 + n]), r[3 + n_top:3 + n_top + n])))
-                        for r, n in zip(host, want)]
-        return StepResult(toks, rewards, logprobs)
+            c = 3 if gate is not None else 2  # the first log-prob column
+            lp, top = logprob_lists([r[c:] for r in host], n_top, n_top)
+            result.logprobs = [None if s.params.logprobs is None else (lp[i], top[i][:s.params.logprobs])
+                               for i, s in enumerate(seqs)]
 
     def _copy_blocks(self, lm_pairs: torch.Tensor, rm_pairs: torch.Tensor) -> None:
         """Copy-on-write of shared prefix blocks, pairs [M, 2] (src, dst) on each cache's device."""
@@ -319,7 +389,12 @@ class ModelRunner:
         if self.rm is not self.lm:
             with self._rm_side():
                 self.rm.forward_chunks(*chunk_inputs(batch.rt), self.rm_kv)
-        return self.lm_head(h_lm[batch.t["pf_last"]])  # the last token of each completed prompt
+        if batch.prompt_lp:  # the prompt tokens' log p, for the rows that asked only
+            cols = torch.cat(logprob_columns(self.lm_head(h_lm[batch.t["pl_rows"]]), batch.t["pl_next"],
+                                             batch.prompt_lp_width), 1)  # [M, 1 + 2 width] float64
+            for (s, m), part in zip(batch.prompt_lp, cols.split([m for _, m in batch.prompt_lp])):
+                s.prompt_lp_parts.append((part, batch.prompt_lp_width))
+        return self.lm_head(h_lm[batch.t["pf_last"]])  # the last token of each completed prompt to decode
 
     def _decode(self, batch: StepBatch) -> torch.Tensor:
         """The LM reads each decode row's last committed token. -> logits [D, V]"""
@@ -339,72 +414,11 @@ class ModelRunner:
         t, B = batch.rt, len(batch.ready)  # every input but the logits is the RM's
         if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
             controlled = torch.cat([controlled, controlled.new_zeros(batch.rows - B, controlled.shape[1])])
-        key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t) if batch_bucket(B) else None
-        inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel", "rm_w") if n in t}
+        key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t, "gate" in t,
+               len(t["scored"]) if "scored" in t else None) if batch_bucket(B) else None
+        inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel", "rm_w", "gate", "scored")
+                  if n in t}
         return self._args_graphs(key, batch.kmax, logits=controlled, **inputs)
-
-    def _args_core(self, kmax: int, logits, tables, pos, rm_slots, k, w, temp, gumbel=None,
-                   rm_w=None) -> dict[str, torch.Tensor]:
-        """ARGS proper on static shapes: top-kmax of the (controlled) logits [B, V]; the RM reads each row's
-        candidates against its prefix; args_select scores, chooses and commits the chosen K/V. -> tokens [B] and
-        rewards [B] of the chosen, and (shared trunk) the LM's next-token logits [B, V] after the choice."""
-        logp, cand = self.ops.topk_logprobs(logits, kmax)  # [B, kmax], on the LM's device
-        with self._rm_side():
-            tokens, chosen, hidden = self._score(logp.to(self.rm_device), cand.to(self.rm_device), tables, pos,
-                                                 rm_slots, k, w, temp, gumbel, rm_w)
-        out = {"tokens": tokens, "rewards": chosen}
-        if self.shared:
-            out["next_logits"] = self.lm_head(hidden)  # [B, V]
-        return out
-
-    def _rewards(self, hidden: torch.Tensor, rm_w: torch.Tensor | None) -> torch.Tensor:
-        """hidden [B, ..., H] -> rewards [B, ...]; rm_w [B, N]: a multi-objective RM's weights per row."""
-        return combine_objectives(self.rm_head(hidden), rm_w)
-
-    def _score(self, logp, cand, tables, pos, slots, k, w, temp, gumbel, rm_w=None):
-        """logp, cand [B, K] -> (tokens [B], their rewards [B], their hidden states [B, H])"""
-        hidden, new_k, new_v = self.rm.forward_candidates(cand, pos, tables, pos, self.rm_kv)  # [B, K, H]
-        rewards = self._rewards(hidden, rm_w)  # [B, K]
-        choice, tokens, chosen = self.ops.args_select(logp, rewards, cand, k, w, temp, gumbel, new_k, new_v,
-                                                      self.rm_kv[0], self.rm_kv[1], slots)
-        return tokens, chosen, hidden[torch.arange(len(choice), device=choice.device), choice]
-
-    def _gated_step(self, seqs: list[Sequence], controlled: torch.Tensor, batch: StepBatch):
-        """Uncertainty-gated rows (params.gate) skip the candidate forward: the RM reads only their top token,
-        whose K/V goes straight into the cache. Eager and unpadded; the gate's decision costs one more read."""
-        t, B = batch.rt, len(seqs)
-        params = [s.params for s in seqs]
-        kmax = batch.kmax
-        logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
-        gate = gated(params, self.read(logp[:, 0]))
-        logp, cand = logp.to(self.rm_device), cand.to(self.rm_device)  # the rest is the RM's work
-        tables, pos, slots = t["tables"][:B], t["pos"][:B], t["rm_slots"][:B]
-        rm_w = t["rm_w"][:B] if "rm_w" in t else None
-        tokens = torch.empty(B, dtype=cand.dtype, device=self.rm_device)  # [B]
-        chosen = torch.empty(B, dtype=torch.float64, device=self.rm_device)  # [B]
-        hidden = None
-        with self._rm_side():
-            for rows in (_rows(gate, False), _rows(gate, True)):
-                if not rows:
-                    continue
-                r = torch.tensor(rows, device=self.rm_device)
-                if gate[rows[0]]:  # the top token, read by the RM alone and stored at its slot
-                    top = cand[r, :1]  # [G, 1]
-                    h, _, _ = self.rm.forward_candidates(top, pos[r], tables[r], pos[r], self.rm_kv, store_slots=slots[r])
-                    tok, c, h = top[:, 0], self._rewards(h[:, 0], None if rm_w is None else rm_w[r]), h[:, 0]
-                else:
-                    sub = [seqs[i] for i in rows]
-                    km = max(s.params.k for s in sub)
-                    sel = {n: torch.from_numpy(x).to(self.rm_device) for n, x in selection_arrays(
-                        [s.params for s in sub], [s.req for s in sub], km).items()}
-                    tok, c, h = self._score(logp[r, :km], cand[r, :km], tables[r], pos[r], slots[r], sel["k"], sel["w"],
-                                            sel["temp"], sel.get("gumbel"), None if rm_w is None else rm_w[r])
-                tokens[r], chosen[r] = tok, c.to(chosen.dtype)
-                hidden = h.new_empty(B, h.shape[-1]) if hidden is None else hidden  # [B, H]
-                hidden[r] = h
-        for s, g in zip(seqs, gate):
-            s.req.rm_tokens += 1 if g else s.params.k
-        return tokens, chosen, self.lm_head(hidden) if self.shared else None
 
     def _bridged_step(self, seqs: list[Sequence], controlled: torch.Tensor):
         """An RM that reads text: the LM's top-k [B, kmax] come back in one read; the RM scores each row's
@@ -447,14 +461,6 @@ class ModelRunner:
         return cand_h[rows, choice].to(self.device), rewards[rows, choice].to(self.device), None
 
 
-def _rows(flags: list[bool], value: bool) -> list[int]:
-    return [i for i, f in enumerate(flags) if f is value]
-
-
-def _logprob_columns(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """The LM's own (uncontrolled) log p of the chosen tokens [B, 1], and its n likeliest tokens' ids and log p
-    [B, n] each, most likely first, as float64 columns for the step's one read."""
-    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, V]
-    chosen = logp.gather(1, tokens.view(-1, 1))  # [B, 1]
-    top_lp, top_ids = topk_logprobs_ref(logits, n)  # [B, n], ties by the lower id as the candidates
-    return [chosen.double(), top_ids.double(), top_lp.double()]
+def _completes(seq: Sequence, n: int) -> bool:
+    """Does a prefill chunk of n tokens complete seq's prompt?"""
+    return seq.lm_cached + n == seq.num_tokens

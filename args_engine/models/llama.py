@@ -295,15 +295,20 @@ class PagedLlama:
         return self._layers(h, attend)
 
     @torch.no_grad()
-    def forward_candidates(self, ids, positions, block_tables, context_lens, kv, store_slots=None, segments=None):
+    def forward_candidates(self, ids, positions, block_tables, context_lens, kv, store_slots=None, segments=None,
+                           scored=None):
         """ids [B, K]: K tokens per sequence, all at positions[b] == context_lens[b], each attending to the
         sequence's cached prefix plus itself. store_slots [B] (K = 1 only): write the new K/V into the cache
         (LM decode); otherwise the new K/V come back for args_select to commit the chosen one.
         segments [B, K] (a bridged RM's ragged candidate tails, paged_ops.tree_keep): each token also sees the
         earlier tokens of its segment; positions is then per token [B, K].
-        -> hidden [B, K, H], new keys and values [L, B, K, Hkv, D] (None when stored)"""
+        scored [N] int64, distinct (ragged k, engine/args_step.py): only these cells b * K + j of the grid are
+        computed; the others are zero queries of the attention alone.
+        -> hidden [B, K, H] (scored: [N, H]), new keys and values [L, B, K, Hkv, D] (None when stored)"""
         B, K = ids.shape
         k_cache, v_cache = kv
+        if scored is not None:
+            return self._forward_scored(ids, positions, block_tables, context_lens, kv, scored)
         h = self.embed(ids.reshape(-1))  # [B*K, H]
         ropes = self._rope(h, positions.reshape(-1) if segments is not None else positions.repeat_interleave(K))
         new_k = new_v = None
@@ -327,4 +332,32 @@ class PagedLlama:
         if store_slots is not None:
             return hidden, None, None
         shape = (self.num_layers, B, K, self.num_kv_heads, self.head_dim)
+        return hidden, new_k.view(shape), new_v.view(shape)
+
+    def _forward_scored(self, ids, positions, block_tables, context_lens, kv, scored):
+        """forward_candidates on the N scored cells of the [B, K] grid: the dense layers see N tokens; each
+        layer's q, k, v are placed in the grid for the shared-prefix attention and its output read back at the
+        scored cells. -> hidden [N, H], new keys and values [L, B, K, Hkv, D]"""
+        B, K = ids.shape
+        k_cache, v_cache = kv
+        h = self.embed(ids.reshape(-1)[scored])  # [N, H]
+        ropes = self._rope(h, positions[scored // K])
+        Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        grid_q = h.new_zeros(B * K, Hq, D)  # unscored cells stay zero queries; nothing reads their output
+        new_k = h.new_zeros(self.num_layers, B * K, Hkv, D)
+        new_v = torch.zeros_like(new_k)
+        k_n, v_n = h.new_empty(len(scored), Hkv, D), h.new_empty(len(scored), Hkv, D)
+        plan = self.ops.candidate_plan(block_tables, context_lens, K, Hq // Hkv, k_cache.shape[2])
+
+        def attend(li, layer, x):
+            q, k, v = self._qkv(layer, x, ropes[layer.rope_type], k_out=k_n, v_out=v_n)  # [N, ...]
+            grid_q.index_copy_(0, scored, q)
+            new_k[li].index_copy_(0, scored, k)
+            new_v[li].index_copy_(0, scored, v)
+            out = self.ops.candidate_attention(grid_q.view(B, K, Hq, D), new_k[li].view(B, K, Hkv, D),
+                                               new_v[li].view(B, K, Hkv, D), k_cache[li], v_cache[li],
+                                               block_tables, context_lens, self.scale, plan, self.softcap)
+            return out.reshape(B * K, -1)[scored]  # [N, Hq D]
+        hidden = self._layers(h, attend)  # [N, H]
+        shape = (self.num_layers, B, K, Hkv, D)
         return hidden, new_k.view(shape), new_v.view(shape)
