@@ -16,6 +16,10 @@ class ARGSParams:
     whatever else is in the batch. stop: strings that end the response (not included in the text).
     logprobs (native backend): None, or N in [0, 20]: record the LM's log p of each chosen token and of the
     N most likely tokens at that step (the LM's own distribution, before the reward and the controls below).
+    prompt_logprobs (native backend): None, or N in [0, 20]: the LM's log p of each prompt token given the tokens
+    before it (None for the first) and its N likeliest alternatives there, from the prefill the engine runs
+    anyway (such a prompt does not reuse the prefix cache: every position is computed). With max_new_tokens 0
+    the prompt is scored and nothing is decoded (max_new_tokens 0 needs prompt_logprobs).
 
     Logit controls, applied to the LM's logits before the k candidates are taken (so log p is the controlled
     distribution's): repetition_penalty (Hugging Face: over prompt and response, a seen token's logit is
@@ -43,6 +47,7 @@ class ARGSParams:
     stop: list[str] | None = field(default=None)
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -75,14 +80,17 @@ class ARGSParams:
         if self.mode == "stochastic" and not (isinstance(self.temperature, (int, float))
                                                and math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0 in stochastic mode, got {self.temperature!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
+                or self.max_new_tokens < (0 if self.prompt_logprobs is not None else 1):
+            raise ValueError(f"max_new_tokens must be an integer >= 1 (0 only with prompt_logprobs: score the prompt, "
+                             f"decode nothing), got {self.max_new_tokens!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
                                       or not 0 <= self.seed < 2 ** 63):
             raise ValueError(f"seed must be None or an integer in [0, 2**63), got {self.seed!r}")
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
-                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            n = getattr(self, name)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LOGPROBS):
+                raise ValueError(f"{name} must be None or an integer in [0, {MAX_LOGPROBS}], got {n!r}")
         self._validate_logit_controls(vocab_size)
         if self.gate is not None and (not isinstance(self.gate, (int, float)) or isinstance(self.gate, bool)
                                       or not 0.0 < self.gate <= 1.0):

@@ -59,7 +59,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("blocks_needed", &BlockAllocator::blocks_needed, py::arg("num_positions"))
       .def("can_allocate", &BlockAllocator::can_allocate, py::arg("num_positions"))
       .def("allocate", &BlockAllocator::allocate, py::arg("seq_id"), py::arg("token_ids"), py::arg("num_positions"),
-           "Create seq_id's block table; returns how many leading tokens are already cached.")
+           py::arg("reuse_prefix") = true,
+           "Create seq_id's block table; returns how many leading tokens are already cached (none when "
+           "reuse_prefix is false: every position is computed, and its full blocks are still registered).")
       .def("can_ensure", &BlockAllocator::can_ensure, py::arg("seq_id"), py::arg("num_positions"))
       .def("ensure", &BlockAllocator::ensure, py::arg("seq_id"), py::arg("num_positions"),
            "Grow the table to num_positions; returns (src, dst) copy-on-write pairs for copy_blocks.")

@@ -182,7 +182,8 @@ int32_t BlockAllocator::pop_free() {
 
 bool BlockAllocator::can_allocate(int64_t num_positions) const { return blocks_needed(num_positions) <= num_free_; }
 
-int64_t BlockAllocator::allocate(int64_t seq_id, const std::vector<int64_t>& token_ids, int64_t num_positions) {
+int64_t BlockAllocator::allocate(int64_t seq_id, const std::vector<int64_t>& token_ids, int64_t num_positions,
+                                 bool reuse_prefix) {
   if (seqs_.count(seq_id)) throw std::invalid_argument(msg("allocate: sequence ", seq_id, " already exists"));
   const int64_t needed = blocks_needed(num_positions);
   const int64_t len = static_cast<int64_t>(token_ids.size());
@@ -194,8 +195,9 @@ int64_t BlockAllocator::allocate(int64_t seq_id, const std::vector<int64_t>& tok
   int64_t free_hits = 0;  // hits on free blocks leave the free list, so they count against it
   if (prefix_caching_) {
     hash_full_blocks(s);
-    // Never hit all tokens: the engine must compute at least the last one to get its logits.
-    const int64_t max_hits = len > 0 ? (len - 1) / block_size_ : 0;
+    // Never hit all tokens: the engine must compute at least the last one to get its logits. reuse_prefix
+    // false (a prompt whose every position is scored): no hits, but its blocks still serve later prompts.
+    const int64_t max_hits = reuse_prefix && len > 0 ? (len - 1) / block_size_ : 0;
     for (int64_t k = 0; k < max_hits; ++k) {
       const int32_t b = lookup(s.hashes[k], &s.tokens[k * block_size_], k ? hits.back() : -1);
       if (b < 0) break;

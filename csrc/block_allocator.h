@@ -31,7 +31,8 @@ class BlockAllocator {
   int64_t blocks_needed(int64_t num_positions) const;
   bool can_allocate(int64_t num_positions) const;
   // Returns how many leading tokens already have K/V in the cache (prefix-cache hits).
-  int64_t allocate(int64_t seq_id, const std::vector<int64_t>& token_ids, int64_t num_positions);
+  int64_t allocate(int64_t seq_id, const std::vector<int64_t>& token_ids, int64_t num_positions,
+                   bool reuse_prefix = true);
   bool can_ensure(int64_t seq_id, int64_t num_positions) const;
   // Returns (src, dst) block pairs the caller must copy (copy-on-write).
   std::vector<std::pair<int64_t, int64_t>> ensure(int64_t seq_id, int64_t num_positions);

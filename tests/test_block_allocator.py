@@ -228,6 +228,23 @@ def test_hit_counts_and_short_prompts():
     a.check()
 
 
+def test_no_reuse_for_a_prompt_scored_in_full():
+    """reuse_prefix=False (a prompt whose every position's log p is wanted): no hits, fresh blocks, which are
+    registered once computed and serve later prompts."""
+    a = BlockAllocator(16, 4)
+    p = list(range(10))
+    assert a.allocate(0, p, 11) == 0
+    a.mark_computed(0, 10)
+    assert a.allocate(1, p, 11, reuse_prefix=False) == 0
+    assert not set(a.block_table(1)) & set(a.block_table(0))
+    a.check()
+    b = BlockAllocator(16, 4)
+    assert b.allocate(0, p, 11, reuse_prefix=False) == 0
+    b.mark_computed(0, 10)
+    assert b.allocate(1, p, 11) == 8 and b.block_table(1)[:2] == b.block_table(0)[:2]
+    b.check()
+
+
 def test_prefix_caching_disabled():
     a = BlockAllocator(8, 4, enable_prefix_caching=False)
     a.allocate(0, list(range(9)), 9)

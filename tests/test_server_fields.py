@@ -97,7 +97,6 @@ def test_official_client_with_noop_fields(url):
 
 
 @pytest.mark.parametrize("endpoint, field, value, words", [
-    (COMPLETIONS, "echo", True, ["not supported yet"]),
     (COMPLETIONS, "suffix", "The end.", ["not supported"]),
     (CHAT, "response_format", {"type": "json_object"}, ["not supported", "free text"]),
     (CHAT, "response_format", {"type": "json_schema", "json_schema": {"name": "x"}}, ["not supported"]),
@@ -184,7 +183,9 @@ def test_greedy_with_a_temperature_is_refused(url):
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
 def test_max_tokens_zero_says_echo_is_needed(url, field):
     status, body, _ = chat(url, **{"max_tokens": None, field: 0})
-    refused(status, body, field, "echo", "not supported yet")
+    refused(status, body, field, "echo: true (completions)")
+    refused(*complete(url, max_tokens=0)[:2], "max_tokens", "echo: true")
+    refused(*complete(url, echo=True, stream=True)[:2], "echo", "cannot be streamed")
 
 
 def test_max_completion_tokens_is_honoured(url):

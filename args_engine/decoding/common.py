@@ -32,6 +32,9 @@ class GenerationOutput:
     rm_tokens: int = 0  # tokens the RM read to choose this response's tokens (k per ARGS step, 1 per gated step)
     logprobs: list[float] | None = None  # with params.logprobs: the LM's log p of each token
     top_logprobs: list[list[tuple[int, float]]] | None = None  # and the params.logprobs likeliest at each step
+    # with params.prompt_logprobs: the LM's log p of each prompt token (None for the first), and its alternatives
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
     @property
     def reward(self) -> float | None:
@@ -53,6 +56,8 @@ class Request:
     rm_prefix: str | None = None  # bridged RMs: the prompt as the RM reads it (decoding/bridge.py)
     logprobs: list[float] = field(default_factory=list)  # with params.logprobs (native backend)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] | None = None  # with params.prompt_logprobs, once the prompt is read
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
     def __post_init__(self):
         if self.params.mode == "stochastic" and self.noise_seed is None:
@@ -133,6 +138,22 @@ def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Requ
     return args_choose(args_scores(logp, rewards, k, w), temp, gumbel)
 
 
+def logprob_columns(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The LM's own (uncontrolled) log p of the chosen tokens [B, 1], and its n likeliest tokens' ids and log p
+    [B, n] each, most likely first, as float64 columns for the step's one read."""
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, V]
+    chosen = logp.gather(1, tokens.view(-1, 1))  # [B, 1]
+    top_lp, top_ids = topk_logprobs(logits, n)  # [B, n], ties by the lower id as the candidates
+    return [chosen.double(), top_ids.double(), top_lp.double()]
+
+
+def logprob_lists(rows: list[list[float]], n: int, width: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Host rows of logprob_columns (log p, `width` ids, `width` log p) -> (log p per row, its n likeliest as
+    [(id, log p)] per row)."""
+    return ([r[0] for r in rows],
+            [list(zip(map(int, r[1:1 + n]), r[1 + width:1 + width + n])) for r in rows])
+
+
 def append_token(req: Request, token: int, reward: float, tokenizer, eos_ids: set[int]) -> None:
     """Record a chosen token and set finish_reason when a stop condition is met."""
     req.out_ids.append(token)
@@ -166,4 +187,5 @@ def finish_output(req: Request, prompt, tokenizer) -> GenerationOutput:
                            rm_tokens=req.rm_tokens)
     if req.params.logprobs is not None:
         out.logprobs, out.top_logprobs = list(req.logprobs), list(req.top_logprobs)
+    out.prompt_logprobs, out.prompt_top_logprobs = req.prompt_logprobs, req.prompt_top_logprobs
     return out

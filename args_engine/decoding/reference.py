@@ -11,7 +11,8 @@ import torch
 from transformers import DynamicCache
 
 from ..models.hf import RewardModel, next_token_logits
-from .common import Request, append_token, gated, select_candidates, topk_logprobs
+from .common import (Request, append_token, gated, logprob_columns, logprob_lists, select_candidates,
+                     topk_logprobs)
 from .logit_controls import apply_logit_controls
 from .masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
 
@@ -27,6 +28,7 @@ def _check_attention(model, what: str) -> None:
 
 class ReferenceDecoder:
     name = "reference"
+    scores_prompts = True  # params.prompt_logprobs
 
     def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], pad_id: int = 0):
         _check_attention(lm, "LM")
@@ -53,8 +55,20 @@ class ReferenceDecoder:
         self.rm.forward_trunk(input_ids=ids, attention_mask=prefill_mask(valid, rm_dtype), position_ids=pos,
                               cache=rm_cache, use_cache=True)
 
-        active = list(reqs)
+        self._score_prompts(reqs, ids, valid, pos, dtype)
         next_pos = valid.sum(1)  # [B] position of the token being chosen
+        for r in reqs:
+            if r.params.max_new_tokens == 0:  # the prompt scored, nothing to decode
+                r.finish_reason = "length"
+        keep = [b for b, r in enumerate(reqs) if not r.finished]
+        if not keep:
+            return
+        if len(keep) < B:
+            rows = torch.tensor(keep, dtype=torch.long, device=device)
+            select_rows(rm_cache, rows)
+            select_rows(lm_cache, rows)
+            valid, logits, next_pos = valid[rows], logits[rows], next_pos[rows]
+        active = [reqs[b] for b in keep]
         while active:
             kmax = max(r.params.k for r in active)
             logits = apply_logit_controls(logits, [r.params for r in active],
@@ -90,3 +104,21 @@ class ReferenceDecoder:
             logits = next_token_logits(self.lm, input_ids=tokens, attention_mask=step_mask,
                                        position_ids=next_pos[:, None], cache=lm_cache, use_cache=True)  # [B, V]
             next_pos = next_pos + 1
+
+    def _score_prompts(self, reqs: list[Request], ids, valid, pos, dtype) -> None:
+        """params.prompt_logprobs: each prompt token's log p under the LM (None for the first) and its
+        alternatives, from one full-logits forward of the rows that ask (the oracle's way: plain HF)."""
+        want = [b for b, r in enumerate(reqs) if r.params.prompt_logprobs is not None]
+        if not want:
+            return
+        rows = torch.tensor(want, device=ids.device)
+        logits = self.lm(input_ids=ids[rows], attention_mask=prefill_mask(valid[rows], dtype),
+                         position_ids=pos[rows]).logits  # [W, L, V]
+        L = ids.shape[1]
+        for i, b in enumerate(want):
+            r, n = reqs[b], reqs[b].params.prompt_logprobs
+            P = len(r.prompt_ids)
+            nxt = torch.tensor(r.prompt_ids[1:], device=ids.device)  # [P - 1]: position p scores token p + 1
+            cols = torch.cat(logprob_columns(logits[i, L - P:L - 1], nxt, n), 1).tolist()  # [P - 1, 1 + 2n]
+            lp, top = logprob_lists(cols, n, n)
+            r.prompt_logprobs, r.prompt_top_logprobs = [None] + lp, [None] + top

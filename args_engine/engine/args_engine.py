@@ -125,13 +125,16 @@ class ARGSEngine:
             check_rm_weights(params.rm_weights, self.rm.num_objectives)
         if params.logprobs is not None and self.backend != "native":
             raise ValueError(f"logprobs needs the native backend; this engine runs {self.backend!r}")
+        if params.prompt_logprobs is not None and not getattr(self.decoder, "scores_prompts", False):
+            raise ValueError(f"prompt_logprobs needs the native backend, or the reference one with an RM on the LM's "
+                             f"tokenizer; this engine runs {self.backend!r}")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode the response")
         ids = render_prompt(self.tokenizer, prompt, raw=self.raw)
         if max(ids) >= self.vocab_size or min(ids) < 0:
             raise ValueError(f"prompt token ids must lie in [0, {self.vocab_size})")
         limit = self.context_length or (len(ids) + params.max_new_tokens)
-        if len(ids) >= limit:
+        if len(ids) >= limit + (params.max_new_tokens == 0):  # scoring alone needs no room after the prompt
             raise ValueError(f"prompt is {len(ids)} tokens; the context holds {limit}, leaving no room to generate")
         req = Request(ids, params, max_len=limit)
         if self.bridge is not None:

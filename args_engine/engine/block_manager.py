@@ -26,8 +26,10 @@ class BlockManager:
         return self.allocator.can_allocate(seq.num_tokens + 1)
 
     def admit(self, seq: Sequence) -> None:
-        """Blocks for the whole sequence plus the next candidate's slot; prefix-cache hits skip their prefill."""
-        hits = self.allocator.allocate(seq.seq_id, seq.token_ids, seq.num_tokens + 1)
+        """Blocks for the whole sequence plus the next candidate's slot; prefix-cache hits skip their prefill (not
+        for a prompt whose log-probabilities are wanted: every position's logits come from its prefill)."""
+        hits = self.allocator.allocate(seq.seq_id, seq.token_ids, seq.num_tokens + 1,
+                                       reuse_prefix=not seq.scores_prompt)
         seq.lm_cached = seq.rm_cached = hits
         self.num_admitted_tokens += seq.num_tokens
         self.num_hit_tokens += hits

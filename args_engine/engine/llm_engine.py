@@ -34,8 +34,8 @@ class TokenEvent:
     event."""
 
     request_id: int
-    token_id: int
-    reward: float
+    token_id: int | None  # None: the request scored its prompt and decodes nothing (max_new_tokens 0)
+    reward: float | None
     text: str
     finish_reason: str | None = None
     output: GenerationOutput | None = None
@@ -48,6 +48,8 @@ class TokenEvent:
 
 
 class LLMEngine:
+    scores_prompts = True  # params.prompt_logprobs, from the prefill
+
     def __init__(self, lm, rm: RewardModel, tokenizer, eos_ids: set[int], *, max_num_seqs: int = 16,
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
@@ -192,7 +194,14 @@ class LLMEngine:
             self.bm.mark_computed(s, s.lm_cached)  # only now: this step's admissions were scheduled before it
         if result is None:
             return []
+        for seq in batch.ready + batch.scored_only:
+            if seq.seq_id in result.prompt_logprobs:
+                seq.req.prompt_logprobs, seq.req.prompt_top_logprobs = result.prompt_logprobs[seq.seq_id]
         events = []
+        for seq in batch.scored_only:  # max_new_tokens 0: the prompt is scored, nothing is decoded
+            seq.req.finish_reason = "length"
+            self.scheduler.finish(seq)
+            events.append(self._event(seq, None, None))
         for i, (seq, tok, r) in enumerate(zip(batch.ready, result.tokens, result.rewards)):
             seq.rm_cached += 1
             seq.token_ids.append(tok)
@@ -208,7 +217,7 @@ class LLMEngine:
             events.append(self._event(seq, tok, r, lp))
         return events
 
-    def _event(self, seq: Sequence, token: int, reward: float, logprobs=None) -> TokenEvent:
+    def _event(self, seq: Sequence, token: int | None, reward: float | None, logprobs=None) -> TokenEvent:
         req, text = seq.req, ""
         output = finish_output(req, None, self.tokenizer) if req.finished else None
         if self.tokenizer is not None:

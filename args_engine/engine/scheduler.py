@@ -77,7 +77,8 @@ class Scheduler:
         self.bm.mark_computed(seq, seq.lm_cached + n)
         if seq.lm_cached + n < seq.num_tokens:
             return n
-        return n + seq.params.k + (self.rm_bm.uncached(seq) if self.rm_bm is not None else 0)
+        k = seq.params.k if seq.params.max_new_tokens else 0  # a prompt only scored takes no ARGS step
+        return n + k + (self.rm_bm.uncached(seq) if self.rm_bm is not None else 0)
 
     def preempt(self, seq: Sequence) -> None:
         for p in self.pools:

@@ -34,6 +34,9 @@ class Sequence:
         self.rm_ids: list[int] = []
         self.rm_settled_ids: list[int] = []
         self.rm_text_ids: tuple[int, list[int]] | None = None
+        # params.prompt_logprobs: each prefill chunk's rows of log-prob columns on the device ([m, 1 + 2 width],
+        # width), read with the step that completes the prompt
+        self.prompt_lp_parts: list[tuple[object, int]] = []
 
     @property
     def num_tokens(self) -> int:
@@ -44,6 +47,12 @@ class Sequence:
         return self.req.params
 
     @property
+    def scores_prompt(self) -> bool:
+        """The prompt's log-probabilities are wanted and not yet delivered (a recomputation after preemption
+        does not score it again)."""
+        return self.params.prompt_logprobs is not None and self.req.prompt_logprobs is None
+
+    @property
     def prefilled(self) -> bool:
         return self.rm_cached == self.num_tokens and self.lm_cached == self.num_tokens - 1
 
@@ -52,5 +61,6 @@ class Sequence:
         self.lm_cached = self.rm_cached = 0
         self.next_logits = self.bridge_state = None
         self.rm_ids, self.rm_settled_ids = [], []
+        self.prompt_lp_parts = []
         self.status = Status.WAITING
         self.num_preemptions += 1

@@ -5,7 +5,7 @@ types/chat/completion_create_params.py), the logit controls vLLM adds, and ours 
   used         parsed and honoured (protocol.parse_params and the endpoints);
   no-op        accepted and ignored: it cannot change the output (billing, storage, cache hints, an end user's id);
   unsupported  it would change the output and this server does not implement it: a 400 naming it, unless its value
-               asks for nothing (null always; echo false, tools [], tool_choice "none", response_format
+               asks for nothing (null always; tools [], tool_choice "none", response_format
                {"type": "text"}, ...).
 Any other field is a 400 naming it, as OpenAI's API answers an unrecognized argument. ServerConfig.lenient_fields
 drops such unknown fields with a log line instead, for odd clients; never an args_* field (a typo there would
@@ -55,7 +55,7 @@ FIELDS: dict[str, Field] = {
     "model": _used(), "prompt": _used(COMPLETIONS), "messages": _used(CHAT),
     # OpenAI's decoding fields (best_of is OpenAI's on completions, ours on chat too)
     "max_tokens": _used(), "max_completion_tokens": _used(CHAT), "n": _used(), "best_of": _used(),
-    "stop": _used(), "temperature": _used(), "top_p": _used(), "seed": _used(), "stream": _used(),
+    "echo": _used(COMPLETIONS), "stop": _used(), "temperature": _used(), "top_p": _used(), "seed": _used(), "stream": _used(),
     "stream_options": _used(), "logprobs": _used(), "top_logprobs": _used(CHAT), "presence_penalty": _used(),
     "frequency_penalty": _used(), "logit_bias": _used(),
     # vLLM's logit controls
@@ -68,8 +68,6 @@ FIELDS: dict[str, Field] = {
     "safety_identifier": _noop(CHAT),
     "parallel_tool_calls": _noop(CHAT),  # means something only with tools, which are refused
     # would change the output: refused
-    "echo": _unsupported(COMPLETIONS, "is not supported yet: the server cannot return the prompt or its "
-                                      "log-probabilities", lambda v: v is False),
     "suffix": _unsupported(COMPLETIONS, "is not supported: the server does not insert text before a suffix",
                            lambda v: v == ""),
     "tools": _unsupported(CHAT, "is not supported: the server does not call tools", lambda v: v == []),

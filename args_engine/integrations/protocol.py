@@ -104,10 +104,17 @@ def parse_params(body: dict, config: ServerConfig, n_prompts: int = 1,
     k = _get(body, "args_k", int, 10)
     if k > config.max_k:
         raise BadRequest(f"args_k must be at most {config.max_k} on this server, got {k}", "args_k")
-    max_tokens = parse_max_tokens(body, chat)
+    echo = not chat and _get(body, "echo", bool, False)
+    if echo and body.get("stream"):
+        raise BadRequest("echo cannot be streamed here: send stream false to get the prompt with its "
+                         "log-probabilities", "echo")
+    max_tokens = parse_max_tokens(body, chat, echo)
+    logprobs = parse_logprobs(body, chat)
     kw = dict(k=k, w=_get(body, "args_w", (int, float), 1.0), mode=mode, temperature=temperature,
               max_new_tokens=config.default_max_tokens if max_tokens is None else max_tokens, stop=stop or None,
-              logprobs=parse_logprobs(body, chat), logit_bias=parse_logit_bias(body),
+              logprobs=logprobs, logit_bias=parse_logit_bias(body),
+              # echo with logprobs: the prompt's too (with max_tokens 0 they are computed whatever is shown)
+              prompt_logprobs=(logprobs or 0) if echo and (logprobs is not None or max_tokens == 0) else None,
               gate=_get(body, "args_gate", (int, float)), rm_weights=_get(body, "args_rm_weights", list),
               **{name: _get(body, name, kind, default) for name, (kind, default) in _CONTROLS.items()})
     if n > 1 and mode == "greedy" and body.get("args_mode") is None:
@@ -144,9 +151,9 @@ def parse_sampling(body: dict) -> tuple[str, float]:
     return mode, 0.7 if temperature is None else temperature
 
 
-def parse_max_tokens(body: dict, chat: bool) -> int | None:
+def parse_max_tokens(body: dict, chat: bool, echo: bool = False) -> int | None:
     """max_tokens, or chat's max_completion_tokens (OpenAI's newer name for it); None when neither is given.
-    0 (score the prompt without generating) is refused: it needs echo, which the server does not support yet."""
+    0 scores the prompt without generating: completions with echo only (what else would it return?)."""
     given = {name: _get(body, name, int) for name in (("max_tokens", "max_completion_tokens") if chat else
                                                      ("max_tokens",))}
     given = {name: v for name, v in given.items() if v is not None}
@@ -154,9 +161,9 @@ def parse_max_tokens(body: dict, chat: bool) -> int | None:
         raise BadRequest(f"max_tokens and max_completion_tokens disagree ({given['max_tokens']} and "
                          f"{given['max_completion_tokens']}); send one of them", "max_completion_tokens")
     for name, value in given.items():
-        if value == 0:
-            raise BadRequest(f"{name} must be >= 1: {name} 0 scores the prompt without generating, which needs echo, "
-                             "and echo is not supported yet", name)
+        if value == 0 and not echo:
+            raise BadRequest(f"{name} must be >= 1: {name} 0 scores the prompt without generating, which needs "
+                             "echo: true (completions)", name)
         if value < 0:
             raise BadRequest(f"{name} must be an integer >= 1, got {value}", name)
     return next(iter(given.values()), None)
@@ -215,16 +222,17 @@ def _token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
-def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float],
-                        top: list[list[tuple[int, float]]], offset: int = 0) -> dict:
-    """The legacy completions shape: tokens, token_logprobs, top_logprobs ({token: log p}), text_offset."""
+def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[float | None],
+                        top: list[list[tuple[int, float]] | None], offset: int = 0) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs ({token: log p}), text_offset. With
+    echo the prompt's tokens come first, the first of them with null log p and alternatives."""
     tokens = [_token_text(tokenizer, t) for t in token_ids]
     offsets = []
     for t in tokens:
         offsets.append(offset)
         offset += len(t)
     return {"tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets,
-            "top_logprobs": [{_token_text(tokenizer, t): lp for t, lp in row} for row in top]}
+            "top_logprobs": [None if row is None else {_token_text(tokenizer, t): lp for t, lp in row} for row in top]}
 
 
 def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[float], top: list[list[tuple[int, float]]]) -> dict:

@@ -267,9 +267,14 @@ async def _serve(engine: ARGSEngine, loop: EngineLoop, config: ServerConfig, req
         ranked = sorted(samples, key=lambda o: float("inf") if o.reward is None else -o.reward) \
             if len(params) > n else samples  # stable: equal rewards keep sample order
         best += ranked[:n]
-    choices = [choice(i, o.text, _reason(o.finish_reason), chat, rewards=o.rewards, reward=o.reward,
-                      **_logprobs(engine.tokenizer, chat, o.token_ids, o.logprobs, o.top_logprobs))
-               for i, o in enumerate(best)]
+    if body.get("echo") and not chat:  # the prompt first, as sent (token ids: as the tokenizer writes them)
+        choices = [choice(i, _prompt_text(engine.tokenizer, sources[i // n], o) + o.text,
+                          _reason(o.finish_reason), chat, rewards=o.rewards, reward=o.reward,
+                          **_echo_logprobs(engine.tokenizer, o)) for i, o in enumerate(best)]
+    else:
+        choices = [choice(i, o.text, _reason(o.finish_reason), chat, rewards=o.rewards, reward=o.reward,
+                          **_logprobs(engine.tokenizer, chat, o.token_ids, o.logprobs, o.top_logprobs))
+                   for i, o in enumerate(best)]
     completion_tokens = sum(len(o.token_ids) for o in outputs.values())
     kind = "chat.completion" if chat else "text_completion"
     return envelope(kind, rid, created, model, choices, usage(prompt_tokens, completion_tokens))
@@ -321,6 +326,19 @@ def _logprobs(tokenizer, chat: bool, token_ids, logprobs, top, offset: int = 0) 
     if chat:
         return {"logprobs": chat_logprobs(tokenizer, token_ids, logprobs, top)}
     return {"logprobs": completion_logprobs(tokenizer, token_ids, logprobs, top, offset)}
+
+
+def _prompt_text(tokenizer, source, output) -> str:
+    return source if isinstance(source, str) else tokenizer.decode(output.prompt_token_ids)
+
+
+def _echo_logprobs(tokenizer, o) -> dict:
+    """echo with logprobs: the prompt's tokens (the first with null) then the completion's, in one list, as vLLM
+    serves them; the LM's own log-probabilities (ARGS changes which tokens are chosen, not the LM's likelihood)."""
+    if o.logprobs is None:
+        return {}
+    return {"logprobs": completion_logprobs(tokenizer, o.prompt_token_ids + o.token_ids,
+                                            o.prompt_logprobs + o.logprobs, o.prompt_top_logprobs + o.top_logprobs)}
 
 
 class _AbortingStream(StreamingResponse):
