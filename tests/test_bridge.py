@@ -360,8 +360,8 @@ def test_eval_scores_replies_as_the_bridged_rm_reads_them(lm, lm_tokenizer, bpe_
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])
 def test_paged_bridge_for_each_native_rm_family(lm, lm_tokenizer, bpe_tokenizer, family):
-    """Every native family as a bridged RM on its own paged pool (the README's table): tokens equal the naive
-    oracle's (Gemma's float32 attention softmax: rewards to 1e-5)."""
+    """Every native family as a bridged RM on its own paged pool (docs/reward-models.md's table): tokens equal the
+    naive oracle's (Gemma's float32 attention softmax: rewards to 1e-5)."""
     from tiny_models import _RM, _config
     cfg = _config(family, num_labels=1)
     cfg.vocab_size, cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = len(bpe_tokenizer), 0, 0, 1

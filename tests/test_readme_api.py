@@ -1,4 +1,5 @@
-"""The README's Python API and native-engine snippets run as written, on the real default models."""
+"""The docs' Python API and native-engine snippets (docs/python-api.md, docs/engine.md) and the CLI line of
+docs/cli.md run as written, on the real default models."""
 import pytest
 
 from test_readme_dropin import snippet
@@ -28,9 +29,9 @@ def test_cli_generate_line_runs_as_written(capsys):
 
     from args_engine.cli import main
 
-    block = re.search(r"## CLI\n\n```bash\n(.*?)```", (Path(__file__).resolve().parents[1] / "README.md").read_text(),
-                      re.S).group(1)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", page, re.S).group(1)  # the page's first command block
     line = next(ln for ln in block.splitlines() if ln.startswith("args-engine generate") and "--compare" in ln)
-    main(shlex.split(line.split("#")[0])[1:])  # the default models, exactly the README's arguments
+    main(shlex.split(line.split("#")[0])[1:])  # the default models, exactly the page's arguments
     out = capsys.readouterr().out
     assert "--- greedy (reward" in out and "--- ARGS k=10 w=1.5 greedy" in out

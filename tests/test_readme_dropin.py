@@ -1,5 +1,5 @@
-"""The README's Hugging Face and server snippets run as written, with tiny models in place of the directories
-and the server on a free port."""
+"""The docs' Hugging Face and server snippets (docs/hf.md, docs/server.md) run as written, with tiny models in
+place of the directories and the server on a free port. `snippet` is shared with test_readme_api.py."""
 import re
 from pathlib import Path
 
@@ -10,12 +10,16 @@ from args_engine.integrations.server import create_app
 from server_util import ServerThread
 from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+# Each tested snippet and the docs page it lives on (marked `<!-- snippet: NAME -->` above a ```python block).
+SNIPPET_PAGES = {"python-api": "docs/python-api.md", "native": "docs/engine.md", "hf": "docs/hf.md",
+                 "server": "docs/server.md"}
 
 
 def snippet(name: str) -> str:
-    match = re.search(rf"<!-- snippet: {name} -->\n```python\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README has no '{name}' snippet"
+    page = SNIPPET_PAGES[name]
+    match = re.search(rf"<!-- snippet: {name} -->\n```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+    assert match, f"{page} has no '{name}' snippet"
     return match.group(1)
 
 

@@ -3,7 +3,7 @@
     from args_engine.eval import evaluate, parse_methods, default_prompts
     results = evaluate(default_prompts()[:10], parse_methods("greedy,args-greedy:w=1.5"), out="out/")
 
-`args-engine eval` is the command-line front end (see README, "Evaluation"). Names load lazily, so
+`args-engine eval` is the command-line front end (see docs/evaluation.md). Names load lazily, so
 importing one submodule (e.g. the judge) does not import the rest."""
 import importlib
 

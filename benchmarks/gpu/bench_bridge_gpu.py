@@ -1,10 +1,10 @@
 """A reward model on another tokenizer, on a GPU: what the bridge's step costs next to a same-vocabulary RM.
 
 Random Llama-3.2-1B-shaped LM and RM in bf16 (the vocabulary of the tokenizers below), ARGS-greedy k = 10, EOS
-ignored, a ~550-LM-token prompt of English text (the README), B = 1 and 8, native engine, eager steps
+ignored, a ~550-LM-token prompt of English text (the README and docs/), B = 1 and 8, native engine, eager steps
 (the bridged step has no CUDA graphs; the same-vocabulary RM is also timed with graphs). Two byte-level BPE
-tokenizers are trained here on the README (the GPU machine has no model hub): the LM's, and the RM's with another
-vocabulary size, so the RM reads other tokens. Reports decode ms per step for
+tokenizers are trained here on the README and docs/ pages (the GPU machine has no model hub): the LM's, and the
+RM's with another vocabulary size, so the RM reads other tokens. Reports decode ms per step for
 
 - the same-vocabulary RM (its own trunk), eager and graph;
 - the same RM weights behind the bridge (engine/paged_bridge.py: its own paged pool in RM-token positions),
@@ -34,14 +34,19 @@ from bench_e2e_gpu import LLAMA_1B, TINY, build, timed  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from args_engine import ARGSEngine, ARGSParams  # noqa: E402
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def corpus() -> str:
+    """README.md and the docs/ pages: the English text the tokenizers train on and the prompt is cut from."""
+    return "\n\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 
 
 def bpe(vocab: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the README's paragraphs."""
+    """A byte-level BPE tokenizer trained on the corpus' paragraphs."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator(README.read_text().split("\n\n"), trainers.BpeTrainer(
+    tok.train_from_iterator(corpus().split("\n\n"), trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=["<s>", "</s>", "<pad>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
@@ -65,7 +70,7 @@ def main():
     def rm_on(vocab: int):
         return build(LlamaForSequenceClassification, dict(config, vocab_size=vocab), device, num_labels=1,
                      pad_token_id=0)
-    text = " ".join(README.read_text().split())
+    text = " ".join(corpus().split())
     ids = lm_tok(text)["input_ids"][:args.prompt_tokens]
     prompt = lm_tok.decode(ids)
     n, k, batches = args.new_tokens, 10, [int(b) for b in args.batches.split(",")]

@@ -139,8 +139,8 @@ def test_launches_per_step(benchmark, kernels):
 NEW_TOKENS = 128
 
 
-# the README's recommended repetition penalty with a presence penalty and the uncertainty gate (issue 24: with
-# them on, a step should cost within 10% of the plain one)
+# the recommended repetition penalty (docs/python-api.md) with a presence penalty and the uncertainty gate
+# (issue 24: with them on, a step should cost within 10% of the plain one)
 CONTROLS = {"plain": None, "controls": dict(repetition_penalty=1.2, presence_penalty=0.5, gate=0.9)}
 
 
