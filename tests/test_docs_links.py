@@ -7,9 +7,7 @@
   slug gets '-1', '-2', ... in order.
 - Links and headings inside fenced code blocks and inline code spans do not count. Absolute URLs (http:, https:,
   mailto:) are not checked.
-- PENDING_PAGES: pages another change is writing. A link to one passes while the file is missing; once the file
-  exists, its links and anchors are checked like any other page's. Remove an entry when its page is committed,
-  and list the page in README.md's "Where to read more" (every other docs page must be linked from there).
+- Every docs page is linked from README.md's "Where to read more".
 """
 import ast
 import re
@@ -18,7 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PENDING_PAGES = {"docs/architectures.md"}  # the per-architecture table (linked from docs/reward-models.md)
 
 FENCE = re.compile(r"^(```|~~~)")
 INLINE_CODE = re.compile(r"(`+)(.+?)\1")
@@ -82,9 +79,7 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
         dest = (path.parent / file_part).resolve() if file_part else path
         where = f"{path.relative_to(root)}:{n}: {target}"
         if not dest.exists():
-            rel = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else str(dest)
-            if rel not in PENDING_PAGES:
-                problems.append(f"{where} (no such file)")
+            problems.append(f"{where} (no such file)")
             continue
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             problems.append(f"{where} (no heading with slug '{anchor}' in {dest.name})")
@@ -105,8 +100,7 @@ def test_python_blocks_parse(page):
 
 def test_every_docs_page_is_linked_from_the_readme():
     readme = {(ROOT / t.partition("#")[0]).resolve() for _, t in links(ROOT / "README.md")}
-    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in readme
-               and p.relative_to(ROOT).as_posix() not in PENDING_PAGES]
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in readme]
     assert not missing, f"README.md does not link {missing}"
 
 
@@ -121,13 +115,3 @@ def test_checker_catches_broken_links(tmp_path):
         "[bad file](c.md) [bad anchor](b.md#nope) [bad local](#bottom)\n")
     problems = broken_links(page, root=tmp_path)
     assert [p.split(": ", 1)[1].split(" (")[0] for p in problems] == ["c.md", "b.md#nope", "#bottom"], problems
-
-
-def test_pending_page_exempt_only_while_missing(tmp_path):
-    (tmp_path / "docs").mkdir()
-    page = tmp_path / "docs" / "a.md"
-    page.write_text("[table](architectures.md) [row](architectures.md#llama)\n")
-    assert broken_links(page, root=tmp_path) == []  # missing: exempt
-    (tmp_path / "docs" / "architectures.md").write_text("# Architectures\n")
-    assert [p.split(": ", 1)[1].split(" (")[0] for p in broken_links(page, root=tmp_path)] == [
-        "architectures.md#llama"]  # present: checked like any page

@@ -91,20 +91,37 @@ class RMTextView:
         """RM token ids of whole texts (prefix + response text), one batched tokenizer call."""
         return self.rm_tok(texts, add_special_tokens=not self._template)["input_ids"]
 
-    def encode(self, prefix: str, responses: list[list[int]], device) -> dict[str, torch.Tensor]:
+    def encode(self, prefix: str, responses: list[list[int]], device,
+               template_specials: bool = False) -> dict[str, torch.Tensor]:
         """Encoder input for several responses: padded, truncated from the left to max_length."""
-        return self.encode_texts([prefix + self.response_text(r) for r in responses], device)
+        return self.encode_texts([prefix + self.response_text(r) for r in responses], device, template_specials)
 
-    def encode_texts(self, texts: list[str], device) -> dict[str, torch.Tensor]:
-        """Encoder input for whole texts: padded, truncated from the left to max_length."""
+    def encode_texts(self, texts: list[str], device, template_specials: bool = False) -> dict[str, torch.Tensor]:
+        """Encoder input for whole texts: padded (attention_mask 0 on the padding), truncated from the left to
+        max_length. An encoder's texts get the tokenizer's special tokens (e.g. [CLS] ... [SEP]) always;
+        template_specials (a RewardAdapter): as a decoder RM's, only where no chat template wrote them already."""
         side = getattr(self.rm_tok, "truncation_side", "right")
         self.rm_tok.truncation_side = "left"  # keep the newest text; the special tokens stay
+        pad = self.rm_tok.pad_token_id is not None  # a tokenizer without a pad token (Llama 3's): padded here
         try:
-            enc = self.rm_tok(texts, padding=True, truncation=self.max_length is not None,
-                              max_length=self.max_length, return_tensors="pt", add_special_tokens=True)
+            enc = self.rm_tok(texts, padding=pad, truncation=self.max_length is not None,
+                              max_length=self.max_length, add_special_tokens=not (template_specials and self._template),
+                              return_tensors="pt" if pad else None)
         finally:
             self.rm_tok.truncation_side = side
+        if not pad:
+            enc = _pad(enc["input_ids"], getattr(self.rm_tok, "padding_side", "right"))
         return {k: v.to(device) for k, v in enc.items()}
+
+
+def _pad(rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
+    """Token rows -> input_ids [n, T] (padding id 0) and attention_mask [n, T] (0 on the padding)."""
+    T = max(len(r) for r in rows)
+    ids, mask = torch.zeros(len(rows), T, dtype=torch.long), torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        at = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+        ids[i, at], mask[i, at] = torch.tensor(r, dtype=torch.long), 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def bridged_rewards(rm: RewardModel, view: RMTextView, prefix: str, response_ids: list[int], cands: list[int],
@@ -112,7 +129,7 @@ def bridged_rewards(rm: RewardModel, view: RMTextView, prefix: str, response_ids
     """The definition, from scratch: the reward of each candidate [n] (NaiveDecoder's RM call)."""
     responses = [response_ids + [c] for c in cands]
     if rm.is_encoder:
-        return rm.encoder_rewards(view.encode(prefix, responses, device), weights)
+        return rm.encoder_rewards(view.encode(prefix, responses, device, rm.is_adapter), weights)
     out = []
     for r in responses:
         ids = torch.tensor([view.ids(prefix, r)], device=device)
@@ -151,7 +168,8 @@ class BridgeScorer:
         counts = [len(cs) for cs in cands]
         if weights is not None:  # [sum n, N]: each candidate gets its row's weights
             weights = weights.repeat_interleave(torch.tensor(counts, device=weights.device), dim=0)
-        return list(self.rm.encoder_rewards(self.view.encode_texts(texts, device), weights).split(counts))
+        inputs = self.view.encode_texts(texts, device, self.rm.is_adapter)
+        return list(self.rm.encoder_rewards(inputs, weights).split(counts))
 
     def _score_cached(self, req: Request, cands: list[int], state: BridgeState, weights, device):
         cache, cached = state.cache, state.cached

@@ -49,7 +49,7 @@ def _score_encoder(rm: RewardModel, view: RMTextView, texts: list[str], batch_si
     device = next(rm.parameters()).device
     out = [0.0] * len(texts)
     for idx in _by_length([len(t) for t in texts], batch_size):
-        rewards = rm.encoder_rewards(view.encode_texts([texts[i] for i in idx], device))  # [b]
+        rewards = rm.encoder_rewards(view.encode_texts([texts[i] for i in idx], device, rm.is_adapter))  # [b]
         for i, r in zip(idx, rewards.double().tolist()):
             out[i] = r
     return out

@@ -129,13 +129,19 @@ def load_pair(lm, rm, device: str, dtype, rm_device: str | None = None, revision
 
 def context_length(config) -> int | None:
     """Positions a model can attend over. Sliding-window models count only their window: the decoders pass
-    full-attention masks, which equal the model's own attention only inside the window."""
+    full-attention masks, which equal the model's own attention only inside the window. RoBERTa-style encoders
+    number positions from padding_idx + 1, so that many fewer tokens fit than position embeddings."""
     limit = next((int(getattr(config, n)) for n in ("max_position_embeddings", "n_positions", "max_sequence_length")
                   if getattr(config, n, None)), None)
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True):
         limit = min(limit or window, int(window))
+    if limit and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1  # RoBERTa: 514 position embeddings, 512 tokens
     return limit
+
+
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta")  # encoders whose position ids start at padding_idx + 1
 
 
 @functools.cache
@@ -153,6 +159,23 @@ def _model_kwargs(model, kw: dict) -> dict:
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "distilbert", "electra")
 
 
+def _check_rm_object(model) -> None:
+    """A clear error for what RewardModel cannot take: a path or Hub id (a loader's job), or an object without a
+    transformers config (a scorer of one's own goes in a RewardAdapter)."""
+    if isinstance(model, (str, Path)):
+        raise TypeError(f"the reward model is {str(model)!r}, a path or Hub id: load it with "
+                        "ARGSEngine.from_pretrained(rm=...), or pass the loaded model")
+    if getattr(getattr(model, "config", None), "model_type", None) is None:
+        what = type(model).__name__
+        if callable(model):
+            raise TypeError(f"the reward model is a {what} without a transformers config: wrap a scorer that maps "
+                            "(input_ids, attention_mask) to one score per row in "
+                            "args_engine.models.rm_adapter.RewardAdapter(scorer, num_outputs=N) "
+                            "(docs/architectures.md)")
+        raise TypeError(f"unsupported reward model object {what}: pass a *ForSequenceClassification model, a "
+                        "RewardAdapter, or a RewardModel")
+
+
 class RewardModel(torch.nn.Module):
     """A sequence-classification RM split into its trunk and its head, so a reward can be read at any position
     (the candidates of a step) instead of only at the last non-pad token.
@@ -163,16 +186,25 @@ class RewardModel(torch.nn.Module):
 
     def __init__(self, model, weights=None, objective: int | None = None):
         super().__init__()
+        from .rm_adapter import RewardAdapter
+        _check_rm_object(model)
+        # A RewardAdapter (a scorer with head code of its own, ArmoRM-style) reads each candidate's whole text, as
+        # an encoder does: one score per text, no position-wise head for candidates to share a prefix cache.
+        self.is_adapter = isinstance(model, RewardAdapter)
         num_labels = getattr(model.config, "num_labels", None)
         # Decoder-only classifiers (Llama, GPT-2, OPT, Mistral, Qwen2, ...) put a `score` head on the last token:
         # a reward at any position, so candidates share the prefix cache. Encoder classifiers (BERT, RoBERTa,
         # DeBERTa-v2: a classifier on a pooled first token) read each candidate's whole text (decoding/bridge.py).
-        head = getattr(model, "score", None)
-        self.is_encoder = not isinstance(head, torch.nn.Linear)
-        if self.is_encoder and model.config.model_type not in ENCODER_TYPES:
+        head = None if self.is_adapter else getattr(model, "score", None)
+        self.is_encoder = self.is_adapter or not isinstance(head, torch.nn.Linear)
+        if self.is_encoder and not self.is_adapter and model.config.model_type not in ENCODER_TYPES:
             raise ValueError(f"{type(model).__name__} has no `score` head on the last token and is not an encoder "
-                             f"classifier ({', '.join(ENCODER_TYPES)}); use a *ForSequenceClassification model")
-        self.model, self.head, self.trunk = model, None if self.is_encoder else head, model.base_model
+                             f"classifier ({', '.join(ENCODER_TYPES)}); use a *ForSequenceClassification model, or, "
+                             "for a reward model with a head of its own (ArmoRM-style custom code), wrap it: "
+                             "args_engine.models.rm_adapter.RewardAdapter(model, output='score') "
+                             "(docs/architectures.md)")
+        self.model, self.head = model, None if self.is_encoder else head
+        self.trunk = None if self.is_adapter else model.base_model
         self.config = model.config
         self.num_objectives = num_labels if self.is_encoder else head.out_features
         if num_labels != self.num_objectives:
@@ -181,7 +213,8 @@ class RewardModel(torch.nn.Module):
 
     @classmethod
     def wrap(cls, rm, weights=None, objective: int | None = None) -> "RewardModel":
-        """rm: a *ForSequenceClassification model or a RewardModel (kept as is unless weights are given)."""
+        """rm: a *ForSequenceClassification model, a RewardAdapter (a scorer with head code of its own), or a
+        RewardModel (kept as is unless weights are given)."""
         if isinstance(rm, RewardModel):
             if weights is None and objective is None:
                 return rm
