@@ -367,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=lambda a: __import__("args_engine.eval.runner", fromlist=["merge_results"])
                    .merge_results(a.dirs, a.out))
 
+    le = sub.add_parser("lm-eval", add_help=False, prefix_chars="\0",
+                        help="run lm-evaluation-harness tasks on ARGS: lm-eval's own arguments, the model set to "
+                             "args-engine (e.g. --model_args lm=DIR,rm=DIR,k=10,w=1.5 --tasks hellaswag)")
+    le.add_argument("lm_eval_args", nargs="*", help="arguments for lm-eval's `run` (see `lm-eval run --help`)")
+    le.set_defaults(func=cmd_lm_eval)
+
     j = sub.add_parser("train-judge", help="train the evaluation judge (MiniLM + Bradley-Terry head, HH train split)")
     j.add_argument("--data", help="HH-RLHF jsonl(.gz) (default: ../shared/data/hh-rlhf/harmless-base.jsonl.gz)")
     j.add_argument("--out", default=str(JUDGE_ASSET), help="where to write the head (safetensors)")
@@ -375,6 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, help="use only the first N training pairs")
     j.set_defaults(func=cmd_train_judge)
     return parser
+
+
+def cmd_lm_eval(args) -> None:
+    """lm-eval's own CLI (`lm-eval run ...`) with --model args-engine (args_engine/integrations/lmeval.py)."""
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        from .integrations import lmeval  # noqa: F401  (registers the model under its name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"lm-eval needs lm-evaluation-harness: pip install 'args-engine[lm-eval]' ({e})") from e
+    rest = list(args.lm_eval_args)
+    if rest[:1] == ["run"]:
+        rest = rest[1:]
+    if "--model" not in rest and "-M" not in rest:
+        rest = ["--model", lmeval.NAME, *rest]
+    sys.argv = ["lm-eval", "run", *rest]
+    cli_evaluate()
 
 
 def _log_to_stderr() -> None:

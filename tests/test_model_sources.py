@@ -123,3 +123,13 @@ def test_local_sources_refuse_a_revision_and_name_a_missing_folder(tmp_path):
         load_pair(str(folder), None, "cpu", "float32", revision="v1")
     with pytest.raises(FileNotFoundError, match="LM directory not found: .*missing"):
         load_pair(str(tmp_path / "missing"), None, "cpu", "float32")
+
+
+def test_tokenizers_given_to_from_pretrained_win(tmp_path):
+    """tokenizer= and rm_tokenizer= beside loaded models (rm_tokenizer= used to raise 'multiple values')."""
+    lm = saved(tiny_lm(dtype=torch.float32), tmp_path / "lm")
+    rm = saved(tiny_rm(dtype=torch.float32), tmp_path / "rm")
+    tok, rm_tok = char_tokenizer(), char_tokenizer()
+    engine = ARGSEngine.from_pretrained(lm=str(lm), rm=str(rm), tokenizer=tok, rm_tokenizer=rm_tok)
+    assert engine.tokenizer is tok
+    assert engine.generate(["Hello there"], PARAMS, progress=False)[0].token_ids

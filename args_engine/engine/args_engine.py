@@ -111,11 +111,11 @@ class ARGSEngine:
         the same). On two devices the native engine keeps each model's cache on its own device and runs the RM's
         candidate forward there; only the top-k crosses over."""
         dtype = resolve_dtype(dtype)
-        tokenizer = kw.pop("tokenizer", None)
-        lm_model, lm_tokenizer, rm_model, rm_tokenizer = load_pair(lm, rm, device, dtype, rm_device, revision,
-                                                                   rm_revision, trust_remote_code)
-        return cls(lm_model, rm_model, tokenizer=tokenizer or lm_tokenizer, rm_tokenizer=rm_tokenizer,
-                   backend=backend, raw=raw, **kw)
+        tokenizer, rm_tokenizer = kw.pop("tokenizer", None), kw.pop("rm_tokenizer", None)  # given: they win
+        lm_model, lm_tokenizer, rm_model, rm_loaded_tokenizer = load_pair(lm, rm, device, dtype, rm_device, revision,
+                                                                          rm_revision, trust_remote_code)
+        return cls(lm_model, rm_model, tokenizer=tokenizer or lm_tokenizer,
+                   rm_tokenizer=rm_tokenizer or rm_loaded_tokenizer, backend=backend, raw=raw, **kw)
 
     def make_request(self, prompt: Prompt, params: ARGSParams) -> Request:
         params.validate(vocab_size=self.vocab_size)
