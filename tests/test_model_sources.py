@@ -133,3 +133,23 @@ def test_tokenizers_given_to_from_pretrained_win(tmp_path):
     engine = ARGSEngine.from_pretrained(lm=str(lm), rm=str(rm), tokenizer=tok, rm_tokenizer=rm_tok)
     assert engine.tokenizer is tok
     assert engine.generate(["Hello there"], PARAMS, progress=False)[0].token_ids
+
+
+def test_hf_hook_takes_the_rm_by_id_offline(hub):
+    """model.generate(custom_generate=args_engine.hf.generate, reward_model="org/tiny-rm"): loaded from the hub's
+    cache once (the same engine serves the next call), tokens as with the loaded RM."""
+    code = ("import json, torch, args_engine.hf\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "lm = AutoModelForCausalLM.from_pretrained('org/tiny-lm'); tok = AutoTokenizer.from_pretrained('org/tiny-lm')\n"
+            "x = tok(['Hello there'], return_tensors='pt')\n"
+            "kw = dict(custom_generate=args_engine.hf.generate, reward_model='org/tiny-rm', args_k=3, args_w=1.0,\n"
+            "          max_new_tokens=5, do_sample=False)\n"
+            "a = lm.generate(**x, **kw); engine = lm._args_engine[2]; b = lm.generate(**x, **kw)\n"
+            "print(json.dumps([a[0].tolist(), lm._args_engine[2] is engine, b[0].tolist()]))\n")
+    run = offline(hub, code)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ids, same_engine, again = json.loads(run.stdout.strip().splitlines()[-1])
+    assert same_engine and ids == again
+    engine = ARGSEngine.from_pretrained(lm=str(hub["work"] / "lm"), rm=str(hub["work"] / "rm"), raw=True)
+    want = engine.generate(["Hello there"], PARAMS, progress=False)[0].token_ids
+    assert ids[-len(want):] == want

@@ -12,27 +12,37 @@
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import DynamicCache, LogitsProcessor
 
 from ..decoding.common import topk_logprobs
 from ..decoding.masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows
-from ..models.hf import RewardModel
+from ..models.hf import RewardModel, load_rm
 from ..params import ARGSParams
 
 
 def _engine(model, reward_model, backend: str, batch_size: int, eos_ids: set[int], rm_weights=None,
-            tokenizer=None, rm_tokenizer=None):
+            tokenizer=None, rm_tokenizer=None, rm_revision=None, trust_remote_code=False):
     """The ARGSEngine for these settings, kept on the LM so repeated calls reuse it: one slot, replaced (cache and
-    all) when a call asks for other settings, so engines never pile up."""
+    all) when a call asks for other settings, so engines never pile up. reward_model: a loaded model, or a local
+    directory / Hub id, loaded once on the LM's device and dtype (with its tokenizer)."""
     from ..engine import ARGSEngine
 
-    key = (id(reward_model), backend, batch_size, frozenset(eos_ids), None if rm_weights is None else tuple(rm_weights),
+    source = isinstance(reward_model, (str, os.PathLike))
+    rm_id = (str(reward_model), rm_revision) if source else id(reward_model)
+    key = (rm_id, backend, batch_size, frozenset(eos_ids), None if rm_weights is None else tuple(rm_weights),
            id(tokenizer), id(rm_tokenizer))
     slot = model.__dict__.get("_args_engine")
-    if slot is None or slot[0] != key or slot[1] is not reward_model:
+    if slot is None or slot[0] != key or (not source and slot[1] is not reward_model):
         model.__dict__["_args_engine"] = None  # drop the old engine (and its KV cache) before building the next
-        slot = (key, reward_model, ARGSEngine(model, reward_model, tokenizer=tokenizer, rm_tokenizer=rm_tokenizer,
+        rm = reward_model
+        if source:
+            rm, loaded_tokenizer = load_rm(str(reward_model), str(model.device), model.dtype, rm_revision,
+                                           trust_remote_code)
+            rm_tokenizer = rm_tokenizer or loaded_tokenizer
+        slot = (key, reward_model, ARGSEngine(model, rm, tokenizer=tokenizer, rm_tokenizer=rm_tokenizer,
                                               backend=backend, batch_size=batch_size, eos_ids=eos_ids or None,
                                               rm_weights=rm_weights))
         model.__dict__["_args_engine"] = slot
@@ -61,14 +71,17 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
              args_backend: str = "auto", args_batch_size: int | None = None, args_presence_penalty: float = 0.0,
              args_frequency_penalty: float = 0.0, args_logit_bias: dict[int, float] | None = None,
              args_gate: float | None = None, args_rm_weights: list[float] | None = None, args_tokenizer=None,
-             args_rm_tokenizer=None, **model_kwargs):
+             args_rm_tokenizer=None, args_rm_revision: str | None = None, args_trust_remote_code: bool = False,
+             **model_kwargs):
     """A `custom_generate` callable: `model.generate(**inputs, custom_generate=generate, reward_model=rm, ...)`.
 
     input_ids [B, P] (left padding marked by `attention_mask`) -> LongTensor [B, P + n] with n the longest
     response; rows that stopped early are padded with the pad token after their EOS, as `generate` does.
     `generation_config.return_dict_in_generate` gives a GenerateDecoderOnlyOutput with `sequences` only.
 
-    reward_model: a decoder-only *ForSequenceClassification model or a RewardModel.
+    reward_model: a *ForSequenceClassification model, a RewardModel, or a local directory or Hugging Face model
+    id (loaded once on the LM's device and dtype, with the hub's cache and offline rules; args_rm_revision: its
+    branch, tag or commit; args_trust_remote_code: run its repository's code, never implied).
     args_k, args_w: ARGS candidates and reward weight. args_mode: "greedy" or "stochastic" (default: stochastic
     when `do_sample=True`, with the config's temperature). args_seed: sampling seed of the first row (row b
     uses args_seed + b, so num_return_sequences > 1 gives distinct samples). args_backend: ARGSEngine backend.
@@ -104,7 +117,7 @@ def generate(model, input_ids: torch.LongTensor, logits_processor=None, stopping
               for b in range(B)]
     eos = set(_ids_list(cfg.eos_token_id))
     engine = _engine(model, reward_model, args_backend, args_batch_size or 16, eos, args_rm_weights, args_tokenizer,
-                     args_rm_tokenizer)
+                     args_rm_tokenizer, args_rm_revision, args_trust_remote_code)
     eos = engine.eos_ids
 
     mask = model_kwargs.get("attention_mask")  # [B, P] or None (generate drops an all-ones mask)
