@@ -11,40 +11,20 @@ from __future__ import annotations
 import math
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
-from ..decoding.common import GenerationOutput, Request, append_token, finish_output
+from ..decoding.common import Request
 from ..models.hf import RewardModel
 from ..models.paged_ops import triton_available
 from .block_manager import BlockManager
 from .model_runner import ModelRunner, cache_bytes_per_block
+from .output_processor import OutputProcessor, TokenEvent  # noqa: F401  (TokenEvent: part of this module's API)
 from .rm_block_manager import RMBlockManager
 from .scheduler import Scheduler
 from .sequence import Sequence, Status
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenEvent:
-    """One chosen token of one request. `text` is the new text since the previous event (held back while a
-    multi-byte character is incomplete or it may begin a stop string); `output` is set on the request's last
-    event."""
-
-    request_id: int
-    token_id: int | None  # None: the request scored its prompt and decodes nothing (max_new_tokens 0)
-    reward: float | None
-    text: str
-    finish_reason: str | None = None
-    output: GenerationOutput | None = None
-    logprob: float | None = None  # with params.logprobs: the LM's log p of this token
-    top_logprobs: list[tuple[int, float]] | None = None  # and its params.logprobs likeliest tokens
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class LLMEngine:
@@ -94,9 +74,9 @@ class LLMEngine:
             paged_bridge.blocks, paged_bridge.max_tokens = self.rm_bm, token_budget
         self.scheduler = Scheduler(self.bm, max_num_seqs, token_budget, self.rm_bm)
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.outputs = OutputProcessor(tokenizer, eos_ids)
         self.cache_bytes_per_block = per_block
         self.seqs: dict[int, Sequence] = {}
-        self._sent: dict[int, int] = {}  # chars of text already streamed per request
         self.failed_request_ids: list[int] = []  # the requests in the last step that raised
 
     @property
@@ -113,7 +93,7 @@ class LLMEngine:
         if seq.seq_id in self.seqs:
             raise ValueError(f"request id {seq.seq_id} is already in use")
         self.seqs[seq.seq_id] = seq
-        self._sent[seq.seq_id] = 0
+        self.outputs.add(seq.seq_id)
         self.scheduler.add(seq)
         return seq.seq_id
 
@@ -132,7 +112,7 @@ class LLMEngine:
     def abort(self, request_id: int) -> None:
         """Drop a request (finished or not) and free its blocks at once."""
         seq = self.seqs.pop(request_id, None)
-        self._sent.pop(request_id, None)
+        self.outputs.drop(request_id)
         if seq is not None and seq.status is not Status.FINISHED:
             seq.req.finish_reason = seq.req.finish_reason or "abort"
             self.scheduler.finish(seq)
@@ -199,39 +179,24 @@ class LLMEngine:
                 seq.req.prompt_logprobs, seq.req.prompt_top_logprobs = result.prompt_logprobs[seq.seq_id]
         events = []
         for seq in batch.scored_only:  # max_new_tokens 0: the prompt is scored, nothing is decoded
-            seq.req.finish_reason = "length"
-            self.scheduler.finish(seq)
-            events.append(self._event(seq, None, None))
+            events.append(self.outputs.scored(seq))
+            self._finish(seq)
         for i, (seq, tok, r) in enumerate(zip(batch.ready, result.tokens, result.rewards)):
             seq.rm_cached += 1
             seq.token_ids.append(tok)
             self.bm.commit(seq, [tok])
-            lp = result.logprobs[i] if result.logprobs is not None else None
-            if lp is not None:
-                seq.req.logprobs.append(lp[0])
-                seq.req.top_logprobs.append(lp[1])
-            append_token(seq.req, tok, r, self.tokenizer, self.eos_ids)
+            events.append(self.outputs.token(seq, tok, r, result.logprobs[i] if result.logprobs is not None
+                                             else None))
             if seq.req.finished:
-                self.scheduler.finish(seq)
-                seq.next_logits = None
-            events.append(self._event(seq, tok, r, lp))
+                self._finish(seq)
         return events
 
-    def _event(self, seq: Sequence, token: int | None, reward: float | None, logprobs=None) -> TokenEvent:
-        req, text = seq.req, ""
-        output = finish_output(req, None, self.tokenizer) if req.finished else None
-        if self.tokenizer is not None:
-            full = output.text if output is not None else req.detok.text
-            sent = self._sent[seq.seq_id]
-            end = len(full) if output is not None else len(full) - _holdback(full, req.params.stop)
-            if end > sent:
-                text, self._sent[seq.seq_id] = full[sent:end], end
-        event = TokenEvent(seq.seq_id, token, reward, text, req.finish_reason, output,
-                           *(logprobs if logprobs is not None else ()))
-        if output is not None:
-            self.seqs.pop(seq.seq_id, None)
-            self._sent.pop(seq.seq_id, None)
-        return event
+    def _finish(self, seq: Sequence) -> None:
+        """Its response is complete: its blocks go back at once."""
+        self.scheduler.finish(seq)
+        seq.next_logits = None
+        self.seqs.pop(seq.seq_id, None)
+
 
     def run(self, reqs: list[Request], on_step=None) -> None:
         """Decode `reqs` to completion (the batch interface the other decoders share)."""
@@ -245,14 +210,6 @@ class LLMEngine:
         finally:  # on an error (or Ctrl-C) nothing stays queued or holds blocks
             for rid in ids:
                 self.abort(rid)
-
-
-def _holdback(text: str, stop) -> int:
-    """Trailing characters not to stream yet: what may begin a stop string."""
-    for n in range(min(len(text), max((len(s) for s in stop or ()), default=0)), 0, -1):
-        if any(s.startswith(text[-n:]) for s in stop):
-            return n
-    return 0
 
 
 CPU_CACHE_BUDGET_GB = 1.0  # default cap on CPU: host memory is shared with everything else on the machine

@@ -33,7 +33,6 @@ import torch
 from ..decoding.bridge import BridgeScorer, BridgeState
 from ..decoding.common import gated, logprob_columns, logprob_lists, select_candidates, selection_arrays
 from ..decoding.logit_controls import apply_controls, control_arrays
-from ..kernels.refs import topk_logprobs_ref
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
