@@ -13,7 +13,7 @@ from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 ROOT = Path(__file__).resolve().parents[1]
 # Each tested snippet and the docs page it lives on (marked `<!-- snippet: NAME -->` above a ```python block).
 SNIPPET_PAGES = {"python-api": "docs/python-api.md", "native": "docs/engine.md", "hf": "docs/hf.md",
-                 "server": "docs/server.md"}
+                 "server": "docs/server.md", "reward-models": "docs/reward-models.md"}
 
 
 def snippet(name: str) -> str:
