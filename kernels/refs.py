@@ -12,17 +12,28 @@ def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
 _LOW32 = (1 << 32) - 1
 
 
-def topk_logprobs_ref(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nan_as_neg_inf(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # one pass
+
+
+def log_probs_ref(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> log p [B, V]: log_softmax in the accumulator dtype, a NaN logit counting as -inf."""
+    return torch.log_softmax(_nan_as_neg_inf(logits.to(acc_dtype(logits.dtype))), dim=-1)
+
+
+def topk_logprobs_ref(logits: torch.Tensor, k: int, logp: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, V] -> (log p of the top-k tokens [B, k], their ids [B, k]): log_softmax in the accumulator dtype
     (NaN counts as -inf), highest first, ties broken by the LOWER token id, the kernel's rule. Every path picks
     candidates this way, so a row's candidates (and its first j of them) depend on neither its neighbours' k nor
     the backend; torch.topk alone promises no order among equal values and picks different tied sets for
-    different k."""
-    x = logits.to(acc_dtype(logits.dtype))
-    logp = torch.log_softmax(x.masked_fill(x.isnan(), float("-inf")), dim=-1)  # [B, V]
+    different k. logp: log_probs_ref(logits), when the caller has it already."""
+    logp = log_probs_ref(logits) if logp is None else logp  # [B, V]
+    if k == 0:
+        return logp[:, :0], torch.zeros(logp.shape[0], 0, dtype=torch.int64, device=logp.device)
     # ordered by a key in which NaN log p (a row of only -inf logits, or a +inf logit) counts as -inf, so such a
     # row takes its lowest ids on every path
-    key = logp.masked_fill(logp.isnan(), float("-inf"))
+    key = _nan_as_neg_inf(logp)
     V = logp.shape[-1]
     if logp.is_cuda:  # no host sync on a device
         ids = _topk_lower_id(key, k)[1]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..kernels.refs import args_choose, args_scores
+from ..kernels.refs import args_choose, args_scores, log_probs_ref
 from ..kernels.refs import topk_logprobs_ref as topk_logprobs  # noqa: F401  (the one torch top-k, re-exported)
 from ..params import ARGSParams
 from .detokenize import IncrementalText
@@ -140,10 +140,10 @@ def select_candidates(logp: torch.Tensor, rewards: torch.Tensor, reqs: list[Requ
 
 def logprob_columns(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The LM's own (uncontrolled) log p of the chosen tokens [B, 1], and its n likeliest tokens' ids and log p
-    [B, n] each, most likely first, as float64 columns for the step's one read."""
-    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [B, V]
+    [B, n] each, most likely first, as float64 columns for the step's one read. One log_softmax for both."""
+    logp = log_probs_ref(logits)  # [B, V]
     chosen = logp.gather(1, tokens.view(-1, 1))  # [B, 1]
-    top_lp, top_ids = topk_logprobs(logits, n)  # [B, n], ties by the lower id as the candidates
+    top_lp, top_ids = topk_logprobs(logits, n, logp=logp)  # [B, n], ties by the lower id as the candidates
     return [chosen.double(), top_ids.double(), top_lp.double()]
 
 
