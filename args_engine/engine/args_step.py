@@ -89,7 +89,7 @@ class ArgsStep:
                                                           self.kv[0], self.kv[1], rm_slots)
             out = {"tokens": tokens, "rewards": chosen, "k": k}
             if self.lm_head is not None:
-                cell = torch.arange(B, device=dev) * kmax + choice  # [B]
+                cell = choice + torch.arange(0, B * kmax, kmax, device=dev)  # [B]: b * kmax + choice_b
                 if scored is not None:  # where each cell's hidden state sits among the N scored
                     where = torch.zeros(B * kmax, dtype=torch.int64, device=dev)
                     where.index_copy_(0, scored, torch.arange(len(scored), device=dev))
