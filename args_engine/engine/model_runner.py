@@ -357,6 +357,7 @@ class ModelRunner:
         return rows, gate, n_top
 
     def _unpack_rows(self, seqs: list[Sequence], host: list[list[float]], gate, n_top, result: StepResult) -> None:
+        """The ready rows' part of the read (rows as _choose laid them out) -> result's tokens, rewards, log-probs."""
         result.tokens = [int(r[0]) for r in host]
         result.rewards = [r[1] for r in host]
         if self.bridge is None:  # the RM tokens each row's choice needed: k, or 1 where the gate took the top one
