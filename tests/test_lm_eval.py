@@ -1,21 +1,28 @@
 """lm-evaluation-harness, both ways: the engine in process (`--model args-engine`) and the server through
 lm-eval's own OpenAI clients (local-completions with token ids and with text, local-chat-completions). Oracle:
 lm-eval's `hf` backend on the same model and tokenizer. Local tasks written here (json data, no download)."""
+import json
 import os
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the tasks' data are local files; nothing to download
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+import torch
 
-import json  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install .[lm-eval])")
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.api.registry import get_model  # noqa: E402
-from lm_eval.models.huggingface import HFLM  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
+# The tasks' data are local files: `datasets` (imported by lm_eval, reading this at import) stays offline. The
+# environment is restored after the imports, so the rest of the session sees it as it was.
+_ENV = {name: os.environ.get(name) for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+try:
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install .[lm-eval])")
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+finally:
+    for _name, _value in _ENV.items():
+        if _value is None:
+            os.environ.pop(_name, None)
+        else:
+            os.environ[_name] = _value
 
 from args_engine import ARGSEngine, ARGSParams  # noqa: E402
 from args_engine.integrations.lmeval import ARGSEvalLM  # noqa: E402

@@ -329,7 +329,7 @@ def test_requests_that_finish_in_a_failed_step_are_answered():
     e = engine()
     llm = e.decoder
     loop = EngineLoop(llm)
-    event, calls = llm._event, {"n": 0}
+    event, calls = llm.outputs._event, {"n": 0}
 
     def second_event_fails(*args):
         calls["n"] += 1
@@ -337,7 +337,7 @@ def test_requests_that_finish_in_a_failed_step_are_answered():
             raise RuntimeError("lost in the middle")
         return event(*args)
 
-    llm._event = second_event_fails
+    llm.outputs._event = second_event_fails
 
     async def main():
         ids, events = await loop.add([e.make_request(p, ARGSParams(k=3, max_new_tokens=1)) for p in ("Hi", "Yo")])

@@ -73,11 +73,20 @@ class LLMEngine:
             self.rm_bm = RMBlockManager(bridge.view, rm_num_blocks, block_size, enable_prefix_caching)
             paged_bridge.blocks, paged_bridge.max_tokens = self.rm_bm, token_budget
         self.scheduler = Scheduler(self.bm, max_num_seqs, token_budget, self.rm_bm)
-        self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.tokenizer = tokenizer
         self.outputs = OutputProcessor(tokenizer, eos_ids)
         self.cache_bytes_per_block = per_block
         self.seqs: dict[int, Sequence] = {}
         self.failed_request_ids: list[int] = []  # the requests in the last step that raised
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """The tokens that end a response (the output processor's; settable)."""
+        return self.outputs.eos_ids
+
+    @eos_ids.setter
+    def eos_ids(self, ids: set[int]) -> None:
+        self.outputs.eos_ids = ids
 
     @property
     def num_blocks(self) -> int:
