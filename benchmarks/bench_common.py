@@ -44,3 +44,20 @@ def write_result(result: dict, name: str, out: str | None = None) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def bar_chart(path: Path, labels: list[str], values: list[float], ylabel: str, title: str,
+              color="#4C72B0") -> None:
+    """One bar per label, saved as a PNG at `path` (matplotlib, headless)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(labels, values, color=color)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")

@@ -34,7 +34,7 @@ from args_engine.integrations.server import create_app  # noqa: E402
 from args_engine.integrations.server_config import ServerConfig  # noqa: E402
 from args_engine.integrations.server_thread import ServerThread  # noqa: E402
 from args_engine.reward.data import data_provenance, load_pairs, split_pairs  # noqa: E402
-from bench_common import machine_name, write_result  # noqa: E402
+from bench_common import bar_chart, machine_name, write_result  # noqa: E402
 
 TASK = "args_hh_preference_mc"
 
@@ -106,17 +106,8 @@ def main() -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3))
-    names = list(results)
-    ax.bar(names, [results[n]["wall_s"] for n in names], color=["#888", "#2a7", "#27a"])
-    ax.set_ylabel("wall time (s)")
-    ax.set_title("lm-eval multiple choice, same task and models")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    bar_chart(path, list(results), [r["wall_s"] for r in results.values()], "wall time (s)",
+              "lm-eval multiple choice, same task and models", color=["#888", "#2a7", "#27a"])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine_name, write_result  # noqa: E402
+from bench_common import bar_chart, machine_name, write_result  # noqa: E402
 
 from load_test import PROMPTS  # noqa: E402
 
@@ -90,18 +90,8 @@ def main() -> None:
 
 
 def _plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    labels = [f"{r['replicas']} x {r['cpus_per_replica']:g} CPU" for r in runs]
-    ax.bar(labels, [r["tokens_per_s"] for r in runs], color="#4C72B0")
-    ax.set_ylabel("tokens / s (all clients)")
-    ax.set_title("ARGS on Ray Serve: replicas x CPUs each")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    bar_chart(path, [f"{r['replicas']} x {r['cpus_per_replica']:g} CPU" for r in runs],
+              [r["tokens_per_s"] for r in runs], "tokens / s (all clients)", "ARGS on Ray Serve: replicas x CPUs each")
 
 
 if __name__ == "__main__":
