@@ -29,6 +29,11 @@ from ..models.llama import PagedLlama
 from ..models.paged_ops import PagedOps
 
 
+def on_device(device: torch.device):
+    """Kernels launch on the current CUDA device: make it `device` (the RM's, for the RM's work)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def scored_cells(k: np.ndarray, kmax: int, pad_to: int | None = None) -> np.ndarray | None:
     """Host: the grid cells b * kmax + j (j < k[b]) of the candidates the RM reads, [N] int64, or None when the
     RM reads the whole grid. pad_to (static shapes): N padded to this count with the first unscored cells,
@@ -59,10 +64,6 @@ class ArgsStep:
         self.compact_gate = compact_gate
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _rm_side(self):
-        """Kernels launch on the current CUDA device: make it the RM's for the RM's work."""
-        return torch.cuda.device(self.rm.device) if self.rm.device.type == "cuda" else contextlib.nullcontext()
-
     def __call__(self, kmax: int, logits, tables, pos, rm_slots, k, w, temp, gumbel=None, rm_w=None, gate=None,
                  scored=None) -> dict[str, torch.Tensor]:
         """logits [B, V] (controlled, on the LM's device); tables [B, W], pos, rm_slots [B]; k [B] int32; w, temp
@@ -74,7 +75,7 @@ class ArgsStep:
         dev = self.rm.device
         logp, cand = logp.to(dev), cand.to(dev)  # the rest is the RM's work
         B = cand.shape[0]
-        with self._rm_side():
+        with on_device(self.rm.device):
             if gate is not None:
                 k = torch.where(logp[:, 0].double() >= gate, 1, k)  # [B]: the gate takes the top token alone
                 if self.compact_gate:  # a CPU RM: re-list the cells (no transfer), skip the gated rows' others

@@ -23,7 +23,6 @@ bucket in fixed buffers (the CUDA-graph code, runnable and tested on CPU); "grap
 step once per bucket and replays it."""
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ from ..decoding.logit_controls import apply_controls, control_arrays
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
-from .args_step import ArgsStep, cells_bucket, scored_cells
+from .args_step import ArgsStep, cells_bucket, on_device, scored_cells
 from .cuda_graphs import StepGraphs, batch_bucket
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
@@ -148,10 +147,6 @@ class ModelRunner:
     def split(self) -> bool:
         """LM and RM on different devices."""
         return self.rm_device != self.device
-
-    def _rm_side(self):
-        """Kernels launch on the current CUDA device: make it the RM's for the RM's work."""
-        return torch.cuda.device(self.rm_device) if self.rm_device.type == "cuda" else contextlib.nullcontext()
 
     @property
     def models(self) -> list[PagedLlama]:
@@ -310,19 +305,20 @@ class ModelRunner:
         flat = ([rows.flatten()] if rows is not None else []) + \
             [p.flatten().to(dev) for s in scored for p, _ in s.prompt_lp_parts]
         host = self.read(torch.cat(flat) if len(flat) > 1 else flat[0]) if flat else []  # none: 1-token prompts
-        result = StepResult([], [], None)
+        result, at = StepResult([], [], None), 0  # at: where the next rows start in `host`
+
+        def take(m: int, C: int) -> list[list[float]]:
+            nonlocal at
+            out, at = [host[at + i * C:at + (i + 1) * C] for i in range(m)], at + m * C
+            return out
         if rows is not None:
-            B, C = rows.shape
-            self._unpack_rows(batch.ready, [host[i * C:(i + 1) * C] for i in range(B)], gate, n_top, result)
-            host = host[B * C:]
+            self._unpack_rows(batch.ready, take(*rows.shape), gate, n_top, result)
         for s in scored:
             lps, tops = [None], [None]  # the first prompt token has no log p
             for part, width in s.prompt_lp_parts:
-                m, C = part.shape
-                lp, top = logprob_lists([host[i * C:(i + 1) * C] for i in range(m)], s.params.prompt_logprobs, width)
+                lp, top = logprob_lists(take(*part.shape), s.params.prompt_logprobs, width)
                 lps += lp
                 tops += top
-                host = host[m * C:]
             s.prompt_lp_parts = []
             result.prompt_logprobs[s.seq_id] = (lps, tops)
         return result
@@ -387,7 +383,7 @@ class ModelRunner:
                                                                         t["pf_starts"])
         h_lm = self.lm.forward_chunks(*chunk_inputs(batch.t), self.lm_kv)  # [N, H]
         if self.rm is not self.lm:
-            with self._rm_side():
+            with on_device(self.rm_device):
                 self.rm.forward_chunks(*chunk_inputs(batch.rt), self.rm_kv)
         if batch.prompt_lp:  # the prompt tokens' log p, for the rows that asked only
             cols = torch.cat(logprob_columns(self.lm_head(h_lm[batch.t["pl_rows"]]), batch.t["pl_next"],
