@@ -143,7 +143,8 @@ def _rm_options(args) -> dict:
 def _add_model_options(parser) -> None:
     m = parser.add_argument_group("models: a local directory or a Hugging Face model id (HF_HUB_OFFLINE=1: the cache)")
     m.add_argument("--lm", help="the causal LM (default: SmolLM2-135M-Instruct, embedded)")
-    m.add_argument("--rm", help="the reward model (default: the project's trained RM on the LM's trunk)")
+    m.add_argument("--rm", help="the reward model, or a head file (.safetensors from train-rm) to put on the LM's own trunk "
+                        "(default: the project's trained head on the LM's trunk)")
     m.add_argument("--revision", help="the LM id's branch, tag or commit (default: main)")
     m.add_argument("--rm-revision", help="the RM id's branch, tag or commit (default: main)")
     m.add_argument("--trust-remote-code", action="store_true",
@@ -204,8 +205,15 @@ def cmd_serve(args) -> None:
 
 
 def cmd_train_rm(args) -> None:
-    from .reward.fit import train_reward_model
+    from .reward.fit import train_prefix_head, train_reward_model
 
+    if args.prefix:
+        if args.tune_layers:
+            raise ValueError("--prefix trains a head on the frozen trunk: it does not take --tune-layers")
+        report = train_prefix_head(lm_dir=args.lm, data_path=args.data, out=args.out, max_len=args.max_len,
+                                   seed=args.seed, limit=args.limit, positions=args.positions, baseline=args.baseline)
+        print(json.dumps({k: v for k, v in report.items() if k != "cv"}, indent=2))
+        return
     report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out, tune_layers=args.tune_layers,
                                 max_len=args.max_len, seed=args.seed, limit=args.limit, l2=args.l2,
                                 epochs=args.epochs, rank=args.rank, lr=args.lr)
@@ -340,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--rank", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--prefix", action="store_true",
+                   help="prefix-aware head: also trained on chosen vs rejected reply prefixes at matched lengths, "
+                        "as ARGS asks the RM about half-written replies (weights by 5-fold CV on train)")
+    t.add_argument("--positions", type=int, default=8, help="--prefix: matched prefix lengths per pair")
+    t.add_argument("--baseline", help="--prefix: a head file (.safetensors) to report beside the new head, by reply "
+                                      "fraction (e.g. the default head)")
     t.set_defaults(func=cmd_train_rm)
 
     from .eval.methods import DEFAULT_METHODS

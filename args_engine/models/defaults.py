@@ -135,16 +135,24 @@ def default_rm_dir() -> Path:
     return out
 
 
-def default_reward_model(lm) -> torch.nn.Module | None:
-    """The default RM built on the already loaded default LM: the RM uses the LM's trunk module (one copy of
-    the weights in memory) under the committed head. None when the asset also tunes trunk layers (LoRA):
-    then the RM needs a trunk of its own (default_rm_dir)."""
+def default_reward_model(lm, head: str | Path = DEFAULT_RM_ASSET) -> torch.nn.Module | None:
+    """A reward model made of the already loaded LM's trunk module (one copy of the weights in memory) under a
+    trained head file (default: the committed default head; `args-engine train-rm --out` writes others). None
+    when the file also tunes trunk layers (LoRA): then the RM needs a trunk of its own (default_rm_dir)."""
     from safetensors.torch import load_file
     from transformers import LlamaForSequenceClassification
 
-    asset = load_file(str(DEFAULT_RM_ASSET))
+    if lm.config.model_type != "llama":
+        raise ValueError(f"reward head {head}: a head file goes on a Llama-family trunk (what train-rm trains on); "
+                         f"this LM is {lm.config.model_type!r}")
+    asset = load_file(str(head))
     if any(".lora_" in name for name in asset):
         return None
+    weight = asset.get("score.weight")
+    if weight is None or weight.dim() != 2 or weight.shape[1] != lm.config.hidden_size:
+        shape = None if weight is None else tuple(weight.shape)
+        raise ValueError(f"reward head {head}: needs score.weight of shape [1, {lm.config.hidden_size}] (the LM's "
+                         f"hidden size), has {shape}; a head fits the trunk it was trained on")
     fields = {k: v for k, v in lm.config.to_dict().items() if k not in ("id2label", "label2id")}
     config = type(lm.config).from_dict({**fields, "num_labels": 1, "architectures": ["LlamaForSequenceClassification"]})
     with torch.device("meta"):
@@ -153,6 +161,15 @@ def default_reward_model(lm) -> torch.nn.Module | None:
     rm.score = torch.nn.Linear(config.hidden_size, 1, bias=False, dtype=lm.dtype, device=lm.device)
     apply_reward_asset(rm, asset)
     return rm.eval()
+
+
+def is_head_file(source) -> bool:
+    """A reward head file (`train-rm --out`), to be put on the LM's own trunk, rather than a whole RM."""
+    if not (isinstance(source, (str, Path)) and str(source).endswith(".safetensors")):
+        return False
+    if not Path(source).expanduser().is_file():
+        raise FileNotFoundError(f"reward head file not found: {Path(source).expanduser().absolute()}")
+    return True
 
 
 def reward_model_on_trunk(lm_dir) -> torch.nn.Module:

@@ -33,16 +33,19 @@ def _features(trunk, seqs, tap_layer, key: str, desc: str) -> TrunkFeatures:
 
 
 def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, l2_by_cv, epochs, rank, lr, lm_dir,
-                     data_path) -> str:
+                     data_path, prefix_positions: int | None = None) -> str:
     cmd = ["args-engine", "train-rm", "--tune-layers", tune_layers, "--max-len", max_len, "--seed", seed]
     if tune_layers:
         cmd += ["--epochs", epochs, "--rank", rank, "--lr", lr]
+    if prefix_positions is not None:
+        cmd = ["args-engine", "train-rm", "--prefix", "--positions", prefix_positions, "--max-len", max_len,
+               "--seed", seed]
     for flag, value in (("--limit", limit), ("--l2", None if l2_by_cv else l2), ("--data", data_path), ("--out", out)):
         if value is not None and not (flag == "--out" and Path(value) == DEFAULT_RM_ASSET):
             cmd += [flag, value]
     if lm_dir != str(cache_dir() / DEFAULT_LM_NAME):
         cmd += ["--lm", lm_dir]
-    note = f"  # head L2 {l2:g} (5-fold CV on train)" if l2_by_cv else ""
+    note = f"  # head L2 {l2:g} (5-fold CV on train)" if l2_by_cv and prefix_positions is None else ""
     return " ".join(shlex.quote(str(c)) for c in cmd) + note
 
 
@@ -55,21 +58,9 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
     Writes the small trained part to `out` (safetensors, with the command and scores as metadata) and returns
     a report with the pairwise accuracy on the validation split for the head alone and for the final model.
     """
-    from safetensors.torch import save_file
-    from transformers import AutoTokenizer
-
-    if (limit is not None and limit < 1) or max_len < 2 or tune_layers < 0:
-        raise ValueError(f"need limit >= 1, max_len >= 2 and tune_layers >= 0 (got {limit}, {max_len}, "
-                         f"{tune_layers})")
-    if lm_dir is not None and Path(out) == DEFAULT_RM_ASSET:
-        raise ValueError("a head trained on another trunk cannot replace the default RM's asset: pass --out")
-    lm_dir = str(lm_dir or default_lm_dir())
-    tok = AutoTokenizer.from_pretrained(lm_dir)
-    rm = reward_model_on_trunk(lm_dir)
-
-    splits = split_pairs(load_pairs(data_path))
-    data = data_provenance(data_path)
-    train, val = splits["train"][:limit], splits["validation"]
+    if tune_layers < 0:
+        raise ValueError(f"need tune_layers >= 0, got {tune_layers}")
+    lm_dir, tok, rm, train, val, data = _setup(lm_dir, data_path, out, limit, max_len)
     if tune_layers > rm.config.num_hidden_layers:
         raise ValueError(f"tune_layers={tune_layers} exceeds the trunk's {rm.config.num_hidden_layers} layers")
     tap = rm.config.num_hidden_layers - tune_layers if tune_layers else None
@@ -112,8 +103,83 @@ def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, 
                   n_train_pairs=len(train), n_validation_pairs=len(val), seed=seed, tune_layers=tune_layers, data=data,
                   command=_rebuild_command(out, tune_layers, max_len, seed, limit, l2, cv is not None, epochs,
                                            rank, lr, lm_dir, data_path))
+    _save(asset, report, out)
+    return report
+
+
+def _setup(lm_dir, data_path, out, limit, max_len):
+    """Checked arguments, the trunk (as an untrained RM), its tokenizer, the train and validation pairs and the
+    data's provenance."""
+    from transformers import AutoTokenizer
+
+    if (limit is not None and limit < 1) or max_len < 2:
+        raise ValueError(f"need limit >= 1 and max_len >= 2 (got {limit}, {max_len})")
+    if lm_dir is not None and Path(out) == DEFAULT_RM_ASSET:
+        raise ValueError("a head trained on another trunk cannot replace the default RM's asset: pass --out")
+    lm_dir = str(lm_dir or default_lm_dir())
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    rm = reward_model_on_trunk(lm_dir)
+    splits = split_pairs(load_pairs(data_path))
+    return lm_dir, tok, rm, splits["train"][:limit], splits["validation"], data_provenance(data_path)
+
+
+def _save(asset: dict, report: dict, out) -> None:
+    from safetensors.torch import save_file
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in asset.items()}, str(out),
-              metadata={"report": json.dumps(report)})
+    save_file({k: v.contiguous() for k, v in asset.items()}, str(out), metadata={"report": json.dumps(report)})
+
+
+PREFIX_GRID = [dict(l2=l2, prefix_weight=a, value_weight=b) for l2 in (0.03, 0.1, 0.3, 1.0)
+               for a in (0.0, 0.5, 1.0, 2.0) for b in (0.0, 0.3)]
+
+
+def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
+                      max_len: int = 768, seed: int = 0, limit: int | None = None, positions: int = 8,
+                      baseline: str | Path | None = None, grid: list[dict] | None = None) -> dict:
+    """A prefix-aware linear head on a frozen Llama-family trunk (default: the default LM's); see reward/prefix.py.
+
+    L2, the prefix weight and the value weight are chosen by 5-fold cross-validation on the train split (best mean
+    accuracy over reply fractions 25/50/75/100%, whole-reply accuracy kept within 1 point of the whole-only
+    fit's). The report holds validation accuracy by fraction for the new head, the whole-only fit and, when
+    given, a `baseline` head file (e.g. the committed default head)."""
+    from safetensors.torch import load_file
+
+    from . import prefix as pf
+
+    if positions < 1:
+        raise ValueError(f"need positions >= 1, got {positions}")
+    lm_dir, tok, rm, train, val, data = _setup(lm_dir, data_path, out, limit, max_len)
+    feats = {}
+    for name, pairs in (("train", train), ("validation", val)):
+        folder = pf.cache_folder(cache_dir(), lm_dir, data["sha256"], name, len(pairs), max_len)
+        states = pf.reply_states(rm.model, pf.dialogue_ids(tok, pairs, max_len), folder, desc=f"reply states ({name})")
+        feats[name] = pf.pair_features(states, positions)
+    grid = grid or PREFIX_GRID
+    chosen, table = pf.choose_by_cv(feats["train"], grid, seed=seed)
+    w = pf.fit_head(feats["train"], **chosen)
+    plain = [t for t in table if not t["prefix_weight"] and not t["value_weight"]]
+    whole_only = pf.fit_head(feats["train"], l2=max(plain, key=lambda t: t["cv_accuracy"][1.0])["l2"]) if plain \
+        else train_linear_head(*feats["train"].whole, l2=0.1)
+    heads = {"prefix": w, "whole_only": whole_only}
+    if baseline is not None:
+        heads["baseline"] = load_file(str(baseline))["score.weight"][0].double()
+    validation = {name: _by_fraction(pf.accuracy_by_fraction(feats["validation"], h)) for name, h in heads.items()}
+    train_rewards = torch.cat(feats["train"].whole) @ w  # [2N]
+    scale = float(train_rewards.std())  # unit reward SD over the training dialogues' whole replies, as today
+    report = {"kind": "prefix", "chosen": chosen, "positions": positions,
+              "validation_accuracy_by_fraction": validation,
+              "validation_accuracy": validation["prefix"]["1"],
+              "cv": [{**t, "cv_accuracy": _by_fraction(t["cv_accuracy"])} for t in table],
+              "baseline": str(baseline) if baseline is not None else None,
+              "reward_scale_divided_by": scale, "n_train_pairs": len(train), "n_validation_pairs": len(val),
+              "seed": seed, "tune_layers": 0, "data": data,
+              "command": _rebuild_command(out, 0, max_len, seed, limit, None, False, 0, 0, 0, lm_dir, data_path,
+                                          prefix_positions=positions)}
+    _save({"score.weight": (w / scale).float().unsqueeze(0)}, report, out)
     return report
+
+
+def _by_fraction(acc: dict[float, float]) -> dict[str, float]:
+    return {f"{f:g}": a for f, a in acc.items()}
