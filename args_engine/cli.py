@@ -246,7 +246,7 @@ def cmd_eval(args) -> None:
     results = evaluate(prompts, methods, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        out=args.out, device=args.device, **_model_options(args),
                        prompts_name=name, rm_options=_rm_options(args),
-                       ray=_ray_batch_options(args) if args.ray else None, data=data)
+                       ray=_ray_batch_options(args) if args.ray else None, data=data, score_rm=args.score_rm)
     print(f"{'method':<28} {'reward':>8} {'win-tie':>8} {'div %':>7} {'coh':>6} {'tok/s':>7} {'s':>7}")
     for label, m in results["methods"].items():
         print(f"{label:<28} {m['avg_reward']:>8.3f} {m['win_tie_vs_greedy']:>8.1%} {100 * m['diversity']:>7.2f} "
@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--device", default="cpu")
     e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
+    e.add_argument("--score-rm", help="a reward head file (.safetensors) that scores every response instead of the "
+                                      "decoding RM (compare runs that decode with different heads on one scale)")
     _add_rm_options(e)
     _add_ray_options(e)
     e.set_defaults(func=cmd_eval)

@@ -128,3 +128,29 @@ def test_runs_that_split_the_methods_merge_into_one_table(tmp_path):
              progress=False)
     with pytest.raises(ValueError, match="max_new_tokens"):
         merge_results([tmp_path / "a", tmp_path / "c"])
+
+
+def test_score_rm_scores_every_response_with_one_head(tmp_path):
+    """--score-rm: runs that decode with different heads report rewards under one head (on the LM's trunk)."""
+    from safetensors.torch import save_file
+
+    from args_engine.eval.rm_score import score_replies
+    from args_engine.models.defaults import default_reward_model
+    from args_engine.models.hf import RewardModel
+
+    head = tmp_path / "scorer.safetensors"
+    save_file({"score.weight": torch.randn(1, 64, generator=torch.Generator().manual_seed(3))}, str(head))
+    models, judge = tiny_models(batch_size=3), tiny_judge()
+    methods = parse_methods("args-greedy:k=3:w=1")
+    plain = evaluate(PROMPTS, methods, models=models, judge=judge, max_new_tokens=6, batch_size=3, progress=False)
+    scored = evaluate(PROMPTS, methods, models=models, judge=judge, max_new_tokens=6, batch_size=3, progress=False,
+                      score_rm=head, out=tmp_path / "out")
+    scorer = RewardModel(default_reward_model(models.lm, head))
+    for label in ("greedy", "args-greedy:k=3:w=1"):
+        rows = scored["methods"][label]["responses"]
+        assert [r["text"] for r in rows] == [r["text"] for r in plain["methods"][label]["responses"]]
+        expect = score_replies(scorer, models.tokenizer, PROMPTS, [r["text"] for r in rows], 3)
+        assert [r["reward"] for r in rows] == pytest.approx(expect)
+        assert [r["reward"] for r in rows] != pytest.approx([r["reward"] for r in plain["methods"][label]["responses"]])
+    assert scored["config"]["score_rm"] == str(head)
+    assert f"responses scored by `{head}`" in (tmp_path / "out" / "results.md").read_text()

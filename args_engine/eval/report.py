@@ -15,12 +15,16 @@ def _data_line(data: dict | None) -> list[str]:
     return [f"Data: `{data['file']}`, {data['pairs']} pairs, sha256 `{data['sha256'][:16]}...` ({which}).", ""]
 
 
+def _scorer(cfg: dict) -> str:
+    return f", responses scored by `{cfg['score_rm']}`" if cfg.get("score_rm") else ""
+
+
 def markdown(results: dict) -> str:
     cfg, judge = results["config"], results["judge"]
     lines = [
         "# ARGS evaluation", "",
         f"{cfg['n_prompts']} prompts ({cfg['prompts']}), up to {cfg['max_new_tokens']} new tokens; "
-        f"LM `{cfg['lm']}`, decoding RM `{cfg['rm']}`; device {cfg['device']} ({cfg['dtype']}), "
+        f"LM `{cfg['lm']}`, decoding RM `{cfg['rm']}`{_scorer(cfg)}; device {cfg['device']} ({cfg['dtype']}), "
         f"batch size {cfg['batch_size']}, ARGS backend `{cfg['args_backend']}`.", "",
         f"Judge: {judge['encoder']} features ({judge['features']}) + a Bradley-Terry linear head trained on the "
         f"default RM's train split; pairwise accuracy on the validation split "
@@ -35,7 +39,8 @@ def markdown(results: dict) -> str:
                      f"{_f(m['coherence'])} | {_f(m['tokens_per_s'], '{:.2f}')} | "
                      f"{_f(m['rm_calls_per_token'], '{:.2f}')} |")
     lines += ["", f"Win-tie rule: {results['win_tie_rule']}.", "",
-              "Rewards are of the cleaned response (cut at the next \"Human:\" turn) under the decoding RM, in "
+              "Rewards are of the cleaned response (cut at the next \"Human:\" turn) under the "
+              f"{'decoding RM' if not cfg.get('score_rm') else 'scoring RM'}, in "
               "units of its reward SD over the RM's training dialogues. Diversity: product over n = 2..4 of "
               "|unique n-grams| / (|n-grams| + 1) on whitespace words, per response, averaged, shown x100. "
               "Coherence: cosine of all-MiniLM-L6-v2 embeddings of prompt and response. tok/s: response tokens "

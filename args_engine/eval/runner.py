@@ -53,11 +53,13 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
              lm=None, rm=None, device: str = "cpu", dtype: str = "float32", progress: bool = True,
              prompts_name: str = "custom", rm_options: dict | None = None, ray=None,
              data: dict | None = None, revision: str | None = None, rm_revision: str | None = None,
-             trust_remote_code: bool = False) -> dict:
+             trust_remote_code: bool = False, score_rm: str | Path | None = None) -> dict:
     """Decode `prompts` (chat message lists) with each method and score the responses. Greedy is always run
     (first) as the reference for win-tie. `encoder` (coherence) defaults to the judge's MiniLM encoder.
     ray (a RayBatchOptions): the ARGS methods decode on Ray Data engine actors built from lm / rm (the same
-    requests and seeds; the baselines, scoring and judging stay in this process)."""
+    requests and seeds; the baselines, scoring and judging stay in this process).
+    score_rm: a reward head file (train-rm --out) on the LM's trunk that scores every method's responses instead
+    of the decoding RM, so that runs decoding with different heads report rewards on one scale."""
     if not prompts:
         raise ValueError("no prompts")
     if max_new_tokens < 1 or batch_size < 1:
@@ -71,6 +73,7 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
                                                             enable_prefix_caching=False, **(rm_options or {}))))
     judge = judge or Judge.load(device=device)
     check_independent(judge, models.rm)
+    scorer = _scoring_models(models, score_rm)
     encoder = encoder or judge.encoder
     # plain greedy first, once: the reference; greedy with logit controls is a method of its own
     methods = [parse_method("greedy")] + [m for m in methods if m.label != "greedy"]
@@ -79,14 +82,16 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
                           "batch_size": batch_size, "lm": _describe(lm), "rm": _describe(rm), "device": device,
                           "dtype": str(dtype), "args_backend": getattr(models.engine, "backend", "?"),
                           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "data": data},
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "data": data,
+                          "score_rm": None if score_rm is None else str(score_rm)},
                "judge": {"validation_accuracy": judge.validation_accuracy, "family": judge.family,
                          "encoder": judge.meta.get("encoder", getattr(encoder, "name", "?")),
                          "features": judge.meta.get("features", "?"), "command": judge.meta.get("command"),
                          "data": judge.meta.get("data")},
                "win_tie_rule": WIN_TIE_RULE,
                "units": {"diversity": "fraction in [0, 1) (results.md shows x100)",
-                         "reward": "decoding RM, unit SD over its training dialogues"},
+                         "reward": f"{'decoding RM' if score_rm is None else f'scoring RM {score_rm}'}, unit SD "
+                                   "over its training dialogues"},
                "methods": {}}
     greedy_rows = None
     for spec in methods:
@@ -94,7 +99,7 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
             run = run_method(spec, models, prompts, max_new_tokens, batch_size, on_batch=bar.update)
             texts = [clean_response(t) for t in run.texts]
             bar.set_postfix_str("scoring")
-            rewards = run.rewards or models.score(prompts, texts, batch_size)
+            rewards = (None if score_rm else run.rewards) or scorer.score(prompts, texts, batch_size)
             judged = judge.score(prompts, texts)
             coh = coherence(encoder, prompt_texts, texts)
         rows = [{"prompt": p, "raw_text": raw, "text": t, "reward": r, "judge_reward": j, "diversity": diversity(t),
@@ -112,13 +117,26 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     return results
 
 
+def _scoring_models(models: EvalModels, score_rm) -> EvalModels:
+    """The models whose RM scores the responses: the decoding ones, or a head file on the same LM trunk."""
+    if score_rm is None:
+        return models
+    from ..models.defaults import default_reward_model
+    from ..models.hf import RewardModel
+
+    head = default_reward_model(models.lm, score_rm)
+    if head is None:
+        raise ValueError(f"score_rm {score_rm}: a head that tunes trunk layers (LoRA) cannot score on the LM's trunk")
+    return dataclasses.replace(models, rm=RewardModel(head))
+
+
 def merge_results(dirs: list[str | Path], out: str | Path | None = None) -> dict:
     """One table from runs that split the methods between them (each run decodes greedy as its reference).
     The runs must share prompts, settings and judge, and their greedy responses must be identical, so every
     method's win-tie is against the same greedy."""
     runs = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
     merged = runs[0]
-    same = ("n_prompts", "prompts", "max_new_tokens", "lm", "rm", "dtype")
+    same = ("n_prompts", "prompts", "max_new_tokens", "lm", "rm", "dtype", "score_rm")
     for d, run in zip(dirs[1:], runs[1:]):
         for key in same:
             if run["config"].get(key) != merged["config"].get(key):
