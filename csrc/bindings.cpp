@@ -68,6 +68,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("append_tokens", &BlockAllocator::append_tokens, py::arg("seq_id"), py::arg("token_ids"))
       .def("mark_computed", &BlockAllocator::mark_computed, py::arg("seq_id"), py::arg("num_computed"),
            "K/V of positions [0, num_computed) is written: those full blocks become prefix-cache entries.")
+      .def("unmark_computed", &BlockAllocator::unmark_computed, py::arg("seq_id"), py::arg("num_computed"),
+           "Take back marks past num_computed (a failed step): seq_id's own entries there leave the prefix cache.")
       .def("num_computed", &BlockAllocator::num_computed, py::arg("seq_id"))
       .def("reset_prefix_cache", &BlockAllocator::reset_prefix_cache,
            "Forget every prefix-cache entry (blocks and tables stay as they are).")

@@ -283,6 +283,27 @@ void BlockAllocator::mark_computed(int64_t seq_id, int64_t num_computed) {
   if (prefix_caching_) register_computed_blocks(s);
 }
 
+void BlockAllocator::unmark_computed(int64_t seq_id, int64_t num_computed) {
+  Sequence& s = seq(seq_id);
+  if (num_computed < 0)
+    throw std::invalid_argument(msg("unmark_computed: num_computed must be >= 0, got ", num_computed));
+  if (num_computed >= s.computed) return;
+  const size_t keep = static_cast<size_t>(num_computed / block_size_);
+  for (size_t k = keep; k < s.num_registered; ++k) {
+    const int32_t id = s.table[k];
+    Block& b = blocks_[id];
+    if (s.cached[k] != id || !b.registered) continue;  // another block owns the entry: not ours to take back
+    hash_to_block_.erase(b.hash);
+    b.registered = false;
+    b.tokens.clear();
+  }
+  if (s.num_registered > keep) {
+    s.num_registered = keep;
+    s.cached.resize(keep);
+  }
+  s.computed = num_computed;
+}
+
 void BlockAllocator::fork(int64_t parent_id, int64_t child_id) {
   const Sequence& parent = seq(parent_id);
   if (seqs_.count(child_id)) throw std::invalid_argument(msg("fork: child sequence ", child_id, " already exists"));

@@ -41,6 +41,10 @@ class BlockAllocator {
   // before anything reads them: the full blocks up to there become prefix-cache entries. Only such
   // blocks are ever hit.
   void mark_computed(int64_t seq_id, int64_t num_computed);
+  // Takes back marks past num_computed (a step that marked positions and then failed): the entries of
+  // seq_id's own blocks wholly or partly at or past num_computed leave the prefix cache; entries owned by
+  // other sequences and everything below num_computed stay.
+  void unmark_computed(int64_t seq_id, int64_t num_computed);
   // Forgets every prefix-cache entry (after a failed forward, marked blocks may hold nothing). Blocks of
   // live sequences are not offered again: only sequences allocated afterwards fill the cache anew.
   void reset_prefix_cache();

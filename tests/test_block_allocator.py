@@ -511,3 +511,24 @@ class AllocatorMachine(RuleBasedStateMachine):
 AllocatorMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
 test_allocator_state_machine = AllocatorMachine.TestCase
+
+
+def test_unmark_computed_takes_back_only_this_sequences_entries_past_the_point():
+    from args_engine._C import BlockAllocator
+
+    a = BlockAllocator(16, 4, True)
+    a.allocate(1, list(range(12)), 13)
+    a.mark_computed(1, 8)  # written in an earlier step: blocks 0, 1
+    a.mark_computed(1, 12)  # marked by the step that fails: block 2
+    a.allocate(2, list(range(12)) + [99], 14)  # admitted in the same step: hits all three
+    a.unmark_computed(1, 8)
+    assert a.num_computed(1) == 8
+    a.check()
+    assert a.allocate(3, list(range(12)) + [7], 14) == 8  # block 2's entry is gone, blocks 0, 1 stay
+    a.unmark_computed(1, 12)  # nothing past: no-op
+    with pytest.raises(ValueError, match="num_computed must be >= 0"):
+        a.unmark_computed(1, -1)
+    for s in (1, 2, 3):
+        a.free(s)
+    a.check()
+    assert a.num_free_blocks == 16

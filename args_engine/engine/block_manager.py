@@ -39,6 +39,12 @@ class BlockManager:
         blocks become reusable by later prompts that start with the same tokens."""
         self.allocator.mark_computed(seq.seq_id, num_positions)
 
+    def unmark(self, seq: Sequence, num_positions: int) -> None:
+        """Take back marks past num_positions (a failed step's): the sequence's own blocks there leave the prefix
+        cache. A sequence already freed has nothing to take back."""
+        if self.allocator.has_sequence(seq.seq_id):
+            self.allocator.unmark_computed(seq.seq_id, num_positions)
+
     def reset_prefix_cache(self) -> None:
         self.allocator.reset_prefix_cache()
 

@@ -147,24 +147,24 @@ class LLMEngine:
         return self.bm.num_hit_tokens / max(1, self.bm.num_admitted_tokens)
 
     def step(self) -> list[TokenEvent]:
-        """Schedule and run one step -> the tokens it chose. If it raises, every running sequence is preempted
-        (its blocks freed, recomputed when it is admitted again) and the prefix cache is emptied: the blocks this
-        step's prefill was to fill were already prefix-cache entries (see Scheduler._add_chunk) and may hold
-        nothing. The requests stay queued; the caller may step again or abort them: `failed_request_ids` names
-        the ones that were in the failed step (a server fails those and lets the waiting ones go on)."""
+        """Schedule and run one step -> the tokens it chose. If it raises, the step's own sequences start over
+        (their blocks freed, recomputed when admitted again) and the prefix-cache entries its prefill had marked
+        are taken back; every other entry and every sequence outside the step stay. The requests stay queued;
+        the caller may step again or abort them: `failed_request_ids` names the ones that were in the failed
+        step (a server fails those and lets the others go on)."""
         scheduled: list[Sequence] | None = None
         try:
             prefill, decode = self.scheduler.schedule()
             scheduled = [s for s, _ in prefill] + decode
             return self._run(prefill, decode)
         except BaseException:
-            # the step's own sequences; if scheduling itself failed, every sequence it may have touched
-            self.failed_request_ids = [s.seq_id for s in (scheduled if scheduled is not None else
-                                                          [*self.scheduler.running, *self.scheduler.waiting])]
-            for seq in list(self.scheduler.running):
-                self.scheduler.preempt(seq)
+            if scheduled is None:  # scheduling itself failed: every sequence it may have touched
+                self.failed_request_ids = [s.seq_id for s in [*self.scheduler.running, *self.scheduler.waiting]]
+                self.scheduler.fail_all()
+            else:
+                self.failed_request_ids = [s.seq_id for s in scheduled]
+                self.scheduler.fail_step(scheduled)
             for pool in self.scheduler.pools:
-                pool.reset_prefix_cache()
                 pool.take_copies()  # copies into blocks just freed must not land on their next owner
             raise
 

@@ -23,6 +23,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
         self.num_preemptions = 0
+        # this step's prefill marks, (seq, positions computed before): taken back if the step fails
+        self.step_marks: list[tuple[Sequence, int]] = []
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -32,6 +34,7 @@ class Scheduler:
 
     def schedule(self) -> tuple[list[tuple[Sequence, int]], list[Sequence]]:
         """-> (prefill chunks [(seq, num_tokens)], decode seqs)."""
+        self.step_marks = []
         budget = self.max_num_batched_tokens
         decode: list[Sequence] = []
         for seq in list(self.running):
@@ -74,11 +77,33 @@ class Scheduler:
         prefill.append((seq, n))
         # The prefill forward stores every chunk's K/V (layer by layer) before any chunk's attention reads the
         # cache, so a prompt admitted later in this same step may already reuse the blocks this chunk fills.
+        # Marked now, taken back by fail_step if the step does not run.
+        self.step_marks.append((seq, seq.lm_cached))
         self.bm.mark_computed(seq, seq.lm_cached + n)
         if seq.lm_cached + n < seq.num_tokens:
             return n
         k = seq.params.k if seq.params.max_new_tokens else 0  # a prompt only scored takes no ARGS step
         return n + k + (self.rm_bm.uncached(seq) if self.rm_bm is not None else 0)
+
+    def fail_step(self, seqs: list[Sequence]) -> None:
+        """The step that ran `seqs` failed: its prefill marks are taken back (those blocks may hold nothing; every
+        other prefix-cache entry stays) and its sequences start over. Sequences outside the step keep running.
+        The RM pool needs nothing taken back: it marks blocks only after writing them."""
+        for seq, before in reversed(self.step_marks):
+            self.bm.unmark(seq, before)
+        self.step_marks = []
+        for seq in seqs:
+            if seq in self.running:
+                self.preempt(seq)
+
+    def fail_all(self) -> None:
+        """Scheduling itself failed, so any sequence and mark may be half done: every running sequence starts
+        over and the prefix caches are emptied."""
+        for seq in list(self.running):
+            self.preempt(seq)
+        for pool in self.pools:
+            pool.reset_prefix_cache()
+        self.step_marks = []
 
     def preempt(self, seq: Sequence) -> None:
         for p in self.pools:
