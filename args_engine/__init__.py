@@ -36,7 +36,7 @@ def _mount_checkout_kernels() -> None:
 
 _mount_checkout_kernels()
 
-from .decoding.common import GenerationOutput  # noqa: E402
+from .engine.request import GenerationOutput  # noqa: E402
 from .engine import ARGSEngine  # noqa: E402
 from .params import ARGSParams  # noqa: E402
 

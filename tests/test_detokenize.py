@@ -96,7 +96,7 @@ def test_genuine_replacement_characters_do_not_stall(smol_tokenizer):
 def test_stop_string_right_before_an_incomplete_character(smol_tokenizer):
     # A token that decodes to " " plus the first byte of a multi-byte character: the text before it is held back
     # until the character completes, but a stop string ending in its space must still end the response there.
-    from args_engine.decoding.common import Request, append_token
+    from args_engine.engine.request import Request, append_token
     from args_engine.params import ARGSParams
 
     split = next(i for i in range(len(smol_tokenizer)) if smol_tokenizer.decode([i]).startswith(" ")

@@ -1,6 +1,5 @@
 """Method specs and the baseline paths: HF greedy equals ARGS with k = 1, best-of-N picks the RM's best."""
 import pytest
-import torch
 
 from args_engine.eval.methods import DEFAULT_METHODS, hf_generate, parse_method, parse_methods, run_method
 from args_engine.eval.metrics import clean_response

@@ -92,7 +92,8 @@ def test_nan_scores_count_as_neg_inf(device, stochastic):
 @pytest.mark.parametrize("device", devices())
 def test_matches_select_candidates(device):
     # The semantics the engine's torch path (decoding/common.py) uses, with per-request generators.
-    from args_engine.decoding.common import Request, select_candidates
+    from args_engine.decoding.common import select_candidates
+    from args_engine.engine.request import Request
     from args_engine.params import ARGSParams
 
     B, K = 4, 6

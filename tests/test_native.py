@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from args_engine.decoding.common import Request
+from args_engine.engine.request import Request
 from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to learn to cook rice at home?", "x", "Tell me a joke."]

@@ -2,7 +2,6 @@
 routing, batch generation over Ray Data, eval --ray. One local Ray cluster (2 CPUs) and tiny float64 models."""
 import concurrent.futures
 import json
-import threading
 import time
 import urllib.request
 

@@ -1,6 +1,6 @@
 """engine/rm_block_manager.py on the host alone: a bridged RM's pool in RM-token positions (settled tokens behind
 a window, cuts, prefix-cache hits, no leaked blocks)."""
-from args_engine.decoding.common import Request
+from args_engine.engine.request import Request
 from args_engine.engine.rm_block_manager import RMBlockManager
 from args_engine.engine.sequence import Sequence
 from args_engine.params import ARGSParams

@@ -1,7 +1,7 @@
 """The scheduler's token budget counts what a step really computes: each decoding sequence's LM token and its
 k RM candidates, and the k candidates of a prompt whose last chunk completes in the step."""
 from args_engine import ARGSParams
-from args_engine.decoding.common import Request
+from args_engine.engine.request import Request
 from args_engine.engine.block_manager import BlockManager
 from args_engine.engine.scheduler import Scheduler
 from args_engine.engine.sequence import Sequence

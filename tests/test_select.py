@@ -2,7 +2,8 @@
 import torch
 
 from args_engine import ARGSParams
-from args_engine.decoding.common import Request, select_candidates, topk_logprobs
+from args_engine.decoding.common import select_candidates, topk_logprobs
+from args_engine.engine.request import Request
 
 
 def req(**kw):

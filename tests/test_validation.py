@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from args_engine import ARGSEngine, ARGSParams
 from tiny_models import char_tokenizer, tiny_lm, tiny_rm

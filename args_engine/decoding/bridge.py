@@ -23,7 +23,8 @@ import torch
 from transformers import DynamicCache
 
 from ..models.hf import RewardModel, next_token_logits
-from .common import Request, append_token, gated, select_candidates, topk_logprobs
+from ..engine.request import Request, append_token
+from .common import gated, select_candidates, topk_logprobs
 from .logit_controls import apply_logit_controls
 from .masks import _additive
 

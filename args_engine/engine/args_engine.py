@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 from ..chat import Prompt, render_prompt
 from ..decoding.bridge import BridgeDecoder, BridgeScorer, RMTextView
-from ..decoding.common import GenerationOutput, Request, finish_output
+from .request import GenerationOutput, Request, finish_output
 from ..decoding.naive import NaiveDecoder
 from ..decoding.reference import ReferenceDecoder
 from ..models.hf import RewardModel, check_pair, context_length, load_pair, resolve_dtype

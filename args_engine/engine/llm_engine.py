@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from ..decoding.common import Request
+from .request import Request
 from ..models.hf import RewardModel
 from ..models.paged_ops import triton_available
 from .block_manager import BlockManager

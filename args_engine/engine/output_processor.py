@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..decoding.common import GenerationOutput, append_token, finish_output
+from .request import GenerationOutput, append_token, finish_output
 from .sequence import Sequence
 
 

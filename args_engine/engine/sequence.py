@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 import itertools
 
-from ..decoding.common import Request
+from .request import Request
 
 _ids = itertools.count()
 

@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import Future
 
-from ..decoding.common import Request
+from ..engine.request import Request
 from ..engine.llm_engine import LLMEngine
 from ..engine.sequence import Status
 from .metrics import ServerMetrics

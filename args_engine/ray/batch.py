@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..decoding.common import GenerationOutput
+from ..engine.request import GenerationOutput
 from ..params import ARGSParams
 from .placement import gpus_per_engine
 
