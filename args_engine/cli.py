@@ -234,17 +234,19 @@ def cmd_serve(args) -> None:
 
 
 def cmd_train_rm(args) -> None:
+    from .models.defaults import DEFAULT_RM_ASSET, PREFIX_RM_ASSET
     from .reward.fit import train_prefix_head, train_reward_model
 
     if args.prefix:
         if args.tune_layers:
             raise ValueError("--prefix trains a head on the frozen trunk: it does not take --tune-layers")
-        report = train_prefix_head(lm_dir=args.lm, data_path=args.data, out=args.out, max_len=args.max_len,
-                                   seed=args.seed, limit=args.limit, positions=args.positions, baseline=args.baseline)
+        report = train_prefix_head(lm_dir=args.lm, data_path=args.data, out=args.out or PREFIX_RM_ASSET,
+                                   max_len=args.max_len, seed=args.seed, limit=args.limit, positions=args.positions,
+                                   baseline=args.baseline)
         print(json.dumps({k: v for k, v in report.items() if k != "cv"}, indent=2))
         return
-    report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out, tune_layers=args.tune_layers,
-                                max_len=args.max_len, seed=args.seed, limit=args.limit, l2=args.l2,
+    report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out or DEFAULT_RM_ASSET,
+                                tune_layers=args.tune_layers, max_len=args.max_len, seed=args.seed, limit=args.limit, l2=args.l2,
                                 epochs=args.epochs, rank=args.rank, lr=args.lr)
     print(json.dumps(report, indent=2))
 
@@ -293,7 +295,6 @@ def cmd_train_judge(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .engine import BACKENDS
     from .eval.judge import JUDGE_ASSET
-    from .models.defaults import DEFAULT_RM_ASSET
 
     parser = argparse.ArgumentParser(prog="args-engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -375,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-rm", help="train the default reward model (Bradley-Terry on HH-RLHF train split)")
     t.add_argument("--lm", help="trunk source: local HF directory (default: SmolLM2-135M-Instruct)")
     t.add_argument("--data", help="HH-RLHF jsonl(.gz) (default: ../shared/data/hh-rlhf/harmless-base.jsonl.gz)")
-    t.add_argument("--out", default=str(DEFAULT_RM_ASSET), help="where to write the trained part (safetensors)")
+    t.add_argument("--out", help="where to write the trained part (safetensors; default: the shipped head it "
+                                 "rebuilds, default_rm or with --prefix prefix_rm)")
     t.add_argument("--tune-layers", type=int, default=0, help="LoRA-tune this many last layers (0: head only)")
     t.add_argument("--max-len", type=int, default=768)
     t.add_argument("--seed", type=int, default=0)

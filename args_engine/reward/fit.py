@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.defaults import (DEFAULT_LM_NAME, DEFAULT_RM_ASSET, apply_reward_asset, cache_dir, default_lm_dir,
-                               reward_model_on_trunk)
+from ..models.defaults import (DEFAULT_LM_NAME, DEFAULT_RM_ASSET, PREFIX_RM_ASSET, apply_reward_asset, cache_dir,
+                               default_lm_dir, reward_model_on_trunk)
 from .data import data_provenance, load_pairs, split_pairs
 from .train import (TrunkFeatures, choose_l2_by_cv, extract_features, last_layers_rewards, pair_token_ids,
                     pairwise_accuracy, train_last_layers, train_linear_head)
@@ -33,15 +33,17 @@ def _features(trunk, seqs, tap_layer, key: str, desc: str) -> TrunkFeatures:
 
 
 def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, l2_by_cv, epochs, rank, lr, lm_dir,
-                     data_path, prefix_positions: int | None = None) -> str:
+                     data_path, prefix_positions: int | None = None, baseline=None) -> str:
     cmd = ["args-engine", "train-rm", "--tune-layers", tune_layers, "--max-len", max_len, "--seed", seed]
     if tune_layers:
         cmd += ["--epochs", epochs, "--rank", rank, "--lr", lr]
     if prefix_positions is not None:
         cmd = ["args-engine", "train-rm", "--prefix", "--positions", prefix_positions, "--max-len", max_len,
                "--seed", seed]
-    for flag, value in (("--limit", limit), ("--l2", None if l2_by_cv else l2), ("--data", data_path), ("--out", out)):
-        if value is not None and not (flag == "--out" and Path(value) == DEFAULT_RM_ASSET):
+    for flag, value in (("--limit", limit), ("--l2", None if l2_by_cv else l2), ("--data", data_path),
+                        ("--baseline", baseline), ("--out", out)):
+        shipped = PREFIX_RM_ASSET if prefix_positions is not None else DEFAULT_RM_ASSET
+        if value is not None and not (flag == "--out" and Path(value).resolve() == shipped):
             cmd += [flag, value]
     if lm_dir != str(cache_dir() / DEFAULT_LM_NAME):
         cmd += ["--lm", lm_dir]
@@ -114,8 +116,8 @@ def _setup(lm_dir, data_path, out, limit, max_len):
 
     if (limit is not None and limit < 1) or max_len < 2:
         raise ValueError(f"need limit >= 1 and max_len >= 2 (got {limit}, {max_len})")
-    if lm_dir is not None and Path(out) == DEFAULT_RM_ASSET:
-        raise ValueError("a head trained on another trunk cannot replace the default RM's asset: pass --out")
+    if lm_dir is not None and Path(out).resolve() in (DEFAULT_RM_ASSET, PREFIX_RM_ASSET):
+        raise ValueError("a head trained on another trunk cannot replace a shipped head: pass --out")
     lm_dir = str(lm_dir or default_lm_dir())
     tok = AutoTokenizer.from_pretrained(lm_dir)
     rm = reward_model_on_trunk(lm_dir)
@@ -135,7 +137,7 @@ PREFIX_GRID = [dict(l2=l2, prefix_weight=a, value_weight=b) for l2 in (0.03, 0.1
                for a in (0.0, 0.5, 1.0, 2.0) for b in (0.0, 0.3)]
 
 
-def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
+def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = PREFIX_RM_ASSET,
                       max_len: int = 768, seed: int = 0, limit: int | None = None, positions: int = 8,
                       baseline: str | Path | None = None, grid: list[dict] | None = None) -> dict:
     """A prefix-aware linear head on a frozen Llama-family trunk (default: the default LM's); see reward/prefix.py.
@@ -176,7 +178,7 @@ def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, o
               "reward_scale_divided_by": scale, "n_train_pairs": len(train), "n_validation_pairs": len(val),
               "seed": seed, "tune_layers": 0, "data": data,
               "command": _rebuild_command(out, 0, max_len, seed, limit, None, False, 0, 0, 0, lm_dir, data_path,
-                                          prefix_positions=positions)}
+                                          prefix_positions=positions, baseline=baseline)}
     _save({"score.weight": (w / scale).float().unsqueeze(0)}, report, out)
     return report
 

@@ -1,0 +1,132 @@
+"""The prefix-aware reward head beside the whole-reply head: accuracy by reply fraction (from the head's own
+training report) and the committed evaluation of both heads side by side; then the demo's setting.
+
+    python benchmarks/prefix_rm_report.py \
+        --whole benchmarks/results/eval/results.json --prefix benchmarks/results/eval_prefix_rm/results.json
+
+Both evaluations must share prompts, settings, judge and greedy responses, and score rewards with the same RM
+(the whole-reply head: the prefix run decodes with the prefix head and passes `--score-rm`), so every column
+compares. Writes benchmarks/results/prefix_rm.json / .md / _accuracy.png and args_engine/assets/eval_summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from args_engine.eval.summary import SUMMARY_ASSET, best_setting, summary_line, targets_met
+from args_engine.models.defaults import DEFAULT_RM_ASSET, PREFIX_RM_ASSET
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SETTINGS = ["args-greedy:k=10:w=1", "args-greedy:k=10:w=1:nrng=3", "args-greedy:k=10:w=1.5",
+            "args-greedy:k=10:w=1.5:nrng=3", "args-greedy:k=10:w=2", "args-greedy:k=10:w=2:nrng=3"]
+
+
+def head_report(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["report"])
+
+
+def check_comparable(whole: dict, prefix: dict) -> None:
+    for key in ("n_prompts", "prompts", "max_new_tokens", "lm", "dtype"):
+        if whole["config"][key] != prefix["config"][key]:
+            raise ValueError(f"the runs differ in {key}: {whole['config'][key]!r} vs {prefix['config'][key]!r}")
+    if whole["judge"] != prefix["judge"]:
+        raise ValueError("the runs were judged by different judges")
+    texts = [[r["text"] for r in run["methods"]["greedy"]["responses"]] for run in (whole, prefix)]
+    if texts[0] != texts[1]:
+        raise ValueError("the runs' greedy responses differ")
+    scorer = Path(prefix["config"].get("score_rm") or "").name
+    if scorer != DEFAULT_RM_ASSET.name or whole["config"].get("score_rm") not in (None, str(DEFAULT_RM_ASSET)):
+        raise ValueError("the rewards must both be the whole-reply head's: run the prefix evaluation with "
+                         f"--score-rm {DEFAULT_RM_ASSET}")
+
+
+def side_by_side(runs: dict[str, dict]) -> list[dict]:
+    rows = []
+    greedy = runs["whole"]["methods"]["greedy"]
+    rows.append({"head": "-", "setting": "greedy", **_figures(greedy), "targets_met": None})
+    for label in SETTINGS:
+        for head, run in runs.items():
+            m = run["methods"].get(label)
+            if m is not None:
+                rows.append({"head": head, "setting": label, **_figures(m), "targets_met": targets_met(m, greedy)})
+    return rows
+
+
+def _figures(m: dict) -> dict:
+    return {k: m[k] for k in ("avg_reward", "reward_gain_in_greedy_sd", "win_tie_vs_greedy", "diversity",
+                              "coherence", "tokens_per_s")}
+
+
+def plot_accuracy(accuracy: dict[str, dict[str, float]], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, acc in accuracy.items():
+        xs = [float(f) for f in acc]
+        ax.plot([100 * x for x in xs], [100 * a for a in acc.values()], marker="o", label=name)
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("reply written (%; matched lengths below 100)")
+    ax.set_ylabel("pairwise accuracy (%)")
+    ax.set_title("Validation pairs (300): chosen scored above rejected")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    acc = report["accuracy_by_fraction"]
+    lines = ["# Prefix-aware reward head vs the whole-reply head", "",
+             "## Pairwise accuracy by reply fraction (300 validation pairs)", "",
+             "| head | " + " | ".join(f"{100 * float(f):g}%" for f in next(iter(acc.values()))) + " |",
+             "|---|" + "---|" * len(next(iter(acc.values())))]
+    for name, a in acc.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in a.values()) + " |")
+    e = report["evaluation"]
+    lines += ["", f"Below 100%: chosen[:L] vs rejected[:L] with L = ceil(fraction x the shorter reply's tokens). "
+              f"Prefix head chosen by 5-fold CV on train: {report['prefix_head']['chosen']}; command: "
+              f"`{report['prefix_head']['command']}`.", "",
+              f"## Decoding with each head ({e['n_prompts']} evaluation prompts, {e['max_new_tokens']} new tokens)",
+              "", "Rewards of both runs are the whole-reply head's (the prefix run decodes with the prefix head and "
+              "is scored with `--score-rm`), in greedy SDs; judge and greedy responses are the same.", "",
+              "| setting | head | reward gain (greedy SDs) | judge win-tie | diversity (%) | coherence | tok/s |",
+              "|---|---|---|---|---|---|---|"]
+    for r in report["side_by_side"]:
+        lines.append(f"| {r['setting']} | {r['head']} | {r['reward_gain_in_greedy_sd']:+.2f} | "
+                     f"{r['win_tie_vs_greedy']:.0%} | {100 * r['diversity']:.1f} | {r['coherence']:.3f} | "
+                     f"{r['tokens_per_s']:.1f} |")
+    lines += ["", "Targets (issue 27): judge win-tie >= 60%, coherence within 0.03 of greedy, diversity >= greedy.",
+              "", f"Demo setting: {summary_line(report['demo'])}", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--whole", type=Path, default=RESULTS / "eval" / "results.json")
+    ap.add_argument("--prefix", type=Path, default=RESULTS / "eval_prefix_rm" / "results.json")
+    args = ap.parse_args(argv)
+    runs = {"whole": json.loads(args.whole.read_text()), "prefix": json.loads(args.prefix.read_text())}
+    check_comparable(runs["whole"], runs["prefix"])
+    prefix = head_report(PREFIX_RM_ASSET)
+    by_fraction = prefix["validation_accuracy_by_fraction"]
+    accuracy = {"whole-reply head (default_rm)": by_fraction["baseline"], "prefix head (prefix_rm)": by_fraction["prefix"]}
+    demo = best_setting({"default" if k == "whole" else k: v for k, v in runs.items()})
+    cfg = runs["prefix"]["config"]
+    report = {"accuracy_by_fraction": accuracy, "prefix_head": {k: prefix[k] for k in ("chosen", "command", "seed")},
+              "evaluation": {k: cfg[k] for k in ("n_prompts", "max_new_tokens", "prompts", "score_rm", "machine")},
+              "side_by_side": side_by_side(runs), "demo": demo}
+    (RESULTS / "prefix_rm.json").write_text(json.dumps(report, indent=1))
+    (RESULTS / "prefix_rm.md").write_text(markdown(report))
+    plot_accuracy(accuracy, RESULTS / "prefix_rm_accuracy.png")
+    SUMMARY_ASSET.write_text(json.dumps(demo, indent=1) + "\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
