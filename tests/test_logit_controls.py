@@ -184,3 +184,46 @@ def test_server_takes_openai_and_hf_controls(models):
                            ("logit_bias", {"999999": 1})]:
             status, err, _ = post(url, "/v1/completions", {**body, field: bad})
             assert status == 400 and err["error"]["param"] == field, (field, bad, err)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_ngram_bans_on_the_device_equal_the_host_oracle(n):
+    from args_engine.decoding.logit_controls import ngram_bans
+
+    g = torch.Generator().manual_seed(n)
+    rows = [torch.randint(0, 4, (int(L),), generator=g).tolist() for L in (0, 1, 2, 3, 5, 9, 17)]
+    V = 4
+    hist = torch.full((len(rows), 20), V)
+    for i, r in enumerate(rows):
+        hist[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    bans = ngram_bans(hist, torch.tensor([len(r) for r in rows]), n, V)
+    for i, r in enumerate(rows):
+        assert sorted(set(bans[i].tolist()) - {V}) == banned_ngram_tokens(r, n), (r, n)
+
+
+def test_native_history_is_copied_once_then_kept_on_the_device(models, monkeypatch):
+    """The controlled rows' tokens cross once per sequence (its first step); later steps copy none of them, the
+    step appends its own token; slots go back when sequences finish; more sequences and longer ones than the
+    table first holds grow it. Tokens equal the reference decoder's."""
+    lm, rm, tok = models
+    native = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True, block_size=4)
+    runner = native.decoder.runner
+    runner.controls = type(runner.controls)(runner.device, runner.vocab_size, slots=2, width=8)
+    copied, real = [], runner.transfer.pack
+
+    def pack(a):
+        copied.append({k: v.shape for k, v in a.items() if k.startswith("ctl_")})
+        return real(a)
+    monkeypatch.setattr(runner.transfer, "pack", pack)
+    ids = [tok(p)["input_ids"] for p in PROMPTS] * 2  # 6 sequences, 2 slots at first; prompts past width 8
+    params = [ARGSParams(k=4, w=1.0, max_new_tokens=N, repetition_penalty=1.5, no_repeat_ngram_size=2),
+              ARGSParams(k=4, w=1.0, max_new_tokens=N),
+              ARGSParams(k=3, w=2.0, max_new_tokens=N, presence_penalty=0.8, frequency_penalty=0.4)] * 2
+    got = [o.token_ids for o in native.generate(ids, params, progress=False)]
+    ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference", raw=True).generate(ids, params, progress=False)
+    assert got == [o.token_ids for o in ref]
+    steps = [c for c in copied if "ctl_slot" in c]
+    assert len(steps) >= N and "ctl_init" in steps[0] and steps[0]["ctl_init"][0] == 4  # 4 controlled rows
+    assert all("ctl_init" not in c and "ctl_hist" not in c for c in steps[1:])  # no history after the first
+    assert runner.controls.tokens.shape[0] >= 4 and runner.controls.tokens.shape[1] > 8
+    assert runner.controls.num_slots_in_use == 0 and len(runner.controls.free) == runner.controls.tokens.shape[0]

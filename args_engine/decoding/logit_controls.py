@@ -4,8 +4,11 @@ applied to the LM's next-token logits before the k candidates are taken. Every d
 (batch-invariant).
 
 Two halves, so the native step needs no host round trip: `control_arrays` (host) turns each controlled row's
-settings and tokens into padded arrays that travel in the step's one host-to-device copy, and `apply_controls`
-(device) applies them to all controlled rows at once with gathers and scatters, never reading anything back.
+settings into arrays that travel in the step's one host-to-device copy, and `apply_controls` (device) applies them
+to all controlled rows at once with gathers and scatters, never reading anything back. The controls that read
+the tokens so far (repetition, presence / frequency, n-grams) take them from a [C, L] history: the reference
+decoders pack it on the host each step; the native engine keeps it on the device, appended by the step itself
+(engine/control_history.py).
 
 Semantics follow the libraries users know: logit bias added, then repetition_penalty and no_repeat_ngram_size
 as Hugging Face's processors (over prompt + response), presence and frequency penalties as OpenAI's (over the
@@ -23,16 +26,18 @@ _FLOAT_FIELDS = ("repetition_penalty", "presence_penalty", "frequency_penalty", 
 
 
 def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_prompt: list[int],
-                   vocab_size: int, float_dtype=np.float64) -> dict[str, np.ndarray]:
+                   vocab_size: int, float_dtype=np.float64, history: bool = True) -> dict[str, np.ndarray]:
     """Host arrays of the rows with controls (none: {}). token_ids[b]: row b's prompt + response so far, the first
     num_prompt[b] being the prompt. Padding ids are `vocab_size` (a column apply_controls adds and drops).
     float_dtype: of the settings, best the dtype apply_controls computes in (float32 unless the logits are
     float64), so the device casts nothing.
       ctl_rows [C] the controlled rows; ctl_<field> [C] each setting; ctl_filter [F] those (of the C) with min_p
-      or top_p;
-      ctl_tokens [C, L] every token (the repetition penalty's), ctl_response [C, R] the response's (presence and
-      frequency penalties');
-      ctl_bias_ids, ctl_bias [C, NB] logit bias; ctl_ban [C, NN] the tokens no-repeat n-grams ban."""
+      or top_p; ctl_bias_ids, ctl_bias [C, NB] logit bias;
+      the controls that read the tokens, each as the rows (of the C) it applies to: ctl_rep (repetition, over
+      prompt + response), ctl_pen (presence / frequency, over the response), ctl_ng<n> (no-repeat n-grams of
+      size n); with them ctl_len [C] and ctl_prompt [C] (tokens so far, of them the prompt's) and, when
+      `history` (the reference decoders; the native engine keeps the tokens on the device instead),
+      ctl_hist [C, L] every row's tokens."""
     rows = [b for b, p in enumerate(params) if p.has_logit_controls]
     if not rows:
         return {}
@@ -46,17 +51,26 @@ def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_pro
     filtered = [i for i, p in enumerate(ps) if p.min_p > 0.0 or p.top_p < 1.0]
     if filtered:  # only these rows pay for the softmax and the sort
         a["ctl_filter"] = np.array(filtered, dtype=np.int64)
-    if any(p.repetition_penalty != 1.0 for p in ps):
-        a["ctl_tokens"] = _padded([token_ids[b] for b in rows], vocab_size)
-    if any(p.presence_penalty or p.frequency_penalty for p in ps):
-        a["ctl_response"] = _padded([token_ids[b][num_prompt[b]:] for b in rows], vocab_size)
     if any(p.logit_bias for p in ps):
         a["ctl_bias_ids"] = _padded([list(p.logit_bias or ()) for p in ps], vocab_size)
         a["ctl_bias"] = _padded([list((p.logit_bias or {}).values()) for p in ps], 0.0, float_dtype)
-    if any(p.no_repeat_ngram_size > 0 for p in ps):
-        a["ctl_ban"] = _padded([banned_ngram_tokens(token_ids[b], p.no_repeat_ngram_size) for b, p in zip(rows, ps)],
-                               vocab_size)
+    uses = {"ctl_rep": [i for i, p in enumerate(ps) if p.repetition_penalty != 1.0],
+            "ctl_pen": [i for i, p in enumerate(ps) if p.presence_penalty or p.frequency_penalty]}
+    for n in sorted({p.no_repeat_ngram_size for p in ps if p.no_repeat_ngram_size > 0}):
+        uses[f"ctl_ng{n}"] = [i for i, p in enumerate(ps) if p.no_repeat_ngram_size == n]
+    uses = {name: r for name, r in uses.items() if r}
+    if uses:
+        a.update({name: np.array(r, dtype=np.int64) for name, r in uses.items()})
+        a["ctl_len"] = np.array([len(token_ids[b]) for b in rows], dtype=np.int64)
+        a["ctl_prompt"] = np.array([num_prompt[b] for b in rows], dtype=np.int64)
+        if history:
+            a["ctl_hist"] = _padded([token_ids[b] for b in rows], vocab_size)
     return a
+
+
+def reads_tokens(t: dict) -> bool:
+    """Does a control in these arrays read the rows' tokens (repetition, presence / frequency, n-grams)?"""
+    return "ctl_len" in t
 
 
 def _padded(lists: list[list], fill, dtype=np.int64) -> np.ndarray:
@@ -66,40 +80,69 @@ def _padded(lists: list[list], fill, dtype=np.int64) -> np.ndarray:
     return out
 
 
-def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch.Tensor | None = None
+                   ) -> torch.Tensor:
     """logits [B, V] and control_arrays' tensors (on the logits' device) -> controlled logits [B, V]: a new tensor
-    when any row has controls (the input is never modified). No host synchronization. The arithmetic runs in
+    when any row has controls (the input is never modified). hist [C, L]: the controlled rows' tokens, padded
+    with V past each row's length (default: t["ctl_hist"]). No host synchronization. The arithmetic runs in
     float32 (float64 for float64 logits), as Hugging Face's processors see the scores, and the result is cast
     back to the logits' dtype."""
     if "ctl_rows" not in t:
         return logits
     rows = t["ctl_rows"]
+    hist = t.get("ctl_hist") if hist is None else hist
     acc = torch.promote_types(logits.dtype, torch.float32)
     x = logits.index_select(0, rows).to(acc)  # [C, V]
     C, V = x.shape
     pad = x.new_zeros(C, 1)  # the column padding ids land in
 
-    def setting(name):  # [C, 1]
-        return t[f"ctl_{name}"].to(acc)[:, None]
+    def setting(name, r):  # [R, 1] for the rows r (of the C)
+        return t[f"ctl_{name}"].to(acc).index_select(0, r)[:, None]
     if "ctl_bias_ids" in t:
         x = torch.cat([x, pad], 1).scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(acc))[:, :V]
-    if "ctl_tokens" in t:  # every token seen, prompt included; a penalty of 1.0 leaves x exactly as it is
-        seen = torch.zeros(C, V + 1, dtype=torch.bool, device=x.device).scatter_(1, t["ctl_tokens"], True)[:, :V]
-        rep = setting("repetition_penalty")
-        x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
-    if "ctl_response" in t:  # zero penalties subtract exact zeros (counts are finite)
-        response = t["ctl_response"]  # [C, R]
-        counts = torch.zeros(C, V + 1, dtype=acc, device=x.device).scatter_add_(
-            1, response, torch.ones_like(response, dtype=acc))[:, :V]  # [C, V]
-        x = x - setting("frequency_penalty") * counts - setting("presence_penalty") * (counts > 0).to(acc)
-    if "ctl_ban" in t:
-        x = torch.cat([x, pad], 1).scatter(1, t["ctl_ban"], float("-inf"))[:, :V]
+    if "ctl_rep" in t:  # every token seen, prompt included
+        r = t["ctl_rep"]
+        seen = torch.zeros(len(r), V + 1, dtype=torch.bool, device=x.device).scatter_(
+            1, hist.index_select(0, r), True)[:, :V]  # [R, V]
+        xr, rep = x.index_select(0, r), setting("repetition_penalty", r)
+        x = x.index_copy(0, r, torch.where(seen, torch.where(xr > 0, xr / rep, xr * rep), xr))
+    if "ctl_pen" in t:  # the response's tokens only; zero penalties subtract exact zeros (counts are finite)
+        r = t["ctl_pen"]
+        h = hist.index_select(0, r)  # [R, L]
+        at = torch.arange(h.shape[1], device=h.device)
+        response = torch.where(at >= t["ctl_prompt"].index_select(0, r)[:, None], h, V)  # [R, L]
+        counts = torch.zeros(len(r), V + 1, dtype=acc, device=x.device).scatter_add_(
+            1, response, torch.ones_like(response, dtype=acc))[:, :V]  # [R, V]
+        xr = x.index_select(0, r)
+        x = x.index_copy(0, r, xr - setting("frequency_penalty", r) * counts
+                         - setting("presence_penalty", r) * (counts > 0).to(acc))
+    for name in sorted(k for k in t if k.startswith("ctl_ng")):
+        r = t[name]
+        bans = ngram_bans(hist.index_select(0, r), t["ctl_len"].index_select(0, r), int(name[6:]), V)  # [R, M]
+        xr = torch.cat([x.index_select(0, r), pad[:len(r)]], 1).scatter(1, bans, float("-inf"))[:, :V]
+        x = x.index_copy(0, r, xr)
     if "ctl_filter" in t:
         f = t["ctl_filter"]
         kept = x.index_select(0, f)  # [F, V]
         drop = dropped_by_min_p_top_p(kept, t["ctl_min_p"].index_select(0, f), t["ctl_top_p"].index_select(0, f))
         x = x.index_copy(0, f, kept.masked_fill(drop, float("-inf")))
     return logits.index_copy(0, rows, x.to(logits.dtype))
+
+
+def ngram_bans(hist: torch.Tensor, lens: torch.Tensor, n: int, pad_id: int) -> torch.Tensor:
+    """hist [R, L] tokens (pad_id past each row's length lens [R]) -> [R, M] the tokens no_repeat_ngram_size n bans
+    (pad_id elsewhere): those that followed an earlier occurrence of the row's last n - 1 tokens (Hugging Face's
+    semantics; banned_ngram_tokens is the host oracle). On the device, no host read."""
+    if n == 1:
+        return hist  # every token seen
+    R, L = hist.shape
+    if L < n:
+        return hist.new_full((R, 1), pad_id)
+    at = torch.arange(L - n + 1, device=hist.device)  # window starts s, followed by the token at s + n - 1
+    last = hist.gather(1, (lens[:, None] - (n - 1) + torch.arange(n - 1, device=hist.device)).clamp_min(0))
+    windows = hist.unfold(1, n - 1, 1)[:, :L - n + 1]  # [R, L - n + 1, n - 1]
+    match = (windows == last[:, None, :]).all(-1) & (at[None, :] <= (lens - n)[:, None])  # [R, L - n + 1]
+    return torch.where(match, hist[:, n - 1:], pad_id)
 
 
 def apply_logit_controls(logits: torch.Tensor, params: list[ARGSParams], token_ids: list[list[int]],
@@ -112,7 +155,7 @@ def apply_logit_controls(logits: torch.Tensor, params: list[ARGSParams], token_i
 
 def banned_ngram_tokens(ids: list[int], n: int) -> list[int]:
     """The tokens that would complete an n-gram already in `ids` (Hugging Face's no_repeat_ngram_size): those that
-    followed an earlier occurrence of the last n - 1 tokens. Vectorized: O(len(ids) x n) in C, not Python."""
+    followed an earlier occurrence of the last n - 1 tokens. The host oracle of ngram_bans."""
     if len(ids) + 1 < n or n < 1:
         return []
     t = torch.tensor(ids)

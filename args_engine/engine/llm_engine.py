@@ -125,6 +125,7 @@ class LLMEngine:
         if seq is not None and seq.status is not Status.FINISHED:
             seq.req.finish_reason = seq.req.finish_reason or "abort"
             self.scheduler.finish(seq)
+            self.runner.release(seq)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -203,6 +204,7 @@ class LLMEngine:
     def _finish(self, seq: Sequence) -> None:
         """Its response is complete: its blocks go back at once."""
         self.scheduler.finish(seq)
+        self.runner.release(seq)
         seq.next_logits = None
         self.seqs.pop(seq.seq_id, None)
 

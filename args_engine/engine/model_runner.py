@@ -31,11 +31,12 @@ import torch
 
 from ..decoding.bridge import BridgeScorer, BridgeState
 from ..decoding.common import gated, logprob_columns, logprob_lists, select_candidates, selection_arrays
-from ..decoding.logit_controls import apply_controls, control_arrays
+from ..decoding.logit_controls import apply_controls, control_arrays, reads_tokens
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
 from .args_step import ArgsStep, cells_bucket, on_device, scored_cells
+from .control_history import ControlHistory
 from .cuda_graphs import StepGraphs, batch_bucket
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
@@ -77,6 +78,8 @@ class StepBatch:
     scored_only: list[Sequence] = field(default_factory=list)  # prompts complete, nothing to decode (scoring)
     prompt_lp: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, prompt positions scored here)
     prompt_lp_width: int = 0  # top-N columns of this step's prompt log-probs (the largest N asked)
+    # controls that read the tokens: (controlled rows, their lengths) on the host, and the history's width
+    ctl: tuple[np.ndarray, np.ndarray, int] | None = None
 
 
 @dataclass
@@ -128,6 +131,7 @@ class ModelRunner:
         self.lm_kv = self.rm_kv = None
         self.spare_block = -1  # the cache block padding rows write to (static modes)
         self.transfer, self.read = StepTransfer(self.device), HostRead()
+        self.controls = ControlHistory(self.device, self.vocab_size)  # the controlled rows' tokens, on the device
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
         capture = step_mode == "graph"
         # a CPU RM in eager steps skips the gated rows' candidates (reading a CPU tensor costs no transfer)
@@ -135,6 +139,10 @@ class ModelRunner:
                                   compact_gate=self.rm_device.type == "cpu" and step_mode == "dynamic")
         self._args_graphs = StepGraphs(self.args_step, capture)
         self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
+
+    def release(self, seq: Sequence) -> None:
+        """The sequence is finished: what the runner keeps for it on the device goes back."""
+        self.controls.release(seq.seq_id)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> the LM's logits [..., V] (Gemma 2: soft-capped, as its HF forward does)."""
@@ -197,7 +205,7 @@ class ModelRunner:
         ready = [s for s in completed if s.params.max_new_tokens > 0] + decode
         scored_only = [s for s in completed if s.params.max_new_tokens == 0]
         prompt_lp, width = self._prompt_lp_arrays(prefill, a)
-        B, rows, lm_rows, kmax = len(ready), 0, 0, 0
+        B, rows, lm_rows, kmax, ctl = len(ready), 0, 0, 0, None
         if ready:
             rows = self._rows(B)
             kmax = max(s.params.k for s in ready)
@@ -209,7 +217,12 @@ class ModelRunner:
             a["tables"] = self._pad(tables, rows, self.spare_block)
             a["pos"] = self._pad(pos, rows, 0)
             a.update(control_arrays([s.params for s in ready], [s.token_ids for s in ready],
-                                    [len(s.req.prompt_ids) for s in ready], self.vocab_size, self._control_dtype))
+                                    [len(s.req.prompt_ids) for s in ready], self.vocab_size, self._control_dtype,
+                                    history=False))
+            if reads_tokens(a):  # the tokens are on the device already, or come once in this copy
+                hist, ctl_width = self.controls.arrays(ready, a["ctl_rows"], a["ctl_len"])
+                a.update(hist)
+                ctl = (a["ctl_rows"], a["ctl_len"], ctl_width)
             if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's arrays
                 a.update(self._rm_arrays(ready, pos, rows, kmax, bm))
             if decode and not self.shared:
@@ -222,7 +235,7 @@ class ModelRunner:
                 a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
         t = self.transfer.pack(a) if a else {}
         rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
-        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, scored_only, prompt_lp, width)
+        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, scored_only, prompt_lp, width, ctl)
 
     @staticmethod
     def _prompt_lp_arrays(prefill: list[tuple[Sequence, int]], a: dict) -> tuple[list[tuple[Sequence, int]], int]:
@@ -313,6 +326,8 @@ class ModelRunner:
             return out
         if rows is not None:
             self._unpack_rows(batch.ready, take(*rows.shape), gate, n_top, result)
+        if batch.ctl is not None:
+            self.controls.stepped(batch.ready, *batch.ctl[:2])
         for s in scored:
             lps, tops = [None], [None]  # the first prompt token has no log p
             for part, width in s.prompt_lp_parts:
@@ -328,7 +343,8 @@ class ModelRunner:
         [gate's k], [log p, top ids, top log p]; the gate's k [B] or None; the log-prob width or None)."""
         t, seqs = batch.t, batch.ready
         params = [s.params for s in seqs]
-        controlled = apply_controls(logits, t)  # [B, V]: the control arrays came in the step's one copy
+        hist = self.controls.history(t, batch.ctl[2]) if batch.ctl is not None else None  # [C, L]
+        controlled = apply_controls(logits, t, hist)  # [B, V]: the control arrays came in the step's one copy
         gate = None
         if self.bridge is not None:
             tokens, chosen, next_logits = self._bridged_step(seqs, controlled)
@@ -337,6 +353,8 @@ class ModelRunner:
             tokens, chosen, next_logits = out["tokens"], out["rewards"], out.get("next_logits")
             if "gate" in batch.rt:  # which rows the gate took comes back in the one read
                 gate = out["k"]
+        if batch.ctl is not None:  # the step appends its own tokens to the history
+            self.controls.append(t, tokens)
         B = len(seqs)
         if self.shared:
             if self.step_mode == "graph":  # out of the graph's buffers, which another bucket's replay may reuse
