@@ -32,7 +32,7 @@ def prefilled(sched: Scheduler, s: Sequence) -> None:
     """Admit s and mark its prompt computed and its first token chosen, as a step would."""
     sched.add(s)
     sched.waiting.remove(s)
-    sched.bm.admit(s)
+    assert sched.bm.admit(s) == 0
     s.status = type(s.status).RUNNING
     sched.running.append(s)
     s.lm_cached = s.num_tokens

@@ -25,14 +25,15 @@ class BlockManager:
     def can_admit(self, seq: Sequence) -> bool:
         return self.allocator.can_allocate(seq.num_tokens + 1)
 
-    def admit(self, seq: Sequence) -> None:
-        """Blocks for the whole sequence plus the next candidate's slot; prefix-cache hits skip their prefill (not
-        for a prompt whose log-probabilities are wanted: every position's logits come from its prefill)."""
+    def admit(self, seq: Sequence) -> int:
+        """Blocks for the whole sequence plus the next candidate's slot -> how many leading tokens the prefix cache
+        holds already (their prefill is skipped; none for a prompt whose log-probabilities are wanted: every
+        position's logits come from its prefill). The scheduler advances the sequence's counts."""
         hits = self.allocator.allocate(seq.seq_id, seq.token_ids, seq.num_tokens + 1,
                                        reuse_prefix=not seq.scores_prompt)
-        seq.lm_cached = seq.rm_cached = hits
         self.num_admitted_tokens += seq.num_tokens
         self.num_hit_tokens += hits
+        return hits
 
     def mark_computed(self, seq: Sequence, num_positions: int) -> None:
         """Positions [0, num_positions) are in both caches (or will be, before anything reads them): their full

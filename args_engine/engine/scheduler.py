@@ -62,8 +62,9 @@ class Scheduler:
             if not all(p.can_admit(seq) for p in self.pools):
                 break
             self.waiting.popleft()
-            for p in self.pools:
-                p.admit(seq)  # prefix-cache hits advance lm_cached / rm_cached (or rm_ids)
+            seq.lm_cached = seq.rm_cached = self.bm.admit(seq)  # prefix-cache hits are computed already
+            if self.rm_bm is not None:
+                self.rm_bm.admit(seq)  # its own pool: hits set the RM tokens it holds (rm_ids)
             seq.status = Status.RUNNING
             self.running.append(seq)
             budget -= self._add_chunk(prefill, seq, budget)
