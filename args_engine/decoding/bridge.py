@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ..models.hf import RewardModel, next_token_logits
 from ..engine.request import Request, append_token
+from ..models.hf import RewardModel, next_token_logits
 from .common import gated, select_candidates, topk_logprobs
 from .logit_controls import apply_logit_controls
 from .masks import _additive

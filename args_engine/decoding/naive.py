@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.request import Request, append_token
 from ..models.hf import RewardModel, next_token_logits
 from .bridge import bridged_rewards
-from ..engine.request import Request, append_token
 from .common import gated, select_candidates, topk_logprobs
 from .logit_controls import apply_logit_controls
 

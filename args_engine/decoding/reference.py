@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from ..models.hf import RewardModel, next_token_logits
 from ..engine.request import Request, append_token
+from ..models.hf import RewardModel, next_token_logits
 from .common import gated, logprob_columns, logprob_lists, select_candidates, topk_logprobs
 from .logit_controls import apply_logit_controls
 from .masks import candidate_mask, commit_candidates, prefill_mask, prefix_positions, select_rows

@@ -14,12 +14,12 @@ import logging
 
 import torch
 
-from .request import Request
 from ..models.hf import RewardModel
 from ..models.paged_ops import triton_available
 from .block_manager import BlockManager
 from .model_runner import ModelRunner, cache_bytes_per_block
 from .output_processor import OutputProcessor, TokenEvent  # noqa: F401  (TokenEvent: part of this module's API)
+from .request import Request
 from .rm_block_manager import RMBlockManager
 from .scheduler import Scheduler
 from .sequence import Sequence, Status
