@@ -274,6 +274,7 @@ def _check_paged_bridge(lm, lm_tokenizer, bpe_tokenizer, window, use_triton, num
                                    1e-9, atol=1e-5 if use_triton else 1e-9)
     dec = engine.decoder
     assert dec.rm_bm.num_free_blocks == dec.rm_bm.num_blocks and dec.bm.num_free_blocks == dec.bm.num_blocks
+    assert not dec.rm_bm.seqs  # the pool forgets finished sequences
     return engine
 
 

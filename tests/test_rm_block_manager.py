@@ -24,20 +24,20 @@ def test_admit_settle_cut_and_free():
     seq = make_seq("abcdefghij", 0)  # 10 RM tokens
     assert bm.can_admit(seq)
     bm.admit(seq)
-    assert seq.rm_ids == [] and seq.rm_settled_ids == [ord(c) for c in "abcdefgh"]  # all but the window
+    assert bm.cached_ids(seq) == [] and bm.settled_ids(seq) == [ord(c) for c in "abcdefgh"]  # all but the window
     assert bm.capacity(seq) >= 14  # the text and the reserve
     text = [ord(c) for c in "abcdefghij"] + [100, 101]
     bm.commit(seq, text, len(text))  # the cache holds all 12; the allocator all but the last 2
-    assert seq.rm_ids == text and seq.rm_settled_ids == text[:10]
+    assert bm.cached_ids(seq) == text and bm.settled_ids(seq) == text[:10]
     bm.cut(seq, text, 11)  # the last token changed: above the settled part, no re-allocation
-    assert seq.rm_ids == text[:11] and bm.num_cuts == 0
+    assert bm.cached_ids(seq) == text[:11] and bm.num_cuts == 0
     free_before = bm.num_free_blocks
     bm.cut(seq, text[:6] + [999] * 6, 6)  # a settled token changed: freed and allocated again
-    assert bm.num_cuts == 1 and seq.rm_settled_ids == text[:6]  # the 6 that hold (the window counts from the end)
-    assert seq.rm_ids == text[:4]  # their full block came back from the prefix cache
+    assert bm.num_cuts == 1 and bm.settled_ids(seq) == text[:6]  # the 6 that hold (the window counts from the end)
+    assert bm.cached_ids(seq) == text[:4]  # their full block came back from the prefix cache
     assert bm.num_free_blocks == free_before
     bm.free(seq)
-    assert bm.num_free_blocks == bm.num_blocks
+    assert bm.num_free_blocks == bm.num_blocks and not bm.seqs  # nothing kept of a freed sequence
 
 
 def test_prefix_hits_between_sequences_and_the_lone_sequence_cap():
@@ -47,7 +47,7 @@ def test_prefix_hits_between_sequences_and_the_lone_sequence_cap():
     ids = [ord(c) for c in "0123456789"]
     bm.commit(a, ids, len(ids))  # computed: blocks [0123] [4567] registered
     bm.admit(b)
-    assert b.rm_ids == [ord(c) for c in "01234567"]  # two full blocks from a's cache
+    assert bm.cached_ids(b) == [ord(c) for c in "01234567"]  # two full blocks from a's cache
     bm.free(a)
     bm.free(b)
     assert bm.num_free_blocks == bm.num_blocks

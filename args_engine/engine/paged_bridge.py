@@ -68,15 +68,16 @@ class PagedBridge:
     def _plan(self, seq: Sequence, ids: list[list[int]]) -> _Row:
         """ids: each candidate's RM tokens. Cut the cache back to what still begins them all."""
         bm = self.blocks
-        keep, shared = split_tails(seq.rm_ids, ids)
-        settled = seq.rm_settled_ids  # the allocator's tokens (some may not be cached yet) must hold too
+        cached = bm.cached_ids(seq)
+        keep, shared = split_tails(cached, ids)
+        settled = bm.settled_ids(seq)  # the allocator's tokens (some may not be cached yet) must hold too
         holds = common_prefix(settled, ids[0], min(len(settled), shared))
         if holds < len(settled):  # re-tokenization reached a settled token (cut re-allocates)
             keep = min(keep, holds)
-        if keep < len(seq.rm_ids) or holds < len(settled):
-            self.rm_tokens_recomputed += len(seq.rm_ids) - keep
+        if keep < len(cached) or holds < len(settled):
+            self.rm_tokens_recomputed += len(cached) - keep
             bm.cut(seq, ids[0], keep)
-        keep = len(seq.rm_ids)  # after a cut into settled tokens: what the prefix cache gave back
+        keep = len(bm.cached_ids(seq))  # after a cut into settled tokens: what the prefix cache gave back
         return _Row(seq, ids, keep, min(extension(keep, shared), bm.capacity(seq)))
 
     def _extend(self, rows: list[_Row]) -> None:

@@ -2,17 +2,26 @@
 of its own over the RM's pool, in RM-token positions (they differ from the LM's). Host only: never touches
 tensors; the model runner copies and writes blocks.
 
-A sequence's RM cache holds the K/V of `seq.rm_ids`, RM tokens that begin the tokenization of its text so far.
-The allocator's tokens are `seq.rm_settled_ids` (prefix-cache entries once their blocks are
-full): those lie at least `window` tokens behind the end of the text, where more text no longer re-tokenizes
+A sequence's RM cache holds the K/V of `cached_ids(seq)`, RM tokens that begin the tokenization of its text so
+far. The allocator's tokens are `settled_ids(seq)` (prefix-cache entries once their blocks are full): those lie at least `window` tokens behind the end of the text, where more text no longer re-tokenizes
 them. The last few may still change as the text grows: the bridge then cuts the cache back and re-reads them,
 which costs nothing here (those positions are the sequence's own blocks, never shared). If a change ever reaches
 the settled part, the sequence's blocks are freed and allocated again for the part that still holds, whose full
 blocks come back from the prefix cache (`cut`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .. import _C
 from .sequence import Sequence
+
+
+@dataclass
+class _RMTokens:
+    """What the pool knows of one sequence, in RM tokens."""
+    cached: list[int] = field(default_factory=list)  # whose K/V the RM cache holds
+    settled: list[int] = field(default_factory=list)  # what the allocator holds
+    text: tuple[int, list[int]] | None = None  # the text's RM tokens at a response length (memo)
 
 
 class RMBlockManager:
@@ -31,6 +40,18 @@ class RMBlockManager:
         self.window = window
         self.pending_copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) for the RM cache
         self.num_cuts = 0  # cuts into settled tokens (re-allocations): a statistic
+        self.seqs: dict[int, _RMTokens] = {}  # seq_id -> its RM tokens (dropped by free)
+
+    def _state(self, seq: Sequence) -> _RMTokens:
+        return self.seqs.setdefault(seq.seq_id, _RMTokens())
+
+    def cached_ids(self, seq: Sequence) -> list[int]:
+        """The RM tokens whose K/V the sequence's RM cache holds."""
+        return self._state(seq).cached
+
+    def settled_ids(self, seq: Sequence) -> list[int]:
+        """The RM tokens the allocator holds for the sequence (a prefix of cached_ids or of the text)."""
+        return self._state(seq).settled
 
     @property
     def num_free_blocks(self) -> int:
@@ -39,14 +60,14 @@ class RMBlockManager:
     def text_ids(self, seq: Sequence) -> list[int]:
         """The RM tokens of the sequence's text so far (prompt as the RM reads it + response), memoized per
         response length."""
-        n = len(seq.req.out_ids)
-        if seq.rm_text_ids is None or seq.rm_text_ids[0] != n:
-            seq.rm_text_ids = (n, self.view.ids(seq.req.rm_prefix, seq.req.out_ids))
-        return seq.rm_text_ids[1]
+        st, n = self._state(seq), len(seq.req.out_ids)
+        if st.text is None or st.text[0] != n:
+            st.text = (n, self.view.ids(seq.req.rm_prefix, seq.req.out_ids))
+        return st.text[1]
 
     def uncached(self, seq: Sequence) -> int:
         """RM tokens of the text the cache does not hold yet (a new prompt's: its first ARGS step reads them)."""
-        return max(0, len(self.text_ids(seq)) - len(seq.rm_ids))
+        return max(0, len(self.text_ids(seq)) - len(self.cached_ids(seq)))
 
     def _want(self, num_cached: int) -> int:
         return min(num_cached + self.reserve, self.num_blocks * self.block_size)
@@ -60,13 +81,14 @@ class RMBlockManager:
         want = self._want(len(ids))
         settled = ids[:min(want, max(0, len(ids) - self.window))]
         hits = self.allocator.allocate(seq.seq_id, settled, want)
-        seq.rm_ids, seq.rm_settled_ids = ids[:hits], settled
+        st = self._state(seq)
+        st.cached, st.settled = ids[:hits], settled
 
     def can_grow(self, seq: Sequence) -> bool:
-        return self.allocator.can_ensure(seq.seq_id, self._want(len(seq.rm_ids)))
+        return self.allocator.can_ensure(seq.seq_id, self._want(len(self.cached_ids(seq))))
 
     def grow(self, seq: Sequence) -> None:
-        self.pending_copies += self.allocator.ensure(seq.seq_id, self._want(len(seq.rm_ids)))
+        self.pending_copies += self.allocator.ensure(seq.seq_id, self._want(len(self.cached_ids(seq))))
 
     def take_copies(self) -> list[tuple[int, int]]:
         copies, self.pending_copies = self.pending_copies, []
@@ -81,8 +103,9 @@ class RMBlockManager:
         `ids`: drop the rest. Into the settled part: free and allocate again (as many positions as before when the
         pool allows, else fewer: the runner then commits less and the scheduler grows the table or preempts at
         the next step)."""
-        if keep >= len(seq.rm_settled_ids):
-            seq.rm_ids = seq.rm_ids[:keep]
+        st = self._state(seq)
+        if keep >= len(st.settled):
+            st.cached = st.cached[:keep]
             return
         self.num_cuts += 1
         want = max(self.capacity(seq), keep)
@@ -94,25 +117,29 @@ class RMBlockManager:
                 break
             except RuntimeError:  # out of blocks: fewer positions
                 continue
-        seq.rm_ids, seq.rm_settled_ids = ids[:hits], tokens
+        st.cached, st.settled = ids[:hits], tokens
 
     def commit(self, seq: Sequence, ids: list[int], cached: int) -> None:
         """The cache now holds the K/V of ids[:cached] (ids: the chosen candidate's RM tokens); settle all but the
         last `window` tokens."""
-        seq.rm_ids = ids[:cached]
-        settled = len(seq.rm_settled_ids)
+        st = self._state(seq)
+        st.cached = ids[:cached]
+        settled = len(st.settled)
         settle = max(settled, min(cached, len(ids) - self.window))
         if settle > settled:
             self.allocator.append_tokens(seq.seq_id, ids[settled:settle])
-            seq.rm_settled_ids = seq.rm_settled_ids + ids[settled:settle]
-        self.allocator.mark_computed(seq.seq_id, min(len(seq.rm_settled_ids), cached))
+            st.settled = st.settled + ids[settled:settle]
+        self.allocator.mark_computed(seq.seq_id, min(len(st.settled), cached))
 
     def extended(self, seq: Sequence, ids: list[int], cached: int) -> None:
-        """The causal extension wrote ids[len(rm_ids):cached] (shared by every candidate)."""
-        seq.rm_ids = ids[:cached]
-        self.allocator.mark_computed(seq.seq_id, min(len(seq.rm_settled_ids), cached))
+        """The causal extension wrote ids[len(cached_ids):cached] (shared by every candidate)."""
+        st = self._state(seq)
+        st.cached = ids[:cached]
+        self.allocator.mark_computed(seq.seq_id, min(len(st.settled), cached))
 
     def free(self, seq: Sequence) -> None:
+        """Finished or preempted: its blocks go back and what the pool knew of it is forgotten."""
+        self.seqs.pop(seq.seq_id, None)
         if self.allocator.has_sequence(seq.seq_id):
             self.allocator.free(seq.seq_id)
 

@@ -64,7 +64,7 @@ class Scheduler:
             self.waiting.popleft()
             seq.lm_cached = seq.rm_cached = self.bm.admit(seq)  # prefix-cache hits are computed already
             if self.rm_bm is not None:
-                self.rm_bm.admit(seq)  # its own pool: hits set the RM tokens it holds (rm_ids)
+                self.rm_bm.admit(seq)  # its own pool: hits set the RM tokens it holds (cached_ids)
             seq.status = Status.RUNNING
             self.running.append(seq)
             budget -= self._add_chunk(prefill, seq, budget)

@@ -29,11 +29,6 @@ class Sequence:
         self.num_preemptions = 0
         self.next_logits = None  # shared trunk: the LM's logits [V] for the next token, from the last ARGS step
         self.bridge_state = None  # an RM that reads text: its cache for this sequence (decoding/bridge.py)
-        # an RM that reads text on its own paged cache (rm_block_manager.py): the RM tokens whose K/V it holds,
-        # the RM tokens its allocator holds, and the RM tokens of the text at a response length
-        self.rm_ids: list[int] = []
-        self.rm_settled_ids: list[int] = []
-        self.rm_text_ids: tuple[int, list[int]] | None = None
         # params.prompt_logprobs: each prefill chunk's rows of log-prob columns on the device ([m, 1 + 2 width],
         # width), read with the step that completes the prompt
         self.prompt_lp_parts: list[tuple[object, int]] = []
@@ -60,7 +55,6 @@ class Sequence:
         """Preempted: the caches are gone; everything is recomputed on readmission."""
         self.lm_cached = self.rm_cached = 0
         self.next_logits = self.bridge_state = None
-        self.rm_ids, self.rm_settled_ids = [], []
         self.prompt_lp_parts = []
         self.status = Status.WAITING
         self.num_preemptions += 1
