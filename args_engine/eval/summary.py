@@ -54,8 +54,9 @@ def summary_line(s: dict) -> str:
     e = s["evaluation"]
     controls = f", no_repeat_ngram_size={s['no_repeat_ngram_size']}" if s["no_repeat_ngram_size"] else ""
     missed = [t for t, ok in s["targets_met"].items() if not ok]
+    scorer = f" (scored by {Path(e['score_rm']).stem})" if e.get("score_rm") else ""
     return (f"Committed evaluation ({e['n_prompts']} HH-RLHF prompts, {e['max_new_tokens']} new tokens), "
-            f"ARGS-greedy k={s['k']} w={s['w']:g}{controls}, {s['head']} reward head: reward "
+            f"ARGS-greedy k={s['k']} w={s['w']:g}{controls}, {s['head']} reward head: reward{scorer} "
             f"{s['reward_gain_in_greedy_sd']:+.2f} greedy SDs, judge win-tie {s['win_tie_vs_greedy']:.0%}, "
             f"coherence {s['coherence']:.3f} (greedy {s['greedy_coherence']:.3f}), diversity "
             f"{100 * s['diversity']:.1f} (greedy {100 * s['greedy_diversity']:.1f})"
