@@ -97,30 +97,40 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
     pad = x.new_zeros(C, 1)  # the column padding ids land in
 
     def setting(name, r):  # [R, 1] for the rows r (of the C)
-        return t[f"ctl_{name}"].to(acc).index_select(0, r)[:, None]
+        v = t[f"ctl_{name}"].to(acc)
+        return (v if r is None else v.index_select(0, r))[:, None]
+
+    def rows_of(name):  # the rows (of the C) a control applies to; None: all of them (no gather, no scatter)
+        r = t[name]
+        return None if len(r) == C else r
+
+    def take(z, r):
+        return z if r is None else z.index_select(0, r)
+
+    def put(z, r, zr):
+        return zr if r is None else z.index_copy(0, r, zr)
     if "ctl_bias_ids" in t:
         x = torch.cat([x, pad], 1).scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(acc))[:, :V]
     if "ctl_rep" in t:  # every token seen, prompt included
-        r = t["ctl_rep"]
-        seen = torch.zeros(len(r), V + 1, dtype=torch.bool, device=x.device).scatter_(
-            1, hist.index_select(0, r), True)[:, :V]  # [R, V]
-        xr, rep = x.index_select(0, r), setting("repetition_penalty", r)
-        x = x.index_copy(0, r, torch.where(seen, torch.where(xr > 0, xr / rep, xr * rep), xr))
+        r = rows_of("ctl_rep")
+        h = take(hist, r)  # [R, L]
+        seen = torch.zeros(len(h), V + 1, dtype=torch.bool, device=x.device).scatter_(1, h, True)[:, :V]  # [R, V]
+        xr, rep = take(x, r), setting("repetition_penalty", r)
+        x = put(x, r, torch.where(seen, torch.where(xr > 0, xr / rep, xr * rep), xr))
     if "ctl_pen" in t:  # the response's tokens only; zero penalties subtract exact zeros (counts are finite)
-        r = t["ctl_pen"]
-        h = hist.index_select(0, r)  # [R, L]
+        r = rows_of("ctl_pen")
+        h = take(hist, r)  # [R, L]
         at = torch.arange(h.shape[1], device=h.device)
-        response = torch.where(at >= t["ctl_prompt"].index_select(0, r)[:, None], h, V)  # [R, L]
-        counts = torch.zeros(len(r), V + 1, dtype=acc, device=x.device).scatter_add_(
+        response = torch.where(at >= take(t["ctl_prompt"], r)[:, None], h, V)  # [R, L]
+        counts = torch.zeros(len(h), V + 1, dtype=acc, device=x.device).scatter_add_(
             1, response, torch.ones_like(response, dtype=acc))[:, :V]  # [R, V]
-        xr = x.index_select(0, r)
-        x = x.index_copy(0, r, xr - setting("frequency_penalty", r) * counts
-                         - setting("presence_penalty", r) * (counts > 0).to(acc))
+        x = put(x, r, take(x, r) - setting("frequency_penalty", r) * counts
+                - setting("presence_penalty", r) * (counts > 0).to(acc))
     for name in sorted(k for k in t if k.startswith("ctl_ng")):
-        r = t[name]
-        bans = ngram_bans(hist.index_select(0, r), t["ctl_len"].index_select(0, r), int(name[6:]), V)  # [R, M]
-        xr = torch.cat([x.index_select(0, r), pad[:len(r)]], 1).scatter(1, bans, float("-inf"))[:, :V]
-        x = x.index_copy(0, r, xr)
+        r = rows_of(name)
+        h = take(hist, r)
+        bans = ngram_bans(h, take(t["ctl_len"], r), int(name[6:]), V)  # [R, M]
+        x = put(x, r, torch.cat([take(x, r), pad[:len(h)]], 1).scatter(1, bans, float("-inf"))[:, :V])
     if "ctl_filter" in t:
         f = t["ctl_filter"]
         kept = x.index_select(0, f)  # [F, V]
