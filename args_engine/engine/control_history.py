@@ -49,7 +49,7 @@ class ControlHistory:
         if "ctl_init" in t:
             init = t["ctl_init"]  # [I, L]
             self.tokens[t["ctl_init_slot"], :init.shape[1]] = init
-        h = self.tokens.index_select(0, t["ctl_slot"])[:, :width]  # [C, width]
+        h = self.tokens[:, :width].index_select(0, t["ctl_slot"])  # [C, width]: only the columns in use
         inside = torch.arange(width, device=h.device)[None, :] < t["ctl_len"][:, None]
         return torch.where(inside, h, self.pad_id)
 

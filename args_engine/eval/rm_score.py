@@ -11,6 +11,7 @@ import torch
 from ..chat import render_dialogue
 from ..decoding.bridge import RMTextView
 from ..models.hf import RewardModel, context_length
+from ..reward.train import right_padded
 from .prompts import Messages
 
 
@@ -32,11 +33,7 @@ def score_replies(rm: RewardModel, tokenizer, prompts: Sequence[Messages], repli
     out = [0.0] * len(seqs)
     for idx in _by_length([len(s) for s in seqs], batch_size):
         lens = [len(seqs[i]) for i in idx]
-        ids = torch.zeros(len(idx), max(lens), dtype=torch.long)  # [b, T], right-padded
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, :lens[row]] = torch.tensor(seqs[i])
-            mask[row, :lens[row]] = 1
+        ids, mask = right_padded([seqs[i] for i in idx])  # [b, T]
         hidden = rm.forward_trunk(input_ids=ids.to(device), attention_mask=mask.to(device))  # [b, T, H]
         last = hidden[torch.arange(len(idx), device=device), torch.tensor(lens, device=device) - 1]  # [b, H]
         for i, r in zip(idx, rm.rewards(last).double().tolist()):

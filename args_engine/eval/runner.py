@@ -121,13 +121,10 @@ def _scoring_models(models: EvalModels, score_rm) -> EvalModels:
     """The models whose RM scores the responses: the decoding ones, or a head file on the same LM trunk."""
     if score_rm is None:
         return models
-    from ..models.defaults import default_reward_model
+    from ..models.defaults import head_on_trunk
     from ..models.hf import RewardModel
 
-    head = default_reward_model(models.lm, score_rm)
-    if head is None:
-        raise ValueError(f"score_rm {score_rm}: a head that tunes trunk layers (LoRA) cannot score on the LM's trunk")
-    return dataclasses.replace(models, rm=RewardModel(head))
+    return dataclasses.replace(models, rm=RewardModel(head_on_trunk(models.lm, score_rm)))
 
 
 def merge_results(dirs: list[str | Path], out: str | Path | None = None) -> dict:

@@ -166,6 +166,15 @@ def default_reward_model(lm, head: str | Path = DEFAULT_RM_ASSET) -> torch.nn.Mo
     return rm.eval()
 
 
+def head_on_trunk(lm, head: str | Path) -> torch.nn.Module:
+    """default_reward_model for a head file that must go on this LM's trunk: a LoRA head is an error naming why."""
+    rm = default_reward_model(lm, head)
+    if rm is None:
+        raise ValueError(f"reward head {head} tunes trunk layers (LoRA), so it cannot share the LM's trunk: build an "
+                         "RM directory from it (apply_reward_asset on reward_model_on_trunk) and pass that directory")
+    return rm
+
+
 def reward_head_file(name: str) -> Path:
     """A shipped reward head by name (REWARD_HEADS: "default", "prefix")."""
     if name not in REWARD_HEADS:

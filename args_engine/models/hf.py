@@ -113,15 +113,12 @@ def load_pair(lm, rm, device: str, dtype, rm_device: str | None = None, revision
     the LM, the RM keeps a trunk of its own there. revision / rm_revision: of a Hub id each."""
     import copy
 
-    from .defaults import default_reward_model, is_head_file
+    from .defaults import default_reward_model, head_on_trunk, is_head_file
 
     apart = rm_device is not None and torch.device(rm_device) != torch.device(device)
     lm_model, lm_tok = load_lm(lm, device, dtype, revision, trust_remote_code)
     if is_head_file(rm):  # a trained head (train-rm --out) on this LM's trunk
-        rm_model = default_reward_model(lm_model, rm)
-        if rm_model is None:
-            raise ValueError(f"reward head {rm} tunes trunk layers (LoRA): build an RM directory from it "
-                             "(apply_reward_asset on reward_model_on_trunk) and pass that directory")
+        rm_model = head_on_trunk(lm_model, rm)
         return lm_model, lm_tok, copy.deepcopy(rm_model).to(rm_device) if apart else rm_model, None
     if lm is None and rm is None:
         rm_model = default_reward_model(lm_model)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..chat import render_prompt
 from ..progress import progress_bar
 from .data import PreferencePair, split_last_reply
+from .train import right_padded, train_linear_head
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # where accuracy is reported; 1.0 = whole replies (unmatched lengths)
 SHARD = 128  # dialogues per cache file
@@ -53,11 +53,7 @@ def _shard_states(trunk, dialogues: list[tuple[list[int], int]], batch_size: int
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         lens = [len(dialogues[i][0]) for i in idx]
-        ids = torch.zeros(len(idx), max(lens), dtype=torch.long)  # [b, T] right-padded
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, :lens[row]] = torch.tensor(dialogues[i][0])
-            mask[row, :lens[row]] = 1
+        ids, mask = right_padded([dialogues[i][0] for i in idx])  # [b, T]
         hidden = trunk(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, T, H]
         for row, i in enumerate(idx):
             r = max(dialogues[i][1], 1)
@@ -156,27 +152,9 @@ def subset(data: PrefixData, keep: torch.Tensor) -> PrefixData:
 def fit_head(data: PrefixData, l2: float, prefix_weight: float = 0.0, value_weight: float = 0.0,
              steps: int = 200) -> torch.Tensor:
     """w [H] minimising  BT(whole) + prefix_weight * BT(prefixes) + value_weight * mean((r(prefix) - r(whole))^2)
-    + l2 * |w_std|^2  (full-batch L-BFGS on standardised features, as reward.train.train_linear_head; with both
-    weights 0 it is that fit). Returns w for the raw features."""
-    sd = torch.cat(data.whole).std(0).clamp_min(1e-6)  # [H]
-    whole = (data.whole[0] - data.whole[1]) / sd  # [N, H]
-    prefix = (data.prefix[0] - data.prefix[1]) / sd  # [M, H]
-    value = data.value / sd  # [V, H]
-    w = torch.zeros(whole.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = -F.logsigmoid(whole @ w).mean() + l2 * (w * w).sum()
-        if prefix_weight and len(prefix):
-            loss = loss - prefix_weight * F.logsigmoid(prefix @ w).mean()
-        if value_weight and len(value):
-            loss = loss + value_weight * (value @ w).square().mean()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach() / sd
+    + l2 * |w_std|^2 (reward.train.train_linear_head; with both weights 0 it is today's fit)."""
+    return train_linear_head(*data.whole, l2=l2, steps=steps, more_pairs=data.prefix, pairs_weight=prefix_weight,
+                             gaps=data.value, gaps_weight=value_weight)
 
 
 def accuracy_by_fraction(data: PrefixData, w: torch.Tensor) -> dict[float, float]:

@@ -42,6 +42,17 @@ class TrunkFeatures:
     tap: list[torch.Tensor] | None  # N x [T_i, H] input of the first tuned layer, when tuning layers
 
 
+def right_padded(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ids [B, T] (zeros after each) and attention mask [B, T], T the longest."""
+    T = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, x in enumerate(seqs):
+        ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[row, :len(x)] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def extract_features(trunk, sequences: list[list[int]], tap_layer: int | None = None, batch_size: int = 8,
                      desc: str = "features") -> TrunkFeatures:
@@ -52,12 +63,7 @@ def extract_features(trunk, sequences: list[list[int]], tap_layer: int | None = 
     for s in progress_bar(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[s:s + batch_size]
         lens = [len(sequences[i]) for i in idx]
-        T = max(lens)
-        ids = torch.zeros(len(idx), T, dtype=torch.long)
-        mask = torch.zeros(len(idx), T, dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :lens[row]] = torch.tensor(sequences[i])
-            mask[row, :lens[row]] = 1
+        ids, mask = right_padded([sequences[i] for i in idx])
         out = trunk(input_ids=ids, attention_mask=mask, output_hidden_states=tap_layer is not None)
         for row, i in enumerate(idx):
             last[i] = out.last_hidden_state[row, lens[row] - 1].float().clone()
@@ -66,20 +72,29 @@ def extract_features(trunk, sequences: list[list[int]], tap_layer: int | None = 
     return TrunkFeatures(torch.stack(last), tap)
 
 
-def train_linear_head(f_chosen: torch.Tensor, f_rejected: torch.Tensor, l2: float = 1e-3,
-                      steps: int = 200) -> torch.Tensor:
-    """Weight w [H] minimising the BT loss of r = f @ w plus l2 * |w_std|^2 (full-batch L-BFGS).
+def train_linear_head(f_chosen: torch.Tensor, f_rejected: torch.Tensor, l2: float = 1e-3, steps: int = 200,
+                      more_pairs: tuple[torch.Tensor, torch.Tensor] | None = None, pairs_weight: float = 0.0,
+                      gaps: torch.Tensor | None = None, gaps_weight: float = 0.0) -> torch.Tensor:
+    """Weight w [H] minimising the BT loss of r = f @ w plus l2 * |w_std|^2 (full-batch L-BFGS). Optionally also
+    pairs_weight x the BT loss of `more_pairs` (chosen, rejected [M, H]) and gaps_weight x the mean of
+    (gaps @ w)^2 (gaps [V, H]: feature differences whose rewards should be equal); reward/prefix.py uses both.
 
     Features are standardised per dimension for the fit (a few hidden dimensions of LMs are huge outliers that
     an isotropic penalty would otherwise treat unfairly); the returned w applies to the raw features."""
     sd = torch.cat([f_chosen, f_rejected]).double().std(0).clamp_min(1e-6)  # [H]
     diff = (f_chosen - f_rejected).double() / sd  # [N, H]
+    extra = (more_pairs[0] - more_pairs[1]).double() / sd if pairs_weight and more_pairs is not None else None
+    gaps = gaps.double() / sd if gaps_weight and gaps is not None and len(gaps) else None
     w = torch.zeros(diff.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
         loss = -F.logsigmoid(diff @ w).mean() + l2 * (w * w).sum()
+        if extra is not None and len(extra):
+            loss = loss - pairs_weight * F.logsigmoid(extra @ w).mean()
+        if gaps is not None:
+            loss = loss + gaps_weight * (gaps @ w).square().mean()
         loss.backward()
         return loss
 
