@@ -219,6 +219,35 @@ def test_native_backend_runs_the_bridge(lm, lm_tokenizer, bpe_tokenizer, wordpie
         assert engine.decoder.rm_bm.num_free_blocks == engine.decoder.rm_bm.num_blocks
 
 
+@pytest.mark.parametrize("kind", ["bpe-decoder", "bert-encoder"])
+def test_the_bridged_rm_scores_inside_the_one_args_step(lm, lm_tokenizer, bpe_tokenizer, wordpiece_tokenizer, kind,
+                                                       monkeypatch):
+    """Issue 24: an RM that reads text is the ARGS step's "score the candidates" part, not a step of its own:
+    every step that decodes goes through ArgsStep (top-k, the gate decided on the device, the pick), with one
+    copy in and two reads out: the tokenizer's (each row's candidates and k) and the step's."""
+    from args_engine.engine.args_step import ArgsStep
+    rm_tok = bpe_tokenizer if kind.startswith("bpe") else wordpiece_tokenizer
+    rm = decoder_rm(len(rm_tok)) if kind.endswith("decoder") else encoder_rm("bert", len(rm_tok))
+    params = [ARGSParams(k=4, w=3.0, max_new_tokens=6), ARGSParams(k=3, w=2.0, max_new_tokens=6, gate=0.3),
+              ARGSParams(k=5, w=1.0, mode="stochastic", seed=2, max_new_tokens=6)]
+    calls, step = [], ArgsStep.__call__
+    monkeypatch.setattr(ArgsStep, "__call__", lambda self, *a, **kw: calls.append(1) or step(self, *a, **kw))
+    engine = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=rm_tok, backend="native", eos_ids=set(),
+                        batch_size=3)
+    dec = engine.decoder
+    reqs = [engine.make_request(p, q) for p, q in zip(PROMPTS, params)]
+    dec.add_requests(reqs)
+    steps = token_steps = 0
+    while dec.has_unfinished():
+        token_steps += bool(dec.step())
+        steps += 1
+    assert len(calls) == token_steps > 0
+    assert dec.runner.transfer.num_transfers == steps and dec.runner.read.num_reads == 2 * token_steps
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=rm_tok, backend="naive",
+                      eos_ids=set()).generate(PROMPTS, params, progress=False)
+    assert [r.out_ids for r in reqs] == [o.token_ids for o in want]
+
+
 def paged_bridge_engine(lm, rm, lm_tok, rm_tok, window=4, **kw):
     engine = ARGSEngine(lm, rm, tokenizer=lm_tok, rm_tokenizer=rm_tok, backend="native", eos_ids=set(), **kw)
     engine.decoder.rm_bm.window = window

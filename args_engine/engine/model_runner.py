@@ -10,9 +10,10 @@ logits come from lm_head directly (kept on the Sequence), and the LM decode forw
 forward per step).
 
 An RM that reads text (another tokenizer, or an encoder; decoding/bridge.py): the LM runs here as always and the
-LM's top-k come back in one read. A native-family decoder RM then scores every row's candidates on a paged cache
-of its own, in RM-token positions (paged_bridge.py, rm_block_manager.py); any other RM scores each row on its own
-HF cache (BridgeScorer), an encoder RM the k texts in one batch. Eager steps, on the host's schedule.
+same ARGS step scores the candidates through engine/bridged_rm.py, whose tokenizer reads the candidates back in
+one extra read. A native-family decoder RM then scores every row's candidates on a paged cache of its own, in
+RM-token positions (paged_bridge.py, rm_block_manager.py); any other RM scores each row on its own HF cache
+(BridgeScorer), an encoder RM the k texts in one batch. Eager steps, on the host's schedule.
 
 LM and RM on two devices (two trunks): the RM trunk, its cache and the candidate forward + select live on the
 RM's device. The step's arrays go to each device in one transfer; only the LM's top-k (log p and ids, [B, k])
@@ -29,13 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..decoding.bridge import BridgeScorer, BridgeState
-from ..decoding.common import gated, logprob_columns, logprob_lists, select_candidates, selection_arrays
+from ..decoding.bridge import BridgeScorer
+from ..decoding.common import logprob_columns, logprob_lists, selection_arrays
 from ..decoding.logit_controls import apply_controls, control_arrays, reads_tokens
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
-from .args_step import ArgsStep, cells_bucket, on_device, scored_cells
+from .args_step import ArgsStep, PagedRM, cells_bucket, on_device, scored_cells
+from .bridged_rm import BridgedRM
 from .control_history import ControlHistory
 from .cuda_graphs import StepGraphs, batch_bucket
 from .paged_bridge import PagedBridge
@@ -43,6 +45,7 @@ from .sequence import Sequence
 from .step_inputs import HostRead, StepTransfer
 
 STEP_MODES = ("dynamic", "static", "graph")
+_SELECT = ("k", "w", "temp", "gumbel", "gate")  # the pick's arrays, for every RM
 
 
 def cache_bytes_per_block(models: list[PagedLlama], block_size: int) -> int:
@@ -64,8 +67,8 @@ class StepBatch:
 
     `ready`: the sequences that take an ARGS step (those whose prompt this step completes, then the decode
     rows), padded to `rows` rows in static modes. Tensor names: prefill `pf_ids pf_pos pf_slots pf_tables`;
-    ARGS `tables pos rm_slots k w temp [gumbel] [rm_w] [gate] [scored]`; controls `ctl_*`; two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`;
-    copy-on-write `copies`."""
+    the pick `k w temp [gumbel] [gate]`; a paged RM `tables pos rm_slots [rm_w] [scored]`; controls `ctl_*`;
+    two-trunk LM decode `lm_ids lm_pos lm_slots lm_tables`; copy-on-write `copies`."""
 
     prefill: list[tuple[Sequence, int]]
     decode: list[Sequence]
@@ -104,8 +107,6 @@ class ModelRunner:
         self.paged_bridge = None
         if bridge is not None and not rm.is_encoder and native_unsupported_reason(rm.model) is None:
             self.paged_bridge = PagedBridge(rm, bridge.view, self.ops)
-        self.bridge_device = next(rm.model.parameters()).device if bridge is not None else None
-        self.rm_head_dtype = next(rm.model.parameters()).dtype
         self.reward_model = rm
         self._lm_head, self.vocab_size = lm.get_output_embeddings(), lm.config.vocab_size
         # the logit controls' settings in the dtype they are applied in (apply_controls): no cast on the device
@@ -134,9 +135,11 @@ class ModelRunner:
         self.controls = ControlHistory(self.device, self.vocab_size)  # the controlled rows' tokens, on the device
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
         capture = step_mode == "graph"
+        scorer = PagedRM(self.rm, rm.head) if bridge is None else \
+            BridgedRM(bridge, rm, self.paged_bridge, self.device, self.read)
         # a CPU RM in eager steps skips the gated rows' candidates (reading a CPU tensor costs no transfer)
-        self.args_step = ArgsStep(self.ops, self.rm, rm.head, self.lm_head if self.shared else None,
-                                  compact_gate=self.rm_device.type == "cpu" and step_mode == "dynamic")
+        self.args_step = ArgsStep(self.ops, scorer, self.lm_head if self.shared else None,
+                                  compact_gate=bridge is None and self.rm_device.type == "cpu" and not self.static)
         self._args_graphs = StepGraphs(self.args_step, capture)
         self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
 
@@ -178,7 +181,8 @@ class ModelRunner:
             return tuple(_zeros(shape, m.dtype, m.device) for _ in range(2))
         self.lm_kv = alloc(self.lm, num_blocks)
         self.rm_kv = self.lm_kv if self.rm is self.lm else alloc(self.rm, num_blocks)
-        self.args_step.kv = self.rm_kv
+        if self.bridge is None:
+            self.args_step.scorer.kv = self.rm_kv
         if self.paged_bridge is not None:
             self.paged_bridge.kv = alloc(self.paged_bridge.model, rm_num_blocks or num_blocks)
 
@@ -223,8 +227,9 @@ class ModelRunner:
                 hist, ctl_width = self.controls.arrays(ready, a["ctl_rows"], a["ctl_len"])
                 a.update(hist)
                 ctl = (a["ctl_rows"], a["ctl_len"], ctl_width)
-            if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's arrays
-                a.update(self._rm_arrays(ready, pos, rows, kmax, bm))
+            a.update(self._select_arrays(ready, rows, kmax))
+            if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's cache arrays
+                a.update(self._rm_arrays(ready, pos, rows, kmax, bm, a["k"], "gate" in a))
             if decode and not self.shared:
                 D = len(decode)
                 lm_rows = self._rows(D)
@@ -255,19 +260,22 @@ class ModelRunner:
         a["pl_rows"], a["pl_next"] = np.array(rows, dtype=np.int64), np.array(nxt, dtype=np.int64)
         return scored, max(s.params.prompt_logprobs for s, _ in scored)
 
-    def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm) -> dict[str, np.ndarray]:
-        """The ARGS step's RM side: each row's slot for the chosen candidate, selection arrays, objective weights."""
-        a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
+    def _select_arrays(self, ready: list[Sequence], rows: int, kmax: int) -> dict[str, np.ndarray]:
+        """The pick's arrays: k, w, temperature, [Gumbel noise], [the gate's log tau]."""
         sel = selection_arrays([s.params for s in ready], [s.req for s in ready], kmax)
-        for name, x in sel.items():
-            a[name] = self._pad(x, rows, 1 if name == "k" else 0)
+        a = {name: self._pad(x, rows, 1 if name == "k" else 0) for name, x in sel.items()}
         if any(s.params.gate is not None for s in ready):  # log tau per row, +inf: no gate
             a["gate"] = self._pad(np.array([math.log(s.params.gate) if s.params.gate is not None else math.inf
                                             for s in ready], dtype=np.float64), rows, math.inf)
+        return a
+
+    def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm, k: np.ndarray,
+                   gate: bool) -> dict[str, np.ndarray]:
+        """A paged RM's arrays: each row's slot for the chosen candidate, the scored cells, objective weights."""
+        a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
         # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step)
-        if not ("gate" in a and self.args_step.compact_gate):
-            n = int(a["k"].sum())
-            cells = scored_cells(a["k"], kmax, cells_bucket(n) if self.static else None)
+        if not (gate and self.args_step.compact_gate):
+            cells = scored_cells(k, kmax, cells_bucket(int(k.sum())) if self.static else None)
             if cells is not None:
                 a["scored"] = cells
         rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
@@ -344,15 +352,9 @@ class ModelRunner:
         t, seqs = batch.t, batch.ready
         params = [s.params for s in seqs]
         hist = self.controls.history(t, batch.ctl[2]) if batch.ctl is not None else None  # [C, L]
-        controlled = apply_controls(logits, t, hist)  # [B, V]: the control arrays came in the step's one copy
-        gate = None
-        if self.bridge is not None:
-            tokens, chosen, next_logits = self._bridged_step(seqs, controlled)
-        else:
-            out = self._args_step(controlled, batch)
-            tokens, chosen, next_logits = out["tokens"], out["rewards"], out.get("next_logits")
-            if "gate" in batch.rt:  # which rows the gate took comes back in the one read
-                gate = out["k"]
+        out = self._args_step(logits, batch, (t, hist))  # the control arrays came in the step's one copy
+        tokens, chosen, next_logits = out["tokens"], out["rewards"], out.get("next_logits")
+        gate = out["k"] if "gate" in batch.rt else None  # which rows the gate took comes back in the one read
         if batch.ctl is not None:  # the step appends its own tokens to the history
             self.controls.append(t, tokens)
         B = len(seqs)
@@ -374,9 +376,10 @@ class ModelRunner:
         """The ready rows' part of the read (rows as _choose laid them out) -> result's tokens, rewards, log-probs."""
         result.tokens = [int(r[0]) for r in host]
         result.rewards = [r[1] for r in host]
-        if self.bridge is None:  # the RM tokens each row's choice needed: k, or 1 where the gate took the top one
-            for s, r in zip(seqs, host):
-                s.req.rm_tokens += int(r[2]) if gate is not None else s.params.k
+        for s, r in zip(seqs, host):  # the RM tokens each row's choice needed: k, or 1 where the gate took the top one
+            s.req.rm_tokens += int(r[2]) if gate is not None else s.params.k
+        if self.bridge is not None:  # the RM's cache keeps each row's choice
+            self.args_step.scorer.commit(result.tokens)
         if n_top is not None:
             c = 3 if gate is not None else 2  # the first log-prob column
             lp, top = logprob_lists([r[c:] for r in host], n_top, n_top)
@@ -424,55 +427,19 @@ class ModelRunner:
         h, _, _ = self.lm.forward_candidates(ids[:, None], pos, tables, pos, self.lm_kv, store_slots=slots)
         return {"logits": self.lm_head(h[:, 0])}  # [D, V]
 
-    def _args_step(self, controlled: torch.Tensor, batch: StepBatch) -> dict[str, torch.Tensor]:
-        t, B = batch.rt, len(batch.ready)  # every input but the logits is the RM's
+    def _args_step(self, logits: torch.Tensor, batch: StepBatch, controls) -> dict[str, torch.Tensor]:
+        """controls: (the LM-device arrays, the history [C, L]) for the step's logit controls."""
+        t, B = batch.rt, len(batch.ready)  # every input but the logits and the controls is the RM's
+        if self.step_mode == "graph":  # the controls' shapes change every step: applied before the captured part
+            logits, controls = apply_controls(logits, *controls), None
         if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
-            controlled = torch.cat([controlled, controlled.new_zeros(batch.rows - B, controlled.shape[1])])
+            logits = torch.cat([logits, logits.new_zeros(batch.rows - B, logits.shape[1])])
+        if self.bridge is not None:  # eager, on the host's schedule: the RM reads the step's sequences' text
+            return self.args_step(batch.kmax, batch.ready, controls, logits, **{n: t[n] for n in _SELECT if n in t})
         key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t, "gate" in t,
                len(t["scored"]) if "scored" in t else None) if batch_bucket(B) else None
-        inputs = {n: t[n] for n in ("tables", "pos", "rm_slots", "k", "w", "temp", "gumbel", "rm_w", "gate", "scored")
-                  if n in t}
-        return self._args_graphs(key, batch.kmax, logits=controlled, **inputs)
-
-    def _bridged_step(self, seqs: list[Sequence], controlled: torch.Tensor):
-        """An RM that reads text: the LM's top-k [B, kmax] come back in one read; the RM scores each row's
-        candidates (all k, or its top one where the gate takes it): all rows at once on its paged cache, all
-        rows' texts in one batch (an encoder), or each row on its own HF cache; the choice is select_candidates',
-        as the reference backend makes it."""
-        B, kmax = len(seqs), max(s.params.k for s in seqs)
-        logp, cand = self.ops.topk_logprobs(controlled, kmax)  # [B, kmax]
-        host = torch.tensor(self.read(torch.cat([logp.double(), cand.double()], 1)), dtype=torch.float64)
-        logp_h, cand_h = host[:, :kmax].to(logp.dtype), host[:, kmax:].long()  # exact: both fit a double
-        gate = gated([s.params for s in seqs], logp_h[:, 0].tolist())
-        cands = [cand_h[b, :1 if gate[b] else s.params.k].tolist() for b, s in enumerate(seqs)]
-        rewards = torch.zeros(B, kmax, dtype=self.rm_head_dtype)  # [B, kmax], the RM's dtype as the reference's
-        weights = self.reward_model.row_weights([s.params.rm_weights for s in seqs], self.bridge_device)  # [B, N]
-        if self.paged_bridge is not None:
-            scored, commit = self.paged_bridge.score(seqs, cands, weights)  # [B, n]
-            rewards[:, :scored.shape[1]] = scored
-        elif self.reward_model.is_encoder:  # no cache: every row's candidate texts in one encoder forward
-            for b, r in enumerate(self.bridge.score_encoder_rows([s.req for s in seqs], cands, weights,
-                                                                 self.bridge_device)):
-                rewards[b, :len(r)] = r.cpu()
-            commit = None  # nothing cached
-        else:
-            commits = []
-            for b, s in enumerate(seqs):
-                if s.bridge_state is None:
-                    s.bridge_state = BridgeState()
-                row_w = None if weights is None else weights[b:b + 1]  # [1, N]
-                r, c = self.bridge.score(s.req, cands[b], s.bridge_state, row_w, self.bridge_device)
-                rewards[b, :len(cands[b])] = r.cpu()
-                commits.append(c)
-
-            def commit(choice: list[int]) -> None:
-                for c, j in zip(commits, choice):
-                    c(j)
-        choice = select_candidates(logp_h, rewards, [s.req for s in seqs], gate)  # [B]
-        if commit is not None:
-            commit(choice.tolist())
-        rows = torch.arange(B)
-        return cand_h[rows, choice].to(self.device), rewards[rows, choice].to(self.device), None
+        inputs = {n: t[n] for n in _SELECT + ("tables", "pos", "rm_slots", "rm_w", "scored") if n in t}
+        return self._args_graphs(key, batch.kmax, None, controls, logits=logits, **inputs)
 
 
 def _completes(seq: Sequence, n: int) -> bool:

@@ -10,8 +10,8 @@ One ARGS step for B rows, each with its n candidates (k, or the top one where th
   3. every candidate's tail of RM tokens (one or a few) goes through one candidate forward for all rows: each
      tail token sees its row's paged prefix and its own tail's earlier tokens (the ragged tree of
      candidate_attention's `segments`), nothing is stored; the reward is read at each tail's last token;
-  4. after the choice (select_candidates, on the host as the reference does), the chosen tails' K/V are written
-     to their rows' next RM slots in one indexed copy: the cache then holds that candidate's RM tokens."""
+  4. after the step's pick (engine/args_step.py, bridged_rm.py), the chosen tails' K/V are written to their
+     rows' next RM slots in one indexed copy: the cache then holds that candidate's RM tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,7 +54,7 @@ class PagedBridge:
     @torch.no_grad()
     def score(self, seqs: list[Sequence], cands: list[list[int]], weights: torch.Tensor | None):
         """cands: each row's candidate LM tokens; weights [B, N] (multi-objective) or None.
-        -> (rewards [B, max n] on the host, commit(choice: list[int]) that keeps each row's choice)."""
+        -> (rewards [B, max n] on the RM's device, commit(choice: list[int]) that keeps each row's choice)."""
         bm = self.blocks
         copies = bm.take_copies()
         if copies:
@@ -124,7 +124,7 @@ class PagedBridge:
                 r.offsets.append(len(f))
                 f += r.tail(c)
                 g += [c] * len(r.tail(c))
-                r.seq.req.rm_tokens += len(r.tail(c)) - 1  # the tail's extra tokens (select_candidates counts one)
+                r.seq.req.rm_tokens += len(r.tail(c)) - 1  # the tail's extra tokens (the step counts one)
             flat.append(f)
             segs.append(g)
             pos.append([r.keep + i - r.offsets[c] for i, c in enumerate(g)])
@@ -143,7 +143,7 @@ class PagedBridge:
         last = torch.tensor([[o + len(r.tail(c)) - 1 for c, o in enumerate(r.offsets)] + [0] * (n - len(r.ids))
                              for r in rows], device=dev)  # [B, n]: each tail's last token
         h = hidden[torch.arange(len(rows), device=dev)[:, None], last]  # [B, n, H]
-        rewards = self.rm.rewards(h, weights).cpu()  # [B, n]
+        rewards = self.rm.rewards(h, weights)  # [B, n]
 
         def commit(choice: list[int]) -> None:
             """Write each row's chosen tail K/V to its next RM slots (as many as its blocks cover)."""

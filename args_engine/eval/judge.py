@@ -97,7 +97,7 @@ def train_judge(data_path: str | None = None, out: str | Path = JUDGE_ASSET, l2:
     """Fit the judge head on the train split, report pairwise accuracy on the validation split, write `out`."""
     from safetensors.torch import save_file
 
-    from .embed import MINILM_NAME, MiniLMEncoder
+    from .embed import MiniLMEncoder
 
     if limit is not None and limit < 2:
         raise ValueError(f"limit must be >= 2, got {limit}")
