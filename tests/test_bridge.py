@@ -254,6 +254,31 @@ def paged_bridge_engine(lm, rm, lm_tok, rm_tok, window=4, **kw):
     return engine
 
 
+def test_the_rm_pool_records_a_step_only_after_it(lm, lm_tokenizer, bpe_tokenizer):
+    """Issue 24 (layering): during the runner's step the bridged RM's pool is only asked (slots, tables,
+    capacity); what each row's RM cache now holds is recorded by the engine once the step has succeeded. (A cut
+    is the one change made mid-step: the re-tokenized text is known only there.) Tokens as the naive oracle's."""
+    rm = decoder_rm(len(bpe_tokenizer))
+    engine = paged_bridge_engine(lm, rm, lm_tokenizer, bpe_tokenizer)
+    dec, in_step, calls = engine.decoder, [False], []
+    run, commit = dec.runner.run, dec.rm_bm.commit
+
+    def stepping(batch):
+        in_step[0] = True
+        try:
+            return run(batch)
+        finally:
+            in_step[0] = False
+    dec.runner.run = stepping
+    dec.rm_bm.commit = lambda *a: calls.append(in_step[0]) or commit(*a)
+    params = ARGSParams(k=4, w=3.0, max_new_tokens=6)
+    got = engine.generate(PROMPTS, params, progress=False)
+    assert calls and not any(calls)
+    want = ARGSEngine(lm, rm, tokenizer=lm_tokenizer, rm_tokenizer=bpe_tokenizer, backend="naive",
+                      eos_ids=set()).generate(PROMPTS, params, progress=False)
+    assert_same(want, got)
+
+
 @pytest.mark.parametrize("window", [4, 0], ids=["window-4", "settle-everything"])
 def test_paged_bridge_under_pressure(lm, lm_tokenizer, bpe_tokenizer, window):
     """The bridged RM's paged pool with few blocks: sequences preempted and recomputed, prompts that share their

@@ -5,7 +5,8 @@ The tokenizer needs the candidates on the host: they come back with each row's k
 token) in one read, the bridged step's one extra. Then a native-family decoder RM scores every row's candidates on
 its paged cache (paged_bridge.py), an encoder every row's candidate texts in one batch, any other RM each row on
 its own HF cache (BridgeScorer). The rewards go to the step's device and the step picks as always; once the
-step's one read has brought the tokens back, `commit` has each row's RM cache keep its choice."""
+step's one read has brought the tokens back, `commit` has each row's RM cache keep its choice and returns what
+the RM pool must record for it (applied by the engine, never by the runner)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -55,9 +56,10 @@ class BridgedRM:
                 rewards[b, :len(r)] = r
                 commits.append(c)
 
-            def commit(choice: list[int]) -> None:
+            def commit(choice: list[int]) -> list:
                 for c, j in zip(commits, choice):
                     c(j)
+                return []  # each row's HF cache is its own: no pool
         self._pending = (cands, commit)
         return rewards.to(self.device), None
 
@@ -66,9 +68,11 @@ class BridgedRM:
         """The pick, nothing to commit on the device (the RM's cache is kept by `commit`)."""
         return ops.args_pick(logp, rewards, cand, k, w, temp, gumbel)
 
-    def commit(self, tokens: list[int]) -> None:
-        """The step's chosen tokens (host, from its one read): each row's RM cache keeps that candidate."""
+    def commit(self, tokens: list[int]) -> list:
+        """The step's chosen tokens (host, from its one read): each row's RM cache keeps that candidate.
+        -> the RM pool's bookkeeping, [(seq, RM token ids, how many are cached)] (a paged RM; else empty)."""
         cands, commit = self._pending
         self._pending = None
-        if commit is not None:
-            commit([cs.index(t) for cs, t in zip(cands, tokens)])  # a row's candidates are distinct tokens
+        if commit is None:
+            return []
+        return commit([cs.index(t) for cs, t in zip(cands, tokens)])  # a row's candidates are distinct tokens

@@ -184,6 +184,8 @@ class LLMEngine:
             self.bm.mark_computed(s, s.lm_cached)  # only now: this step's admissions were scheduled before it
         if result is None:
             return []
+        for seq, rm_ids, cached in result.rm_commits:  # a bridged RM's pool: what its cache now holds
+            self.rm_bm.commit(seq, rm_ids, cached)
         for seq in batch.ready + batch.scored_only:
             if seq.seq_id in result.prompt_logprobs:
                 seq.req.prompt_logprobs, seq.req.prompt_top_logprobs = result.prompt_logprobs[seq.seq_id]
@@ -207,7 +209,6 @@ class LLMEngine:
         self.runner.release(seq)
         seq.next_logits = None
         self.seqs.pop(seq.seq_id, None)
-
 
     def run(self, reqs: list[Request], on_step=None) -> None:
         """Decode `reqs` to completion (the batch interface the other decoders share)."""

@@ -93,6 +93,7 @@ class StepResult:
     rewards: list[float]
     logprobs: list | None
     prompt_logprobs: dict[int, tuple[list, list]] = field(default_factory=dict)  # seq_id -> (log p, tops)
+    rm_commits: list = field(default_factory=list)  # a bridged RM's pool: (seq, RM ids, cached) to record
 
 
 class ModelRunner:
@@ -378,8 +379,8 @@ class ModelRunner:
         result.rewards = [r[1] for r in host]
         for s, r in zip(seqs, host):  # the RM tokens each row's choice needed: k, or 1 where the gate took the top one
             s.req.rm_tokens += int(r[2]) if gate is not None else s.params.k
-        if self.bridge is not None:  # the RM's cache keeps each row's choice
-            self.args_step.scorer.commit(result.tokens)
+        if self.bridge is not None:  # the RM's cache keeps each row's choice; its pool records it after the step
+            result.rm_commits = self.args_step.scorer.commit(result.tokens)
         if n_top is not None:
             c = 3 if gate is not None else 2  # the first log-prob column
             lp, top = logprob_lists([r[c:] for r in host], n_top, n_top)

@@ -11,7 +11,10 @@ One ARGS step for B rows, each with its n candidates (k, or the top one where th
      tail token sees its row's paged prefix and its own tail's earlier tokens (the ragged tree of
      candidate_attention's `segments`), nothing is stored; the reward is read at each tail's last token;
   4. after the step's pick (engine/args_step.py, bridged_rm.py), the chosen tails' K/V are written to their
-     rows' next RM slots in one indexed copy: the cache then holds that candidate's RM tokens."""
+     rows' next RM slots in one indexed copy: the cache then holds that candidate's RM tokens. What the RM pool
+     then holds (RMBlockManager.commit: settled tokens, blocks marked computed) is returned as requests that the
+     engine applies once the step has succeeded. Only a cut (step 1) changes the pool mid-step: the re-tokenized
+     text is known only then, and the extension's slots depend on it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,7 +57,8 @@ class PagedBridge:
     @torch.no_grad()
     def score(self, seqs: list[Sequence], cands: list[list[int]], weights: torch.Tensor | None):
         """cands: each row's candidate LM tokens; weights [B, N] (multi-objective) or None.
-        -> (rewards [B, max n] on the RM's device, commit(choice: list[int]) that keeps each row's choice)."""
+        -> (rewards [B, max n] on the RM's device, commit(choice: list[int]) that writes each row's choice into
+        the RM cache and returns the pool's bookkeeping for it: [(seq, RM token ids, how many are cached)])."""
         bm = self.blocks
         copies = bm.take_copies()
         if copies:
@@ -111,8 +115,7 @@ class PagedBridge:
         self.model.forward_chunks(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev),
                                   torch.tensor(slots, device=dev), chunks, self.kv)
         for r, n in pieces:
-            r.keep += n
-            bm.extended(r.seq, r.ids[0], r.keep)
+            r.keep += n  # the pool learns it with the step's commit
 
     def _score_tails(self, rows: list[_Row], weights):
         """Every candidate's tail in one candidate forward over the rows' paged prefixes (nothing stored)."""
@@ -145,18 +148,19 @@ class PagedBridge:
         h = hidden[torch.arange(len(rows), device=dev)[:, None], last]  # [B, n, H]
         rewards = self.rm.rewards(h, weights)  # [B, n]
 
-        def commit(choice: list[int]) -> None:
+        def commit(choice: list[int]) -> list[tuple[Sequence, list[int], int]]:
             """Write each row's chosen tail K/V to its next RM slots (as many as its blocks cover)."""
-            src_b, src_s, slots = [], [], []
+            src_b, src_s, slots, held = [], [], [], []
             for b, (r, j) in enumerate(zip(rows, choice)):
                 m = min(len(r.tail(j)), bm.capacity(r.seq) - r.keep)
                 src_b += [b] * m
                 src_s += range(r.offsets[j], r.offsets[j] + m)
                 slots += bm.slots(r.seq, list(range(r.keep, r.keep + m)))
-                bm.commit(r.seq, r.ids[j], r.keep + m)
+                held.append((r.seq, r.ids[j], r.keep + m))
             if slots:
                 b_idx, s_idx = torch.tensor(src_b, device=dev), torch.tensor(src_s, device=dev)
                 at = torch.tensor(slots, device=dev)
                 for new, cache in ((new_k, self.kv[0]), (new_v, self.kv[1])):
                     cache.view(cache.shape[0], -1, *cache.shape[3:])[:, at] = new[:, b_idx, s_idx]
+            return held
         return rewards, commit

@@ -131,12 +131,6 @@ class RMBlockManager:
             st.settled = st.settled + ids[settled:settle]
         self.allocator.mark_computed(seq.seq_id, min(len(st.settled), cached))
 
-    def extended(self, seq: Sequence, ids: list[int], cached: int) -> None:
-        """The causal extension wrote ids[len(cached_ids):cached] (shared by every candidate)."""
-        st = self._state(seq)
-        st.cached = ids[:cached]
-        self.allocator.mark_computed(seq.seq_id, min(len(st.settled), cached))
-
     def free(self, seq: Sequence) -> None:
         """Finished or preempted: its blocks go back and what the pool knew of it is forgotten."""
         self.seqs.pop(seq.seq_id, None)
