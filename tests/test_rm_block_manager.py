@@ -16,11 +16,12 @@ class CharView:
 def make_seq(prefix: str, seq_id: int) -> Sequence:
     req = Request([1, 2, 3], ARGSParams(k=2, max_new_tokens=8), max_len=64)
     req.rm_prefix = prefix
+    req.rm_text_ids = CharView().ids(prefix, [])  # the engine's part: the pool never runs a tokenizer
     return Sequence(req, seq_id)
 
 
 def test_admit_settle_cut_and_free():
-    bm = RMBlockManager(CharView(), num_blocks=8, block_size=4, reserve=4, window=2)
+    bm = RMBlockManager(num_blocks=8, block_size=4, reserve=4, window=2)
     seq = make_seq("abcdefghij", 0)  # 10 RM tokens
     assert bm.can_admit(seq)
     bm.admit(seq)
@@ -41,7 +42,7 @@ def test_admit_settle_cut_and_free():
 
 
 def test_prefix_hits_between_sequences_and_the_lone_sequence_cap():
-    bm = RMBlockManager(CharView(), num_blocks=8, block_size=4, reserve=4, window=2)
+    bm = RMBlockManager(num_blocks=8, block_size=4, reserve=4, window=2)
     a, b = make_seq("0123456789", 0), make_seq("0123456789xy", 1)
     bm.admit(a)
     ids = [ord(c) for c in "0123456789"]
@@ -64,7 +65,7 @@ def test_the_scheduler_counts_a_new_prompts_rm_tokens_against_the_step_budget():
     against max_num_batched_tokens, so a second long prompt waits for the next step instead of piling on."""
     from args_engine.engine.block_manager import BlockManager
     from args_engine.engine.scheduler import Scheduler
-    rm_bm = RMBlockManager(CharView(), num_blocks=64, block_size=4)
+    rm_bm = RMBlockManager(num_blocks=64, block_size=4)
     sched = Scheduler(BlockManager(64, 4), max_num_seqs=4, max_num_batched_tokens=40, rm_block_manager=rm_bm)
     a, b = make_seq("x" * 50, 0), make_seq("y" * 50, 1)  # 3 LM prompt tokens, 50 RM tokens each
     sched.add(a)

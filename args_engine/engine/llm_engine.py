@@ -70,8 +70,9 @@ class LLMEngine:
         self.rm_bm = None  # a bridged RM's own pool, in RM-token positions
         token_budget = max(max_num_batched_tokens, block_size)
         if paged_bridge is not None:
-            self.rm_bm = RMBlockManager(bridge.view, rm_num_blocks, block_size, enable_prefix_caching)
+            self.rm_bm = RMBlockManager(rm_num_blocks, block_size, enable_prefix_caching)
             paged_bridge.blocks, paged_bridge.max_tokens = self.rm_bm, token_budget
+        self._rm_view = bridge.view if paged_bridge is not None else None  # the RM tokens of a new request
         self.scheduler = Scheduler(self.bm, max_num_seqs, token_budget, self.rm_bm)
         self.tokenizer = tokenizer
         self.outputs = OutputProcessor(tokenizer, eos_ids)
@@ -101,6 +102,8 @@ class LLMEngine:
         seq = Sequence(req, request_id)
         if seq.seq_id in self.seqs:
             raise ValueError(f"request id {seq.seq_id} is already in use")
+        if self._rm_view is not None:  # the RM pool admits by them; each step's commit brings them up to date
+            req.rm_text_ids = self._rm_view.ids(req.rm_prefix, req.out_ids)
         self.seqs[seq.seq_id] = seq
         self.outputs.add(seq.seq_id)
         self.scheduler.add(seq)
@@ -186,6 +189,7 @@ class LLMEngine:
             return []
         for seq, rm_ids, cached in result.rm_commits:  # a bridged RM's pool: what its cache now holds
             self.rm_bm.commit(seq, rm_ids, cached)
+            seq.req.rm_text_ids = rm_ids  # the RM tokens of the text with this step's token
         for seq in batch.ready + batch.scored_only:
             if seq.seq_id in result.prompt_logprobs:
                 seq.req.prompt_logprobs, seq.req.prompt_top_logprobs = result.prompt_logprobs[seq.seq_id]

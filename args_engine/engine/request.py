@@ -49,6 +49,8 @@ class Request:
     detok: IncrementalText | None = None  # the response's text so far (with a tokenizer)
     rm_tokens: int = 0  # k per ARGS step, 1 per gated step
     rm_prefix: str | None = None  # bridged RMs: the prompt as the RM reads it (decoding/bridge.py)
+    # a bridged RM on a paged pool: its tokens of rm_prefix + the response so far (the engine keeps them)
+    rm_text_ids: list[int] | None = None
     logprobs: list[float] = field(default_factory=list)  # with params.logprobs (native backend)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     prompt_logprobs: list[float | None] | None = None  # with params.prompt_logprobs, once the prompt is read

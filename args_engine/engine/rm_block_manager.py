@@ -1,6 +1,7 @@
 """The paged cache of a reward model that reads text on its own tokenizer (decoding/bridge.py): a block allocator
 of its own over the RM's pool, in RM-token positions (they differ from the LM's). Host only: never touches
-tensors; the model runner copies and writes blocks.
+tensors (the model runner copies and writes blocks) nor a tokenizer (the engine keeps each request's RM tokens,
+`Request.rm_text_ids`); it never writes a Sequence field.
 
 A sequence's RM cache holds the K/V of `cached_ids(seq)`, RM tokens that begin the tokenization of its text so
 far. The allocator's tokens are `settled_ids(seq)` (prefix-cache entries once their blocks are full): those lie at least `window` tokens behind the end of the text, where more text no longer re-tokenizes
@@ -21,19 +22,16 @@ class _RMTokens:
     """What the pool knows of one sequence, in RM tokens."""
     cached: list[int] = field(default_factory=list)  # whose K/V the RM cache holds
     settled: list[int] = field(default_factory=list)  # what the allocator holds
-    text: tuple[int, list[int]] | None = None  # the text's RM tokens at a response length (memo)
 
 
 class RMBlockManager:
-    """view: the bridge's RMTextView (the RM token ids of a request's text). reserve: positions held past the
-    cached tokens for the next step's chosen tail (a longer tail is committed in part and re-read later).
-    window: trailing RM tokens kept out of the allocator (not settled). A sequence never asks for more than the
+    """reserve: positions held past the cached tokens for the next step's chosen tail (a longer tail is
+    committed in part and re-read later). window: trailing RM tokens kept out of the allocator (not settled). A sequence never asks for more than the
     whole pool: a text longer than it keeps what fits cached and re-reads the rest each step (exact, slower), so
     one sequence alone always runs."""
 
-    def __init__(self, view, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
                  reserve: int | None = None, window: int = 4):
-        self.view = view
         self.allocator = _C.BlockAllocator(num_blocks, block_size, enable_prefix_caching)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.reserve = block_size if reserve is None else reserve
@@ -57,13 +55,10 @@ class RMBlockManager:
     def num_free_blocks(self) -> int:
         return self.allocator.num_free_blocks
 
-    def text_ids(self, seq: Sequence) -> list[int]:
-        """The RM tokens of the sequence's text so far (prompt as the RM reads it + response), memoized per
-        response length."""
-        st, n = self._state(seq), len(seq.req.out_ids)
-        if st.text is None or st.text[0] != n:
-            st.text = (n, self.view.ids(seq.req.rm_prefix, seq.req.out_ids))
-        return st.text[1]
+    @staticmethod
+    def text_ids(seq: Sequence) -> list[int]:
+        """The RM tokens of the sequence's text so far (prompt as the RM reads it + response)."""
+        return seq.req.rm_text_ids
 
     def uncached(self, seq: Sequence) -> int:
         """RM tokens of the text the cache does not hold yet (a new prompt's: its first ARGS step reads them)."""
