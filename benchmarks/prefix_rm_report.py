@@ -2,7 +2,12 @@
 training report) and the committed evaluation of both heads side by side; then the demo's setting.
 
     python benchmarks/prefix_rm_report.py \
-        --whole benchmarks/results/eval/results.json --prefix benchmarks/results/eval_prefix_rm/results.json
+        --whole benchmarks/results/eval/results.json --prefix benchmarks/results/eval_prefix_rm/results.json \
+        --first-fit benchmarks/results/eval_prefix_rm_first_fit
+
+--first-fit: the first prefix head (every choice by CV on train, since replaced) for the record: its training
+report (head_report.json) and decoding run (results.json) go beside the others; the demo chooses among the heads
+shipped now.
 
 Both evaluations must share prompts, settings, judge and greedy responses, and score rewards with the same RM
 (the whole-reply head: the prefix run decodes with the prefix head and passes `--score-rm`), so every column
@@ -45,6 +50,7 @@ def check_comparable(whole: dict, prefix: dict) -> None:
 
 
 def side_by_side(runs: dict[str, dict]) -> list[dict]:
+    """runs: head label -> evaluation results, the whole-reply head's under "whole"."""
     rows = []
     greedy = runs["whole"]["methods"]["greedy"]
     rows.append({"head": "-", "setting": "greedy", **_figures(greedy), "targets_met": None})
@@ -90,10 +96,20 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in a.values()) + " |")
     e = report["evaluation"]
     lines += ["", f"Below 100%: chosen[:L] vs rejected[:L] with L = ceil(fraction x the shorter reply's tokens). "
-              f"Prefix head chosen by 5-fold CV on train: {report['prefix_head']['chosen']}; command: "
-              f"`{report['prefix_head']['command']}`.", "",
+              f"Prefix head: L2 by 5-fold CV on train for each weighting, the weighting chosen by validation (the best "
+              f"mean over the fractions among the weightings whose whole-reply accuracy stays within 1 point of "
+              f"the whole-reply head's; validation figures of the chosen head are optimistic by that choice): "
+              f"{report['prefix_head']['chosen']}; command: `{report['prefix_head']['command']}`.", "",
+              "| prefix weight | value weight | L2 (by CV) | " + " | ".join(
+                  f"{100 * float(f):g}%" for f in next(iter(acc.values()))) + " | mean |",
+              "|---|---|---|" + "---|" * (len(next(iter(acc.values()))) + 1)]
+    for w in report["prefix_head"]["weightings"]:
+        a = w["validation_accuracy"]
+        lines.append(f"| {w['prefix_weight']:g} | {w['value_weight']:g} | {w['l2']:g} | "
+                     + " | ".join(f"{100 * v:.1f}" for v in a.values()) + f" | {100 * w['validation_mean']:.1f} |")
+    lines += ["",
               f"## Decoding with each head ({e['n_prompts']} evaluation prompts, {e['max_new_tokens']} new tokens)",
-              "", "Rewards of both runs are the whole-reply head's (the prefix run decodes with the prefix head and "
+              "", "Rewards of every run are the whole-reply head's (the prefix runs decode with a prefix head and "
               "is scored with `--score-rm`), in greedy SDs; judge and greedy responses are the same.", "",
               "| setting | head | reward gain (greedy SDs) | judge win-tie | diversity (%) | coherence | tok/s |",
               "|---|---|---|---|---|---|---|"]
@@ -110,15 +126,24 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--whole", type=Path, default=RESULTS / "eval" / "results.json")
     ap.add_argument("--prefix", type=Path, default=RESULTS / "eval_prefix_rm" / "results.json")
+    ap.add_argument("--first-fit", type=Path, default=RESULTS / "eval_prefix_rm_first_fit")
     args = ap.parse_args(argv)
     runs = {"whole": json.loads(args.whole.read_text()), "prefix": json.loads(args.prefix.read_text())}
-    check_comparable(runs["whole"], runs["prefix"])
+    shipped = dict(runs)
     prefix = head_report(PREFIX_RM_ASSET)
     by_fraction = prefix["validation_accuracy_by_fraction"]
     accuracy = {"whole-reply head (default_rm)": by_fraction["baseline"], "prefix head (prefix_rm)": by_fraction["prefix"]}
-    demo = best_setting({"default" if k == "whole" else k: v for k, v in runs.items()})
+    if args.first_fit is not None and (args.first_fit / "results.json").exists():
+        runs["prefix, first fit"] = json.loads((args.first_fit / "results.json").read_text())
+        first = json.loads((args.first_fit / "head_report.json").read_text())
+        accuracy["first prefix head (all by CV)"] = first["validation_accuracy_by_fraction"]["prefix"]
+    for label, run in runs.items():
+        if label != "whole":
+            check_comparable(runs["whole"], run)
+    demo = best_setting({"default" if k == "whole" else k: v for k, v in shipped.items()})
     cfg = runs["prefix"]["config"]
-    report = {"accuracy_by_fraction": accuracy, "prefix_head": {k: prefix[k] for k in ("chosen", "command", "seed")},
+    report = {"accuracy_by_fraction": accuracy,
+              "prefix_head": {k: prefix[k] for k in ("chosen", "command", "seed", "whole_floor", "weightings")},
               "evaluation": {k: cfg[k] for k in ("n_prompts", "max_new_tokens", "prompts", "score_rm", "machine")},
               "side_by_side": side_by_side(runs), "demo": demo}
     (RESULTS / "prefix_rm.json").write_text(json.dumps(report, indent=1))

@@ -103,16 +103,23 @@ def test_prefix_weight_learns_what_only_prefixes_show():
     assert gap(value) < gap(plain)
 
 
-def test_cv_keeps_whole_reply_accuracy_within_tolerance():
-    """On the synthetic replies the prefix rows cost whole-reply accuracy (1.0 -> about 0.9): within 1 point they
-    are refused, within 20 points the best mean over fractions takes them."""
-    data = _synthetic(200, 2)
-    grid = [dict(l2=1e-3, prefix_weight=a, value_weight=0.0) for a in (0.0, 0.3, 1.0, 10.0)]
-    strict, table = pf.choose_by_cv(data, grid, folds=3)
-    loose, _ = pf.choose_by_cv(data, grid, folds=3, whole_tolerance=0.2)
-    best_whole = max(t["cv_accuracy"][1.0] for t in table if t["prefix_weight"] == 0.0)
-    acc = {t["prefix_weight"]: t["cv_accuracy"] for t in table}
-    assert acc[strict["prefix_weight"]][1.0] >= best_whole - 0.01 and strict["prefix_weight"] == 0.0
+def test_the_weighting_keeps_whole_reply_accuracy_within_the_floor():
+    """L2 by CV per weighting, the weighting by validation. On the synthetic replies the prefix rows cost
+    whole-reply accuracy (1.0 -> about 0.9): with a floor 1 point under the whole-only fit's they are refused;
+    with a floor 20 points under, the best mean over fractions takes them."""
+    train, validation = _synthetic(200, 2), _synthetic(200, 3)
+    grid = [dict(l2=l2, prefix_weight=a, value_weight=0.0) for l2 in (1e-3, 1e-1) for a in (0.0, 0.3, 1.0, 10.0)]
+    table = pf.cv_table(train, grid, folds=3)
+    assert len(table) == 8 and all(set(t["cv_accuracy"]) == set(pf.FRACTIONS) for t in table)
+    whole = pf.accuracy_by_fraction(validation, pf.fit_head(train, l2=1e-3))[1.0]
+    strict, rows = pf.choose_by_validation(train, validation, table, whole - 0.01)
+    loose, _ = pf.choose_by_validation(train, validation, table, whole - 0.2)
+    assert len(rows) == 4  # one per weighting, each with the L2 of its best CV mean
+    for r in rows:
+        same = [t for t in table if t["prefix_weight"] == r["prefix_weight"]]
+        assert r["l2"] == max(same, key=lambda t: t["cv_mean"])["l2"]
+    acc = {r["prefix_weight"]: r["validation_accuracy"] for r in rows}
+    assert strict["prefix_weight"] == 0.0 and acc[0.0][1.0] >= whole - 0.01
     assert loose["prefix_weight"] > 0 and acc[loose["prefix_weight"]][0.5] > acc[0.0][0.5] + 0.2
 
 
@@ -141,6 +148,8 @@ def test_train_rm_prefix_end_to_end_and_head_file_decodes(tmp_path, monkeypatch,
     assert set(report["validation_accuracy_by_fraction"]["prefix"]) == {"0.25", "0.5", "0.75", "1"}
     assert "--prefix --positions 4" in report["command"] and "--limit 10" in report["command"]
     assert len(report["cv"]) == 2 and report["chosen"]["prefix_weight"] in (0.0, 1.0)
+    assert len(report["weightings"]) == 2 and report["whole_floor"] == \
+        report["validation_accuracy_by_fraction"]["whole_only"]["1"] - 0.01
 
     calls = []
     monkeypatch.setattr(pf, "_shard_states", lambda *a: calls.append(1))

@@ -142,10 +142,12 @@ def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, o
                       baseline: str | Path | None = None, grid: list[dict] | None = None) -> dict:
     """A prefix-aware linear head on a frozen Llama-family trunk (default: the default LM's); see reward/prefix.py.
 
-    L2, the prefix weight and the value weight are chosen by 5-fold cross-validation on the train split (best mean
-    accuracy over reply fractions 25/50/75/100%, whole-reply accuracy kept within 1 point of the whole-only
-    fit's). The report holds validation accuracy by fraction for the new head, the whole-only fit and, when
-    given, a `baseline` head file (e.g. the committed default head)."""
+    L2 by 5-fold cross-validation on the train split (the best mean accuracy over reply fractions 25/50/75/100%,
+    per weighting); the weighting (prefix weight, value weight) by validation, as issue 27 asks: the best mean
+    accuracy over the fractions among the weightings whose whole-reply validation accuracy is within 1 point of
+    the reference head's (the `baseline` head file when given, e.g. the shipped default head; else the whole-only
+    fit). The report holds validation accuracy by fraction for the new head, the whole-only fit and the
+    baseline, and every weighting's row; validation figures of the chosen head are optimistic by that choice."""
     from safetensors.torch import load_file
 
     from . import prefix as pf
@@ -158,15 +160,17 @@ def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, o
         folder = pf.cache_folder(cache_dir(), lm_dir, data["sha256"], name, len(pairs), max_len)
         states = pf.reply_states(rm.model, pf.dialogue_ids(tok, pairs, max_len), folder, desc=f"reply states ({name})")
         feats[name] = pf.pair_features(states, positions)
-    grid = grid or PREFIX_GRID
-    chosen, table = pf.choose_by_cv(feats["train"], grid, seed=seed)
-    w = pf.fit_head(feats["train"], **chosen)
+    table = pf.cv_table(feats["train"], grid or PREFIX_GRID, seed=seed)
     plain = [t for t in table if not t["prefix_weight"] and not t["value_weight"]]
-    whole_only = pf.fit_head(feats["train"], l2=max(plain, key=lambda t: t["cv_accuracy"][1.0])["l2"]) if plain \
-        else train_linear_head(*feats["train"].whole, l2=0.1)
-    heads = {"prefix": w, "whole_only": whole_only}
+    if not plain:
+        raise ValueError("the grid needs a whole-only point (prefix_weight = value_weight = 0)")
+    heads = {"whole_only": pf.fit_head(feats["train"], l2=max(plain, key=lambda t: t["cv_accuracy"][1.0])["l2"])}
     if baseline is not None:
         heads["baseline"] = load_file(str(baseline))["score.weight"][0].double()
+    reference = heads.get("baseline", heads["whole_only"])
+    floor = pf.accuracy_by_fraction(feats["validation"], reference)[1.0] - 0.01
+    chosen, weightings = pf.choose_by_validation(feats["train"], feats["validation"], table, floor)
+    w = heads["prefix"] = pf.fit_head(feats["train"], **chosen)
     validation = {name: _by_fraction(pf.accuracy_by_fraction(feats["validation"], h)) for name, h in heads.items()}
     train_rewards = torch.cat(feats["train"].whole) @ w  # [2N]
     scale = float(train_rewards.std())  # unit reward SD over the training dialogues' whole replies, as today
@@ -174,6 +178,8 @@ def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, o
               "validation_accuracy_by_fraction": validation,
               "validation_accuracy": validation["prefix"]["1"],
               "cv": [{**t, "cv_accuracy": _by_fraction(t["cv_accuracy"])} for t in table],
+              "whole_floor": floor,
+              "weightings": [{**r, "validation_accuracy": _by_fraction(r["validation_accuracy"])} for r in weightings],
               "baseline": str(baseline) if baseline is not None else None,
               "reward_scale_divided_by": scale, "n_train_pairs": len(train), "n_validation_pairs": len(val),
               "seed": seed, "tune_layers": 0, "data": data,

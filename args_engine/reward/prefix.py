@@ -163,11 +163,9 @@ def accuracy_by_fraction(data: PrefixData, w: torch.Tensor) -> dict[float, float
     return {f: float(((c @ w) > (r @ w)).double().mean()) for f, (c, r, _) in data.at_fraction.items()}
 
 
-def choose_by_cv(data: PrefixData, grid: list[dict], folds: int = 5, seed: int = 0,
-                 whole_tolerance: float = 0.01) -> tuple[dict, list[dict]]:
+def cv_table(data: PrefixData, grid: list[dict], folds: int = 5, seed: int = 0) -> list[dict]:
     """k-fold cross-validation over pairs (training pairs only). Each grid point is a dict of fit_head's keyword
-    arguments. The choice: the best mean accuracy over FRACTIONS among the points whose whole-reply accuracy is
-    within `whole_tolerance` of the best whole-only (prefix_weight = value_weight = 0) point's."""
+    arguments. -> one row per point: the point, its accuracy by fraction (`cv_accuracy`) and their mean."""
     n = len(data.whole[0])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     table = []
@@ -180,8 +178,26 @@ def choose_by_cv(data: PrefixData, grid: list[dict], folds: int = 5, seed: int =
             per_fold.append(accuracy_by_fraction(subset(data, held), w))
         acc = {fr: sum(a[fr] for a in per_fold) / folds for fr in FRACTIONS}
         table.append({**point, "cv_accuracy": acc, "cv_mean": sum(acc.values()) / len(acc)})
-    whole_only = [t for t in table if not t.get("prefix_weight") and not t.get("value_weight")]
-    floor = max(t["cv_accuracy"][1.0] for t in whole_only) - whole_tolerance if whole_only else -1.0
-    allowed = [t for t in table if t["cv_accuracy"][1.0] >= floor] or table
-    best = max(allowed, key=lambda t: t["cv_mean"])
-    return {k: best[k] for k in grid[0]}, table
+    return table
+
+
+def choose_by_validation(train: PrefixData, validation: PrefixData, table: list[dict],
+                         whole_floor: float) -> tuple[dict, list[dict]]:
+    """The weighting (prefix weight, value weight) chosen by validation, L2 by cross-validation on train: each
+    weighting in the CV `table` takes its L2 of the best CV mean and is fit on all of `train`. The choice: the best
+    mean validation accuracy over FRACTIONS among the weightings whose whole-reply validation accuracy is at least
+    `whole_floor`; none: the whole-only weighting. -> (the chosen fit_head arguments, one row per weighting)."""
+    best_l2: dict[tuple, dict] = {}
+    for t in table:
+        key = (t["prefix_weight"], t["value_weight"])
+        if key not in best_l2 or t["cv_mean"] > best_l2[key]["cv_mean"]:
+            best_l2[key] = t
+    rows = []
+    for (a, b), t in best_l2.items():
+        point = dict(l2=t["l2"], prefix_weight=a, value_weight=b)
+        acc = accuracy_by_fraction(validation, fit_head(train, **point))
+        rows.append({**point, "validation_accuracy": acc, "validation_mean": sum(acc.values()) / len(acc)})
+    allowed = [r for r in rows if r["validation_accuracy"][1.0] >= whole_floor - 1e-9]  # 1e-9: counts / 300
+    best = max(allowed, key=lambda r: r["validation_mean"]) if allowed else \
+        next(r for r in rows if not r["prefix_weight"] and not r["value_weight"])
+    return {k: best[k] for k in ("l2", "prefix_weight", "value_weight")}, rows
