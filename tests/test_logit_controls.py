@@ -191,7 +191,7 @@ def test_ngram_bans_on_the_device_equal_the_host_oracle(n):
     from args_engine.decoding.logit_controls import ngram_bans
 
     g = torch.Generator().manual_seed(n)
-    rows = [torch.randint(0, 4, (int(L),), generator=g).tolist() for L in (0, 1, 2, 3, 5, 9, 17)]
+    rows = [torch.randint(0, 4, (int(L),), generator=g).tolist() for L in (0, 1, 2, 3, 5, 9, 17, 20)]  # 20: no padding
     V = 4
     hist = torch.full((len(rows), 20), V)
     for i, r in enumerate(rows):
@@ -227,3 +227,31 @@ def test_native_history_is_copied_once_then_kept_on_the_device(models, monkeypat
     assert all("ctl_init" not in c and "ctl_hist" not in c for c in steps[1:])  # no history after the first
     assert runner.controls.tokens.shape[0] >= 4 and runner.controls.tokens.shape[1] > 8
     assert runner.controls.num_slots_in_use == 0 and len(runner.controls.free) == runner.controls.tokens.shape[0]
+
+
+def test_a_step_that_fails_after_its_appends_copies_those_rows_again(models, monkeypatch):
+    """A slot holds padding past its sequence's length (no mask per step): a step that appended its tokens on the
+    device and then failed leaves them there, so the next step copies those rows again. A reused slot is written
+    whole. Tokens equal an uninterrupted run's."""
+    lm, rm, tok = models
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    params = ARGSParams(k=4, w=1.0, max_new_tokens=N, repetition_penalty=1.5, presence_penalty=0.8,
+                        no_repeat_ngram_size=2)
+    want = [o.token_ids for o in ARGSEngine(lm, rm, tokenizer=tok, backend="reference", raw=True).generate(
+        ids, params, progress=False)]
+    native = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True, block_size=4)
+    dec, read = native.decoder, native.decoder.runner.read
+    reqs = [native.make_request(i, params) for i in ids]
+    dec.add_requests(reqs)
+    for _ in range(4):
+        dec.step()
+
+    def fail_once(x):  # the step's one read: the device work, the history's appends included, is done
+        monkeypatch.setattr(dec.runner, "read", read)
+        raise RuntimeError("read failed")
+    monkeypatch.setattr(dec.runner, "read", fail_once)
+    with pytest.raises(RuntimeError, match="read failed"):
+        dec.step()
+    while dec.has_unfinished():
+        dec.step()
+    assert [r.out_ids for r in reqs] == want

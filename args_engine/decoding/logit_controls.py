@@ -28,7 +28,8 @@ _FLOAT_FIELDS = ("repetition_penalty", "presence_penalty", "frequency_penalty", 
 def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_prompt: list[int],
                    vocab_size: int, float_dtype=np.float64, history: bool = True) -> dict[str, np.ndarray]:
     """Host arrays of the rows with controls (none: {}). token_ids[b]: row b's prompt + response so far, the first
-    num_prompt[b] being the prompt. Padding ids are `vocab_size` (a column apply_controls adds and drops).
+    num_prompt[b] being the prompt. Padding token ids are `vocab_size` (a column apply_controls adds and drops)
+    but for the logit bias (token 0 with a bias of 0.0).
     float_dtype: of the settings, best the dtype apply_controls computes in (float32 unless the logits are
     float64), so the device casts nothing.
       ctl_rows [C] the controlled rows; ctl_<field> [C] each setting; ctl_filter [F] those (of the C) with min_p
@@ -52,7 +53,8 @@ def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_pro
     if filtered:  # only these rows pay for the softmax and the sort
         a["ctl_filter"] = np.array(filtered, dtype=np.int64)
     if any(p.logit_bias for p in ps):
-        a["ctl_bias_ids"] = _padded([list(p.logit_bias or ()) for p in ps], vocab_size)
+        # padded with token 0 and a bias of 0.0: adding it changes no logit, so no padding column is needed
+        a["ctl_bias_ids"] = _padded([list(p.logit_bias or ()) for p in ps], 0)
         a["ctl_bias"] = _padded([list((p.logit_bias or {}).values()) for p in ps], 0.0, float_dtype)
     uses = {"ctl_rep": [i for i, p in enumerate(ps) if p.repetition_penalty != 1.0],
             "ctl_pen": [i for i, p in enumerate(ps) if p.presence_penalty or p.frequency_penalty]}
@@ -89,12 +91,13 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
     back to the logits' dtype."""
     if "ctl_rows" not in t:
         return logits
-    rows = t["ctl_rows"]
+    rows = t["ctl_rows"]  # ascending, distinct: as many as the logits' rows means every row, in order
+    every = len(rows) == len(logits)
     hist = t.get("ctl_hist") if hist is None else hist
     acc = torch.promote_types(logits.dtype, torch.float32)
-    x = logits.index_select(0, rows).to(acc)  # [C, V]
+    x = (logits if every else logits.index_select(0, rows)).to(acc)  # [C, V]
     C, V = x.shape
-    pad = x.new_zeros(C, 1)  # the column padding ids land in
+    pad = x.new_zeros(C, 1) if any(k.startswith("ctl_ng") for k in t) else None  # where padding ids land
 
     def setting(name, r):  # [R, 1] for the rows r (of the C)
         v = t[f"ctl_{name}"].to(acc)
@@ -110,7 +113,7 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
     def put(z, r, zr):
         return zr if r is None else z.index_copy(0, r, zr)
     if "ctl_bias_ids" in t:
-        x = torch.cat([x, pad], 1).scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(acc))[:, :V]
+        x = x.scatter_add(1, t["ctl_bias_ids"], t["ctl_bias"].to(acc))
     if "ctl_rep" in t:  # every token seen, prompt included
         r = rows_of("ctl_rep")
         h = take(hist, r)  # [R, L]
@@ -121,11 +124,10 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
         r = rows_of("ctl_pen")
         h = take(hist, r)  # [R, L]
         at = torch.arange(h.shape[1], device=h.device)
-        response = torch.where(at >= take(t["ctl_prompt"], r)[:, None], h, V)  # [R, L]
-        counts = torch.zeros(len(h), V + 1, dtype=acc, device=x.device).scatter_add_(
-            1, response, torch.ones_like(response, dtype=acc))[:, :V]  # [R, V]
-        x = put(x, r, take(x, r) - setting("frequency_penalty", r) * counts
-                - setting("presence_penalty", r) * (counts > 0).to(acc))
+        response = (at >= take(t["ctl_prompt"], r)[:, None]).to(acc)  # [R, L]: 1 past the prompt
+        counts = torch.zeros(len(h), V + 1, dtype=acc, device=x.device).scatter_add_(1, h, response)[:, :V]
+        penalty = setting("frequency_penalty", r) * counts + torch.where(counts > 0, setting("presence_penalty", r), 0)
+        x = put(x, r, take(x, r) - penalty)
     for name in sorted(k for k in t if k.startswith("ctl_ng")):
         r = rows_of(name)
         h = take(hist, r)
@@ -136,22 +138,25 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
         kept = x.index_select(0, f)  # [F, V]
         drop = dropped_by_min_p_top_p(kept, t["ctl_min_p"].index_select(0, f), t["ctl_top_p"].index_select(0, f))
         x = x.index_copy(0, f, kept.masked_fill(drop, float("-inf")))
-    return logits.index_copy(0, rows, x.to(logits.dtype))
+    x = x.to(logits.dtype)
+    return x if every else logits.index_copy(0, rows, x)
 
 
 def ngram_bans(hist: torch.Tensor, lens: torch.Tensor, n: int, pad_id: int) -> torch.Tensor:
     """hist [R, L] tokens (pad_id past each row's length lens [R]) -> [R, M] the tokens no_repeat_ngram_size n bans
     (pad_id elsewhere): those that followed an earlier occurrence of the row's last n - 1 tokens (Hugging Face's
-    semantics; banned_ngram_tokens is the host oracle). On the device, no host read."""
+    semantics; banned_ngram_tokens is the host oracle). On the device, no host read. No length mask is needed:
+    a window that reaches past a row's length holds pad_id, so it never equals the row's last n - 1 tokens (real
+    ids), and the window that is those tokens is followed by pad_id, whose ban lands in the padding column."""
     if n == 1:
         return hist  # every token seen
     R, L = hist.shape
     if L < n:
         return hist.new_full((R, 1), pad_id)
-    at = torch.arange(L - n + 1, device=hist.device)  # window starts s, followed by the token at s + n - 1
-    last = hist.gather(1, (lens[:, None] - (n - 1) + torch.arange(n - 1, device=hist.device)).clamp_min(0))
-    windows = hist.unfold(1, n - 1, 1)[:, :L - n + 1]  # [R, L - n + 1, n - 1]
-    match = (windows == last[:, None, :]).all(-1) & (at[None, :] <= (lens - n)[:, None])  # [R, L - n + 1]
+    windows = hist.unfold(1, n - 1, 1)  # [R, L - n + 2, n - 1]: window s is followed by the token at s + n - 1
+    start = (lens - (n - 1)).clamp_min(0)  # [R]: where each row's last n - 1 tokens begin
+    last = windows.gather(1, start[:, None, None].expand(R, 1, n - 1))  # [R, 1, n - 1]
+    match = (windows[:, :L - n + 1] == last).all(-1)  # [R, L - n + 1]
     return torch.where(match, hist[:, n - 1:], pad_id)
 
 

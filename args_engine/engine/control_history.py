@@ -3,7 +3,11 @@ n-grams), kept on the device as vLLM v1's persistent batch keeps its sampling st
 slot of a [slots, width] token table. Its tokens are copied once, inside the step's one host-to-device copy, the
 first time it steps (or when the table no longer matches it); after that the step itself appends each chosen
 token, so a step copies no history however long the sequences grow. Owned by the model runner; host bookkeeping
-(slots, what is in sync) and device writes only, never a read."""
+(slots, what is in sync) and device writes only, never a read.
+
+A slot holds the padding id past its sequence's length: a first copy writes the whole row, and the step appends
+only at the length. A step that never confirmed its appends (it failed) leaves its rows out of sync, so the next
+step copies them again."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,12 +22,17 @@ class ControlHistory:
         self.tokens = torch.full((slots, width), vocab_size, dtype=torch.int64, device=device)  # [S, W]
         self.slot_of: dict[int, int] = {}  # seq_id -> slot
         self.synced: dict[int, int] = {}  # seq_id -> how many of its tokens the slot holds
+        self.unconfirmed: list[int] = []  # seq_ids the last prepared step appends to (until `stepped`)
         self.free = list(range(slots - 1, -1, -1))
 
     def arrays(self, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
         """Host: the controlled rows (`rows` of `seqs`, with `lens` tokens each) -> (ctl_slot [C]; ctl_init_slot
-        [I] and ctl_init [I, L] for the rows whose tokens the table does not hold yet; the history's width)."""
+        [I] and ctl_init [I, W] (whole rows) for the rows whose tokens the table does not hold yet; the history's
+        width)."""
         need_width = int(lens.max()) + 1  # the step appends at position len
+        for seq_id in self.unconfirmed:  # a step that failed may have appended: copy those rows again
+            self.synced.pop(seq_id, None)
+        self.unconfirmed = [seqs[b].seq_id for b in rows.tolist()]
         slots, init = [], []
         for b, n in zip(rows.tolist(), lens.tolist()):
             s = seqs[b]
@@ -34,9 +43,8 @@ class ControlHistory:
             slots.append(self.slot_of[s.seq_id])
         self._ensure(need_width)
         a = {"ctl_slot": np.array(slots, dtype=np.int64)}
-        if init:
-            width = max(seqs[b].num_tokens for b in init)
-            table = np.full((len(init), width), self.pad_id, dtype=np.int64)
+        if init:  # whole rows: padding past each length, whatever the slot held before
+            table = np.full((len(init), self.tokens.shape[1]), self.pad_id, dtype=np.int64)
             for i, b in enumerate(init):
                 table[i, :seqs[b].num_tokens] = seqs[b].token_ids
             a["ctl_init_slot"] = np.array([self.slot_of[seqs[b].seq_id] for b in init], dtype=np.int64)
@@ -47,20 +55,20 @@ class ControlHistory:
         """Device: write the new rows' tokens, then -> the controlled rows' tokens [C, width], pad_id past each
         row's length."""
         if "ctl_init" in t:
-            init = t["ctl_init"]  # [I, L]
-            self.tokens[t["ctl_init_slot"], :init.shape[1]] = init
-        h = self.tokens[:, :width].index_select(0, t["ctl_slot"])  # [C, width]: only the columns in use
-        inside = torch.arange(width, device=h.device)[None, :] < t["ctl_len"][:, None]
-        return torch.where(inside, h, self.pad_id)
+            self.tokens[t["ctl_init_slot"]] = t["ctl_init"]  # [I, W]: whole rows
+        return self.tokens[:, :width].index_select(0, t["ctl_slot"])  # [C, width]: only the columns in use
 
     def append(self, t: dict[str, torch.Tensor], tokens: torch.Tensor) -> None:
         """Device: each controlled row's chosen token (tokens [B]) at its position len."""
-        self.tokens[t["ctl_slot"], t["ctl_len"]] = tokens.to(self.device).index_select(0, t["ctl_rows"])
+        rows = t["ctl_rows"]
+        tokens = tokens.to(self.device)
+        self.tokens[t["ctl_slot"], t["ctl_len"]] = tokens if len(rows) == len(tokens) else tokens.index_select(0, rows)
 
     def stepped(self, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> None:
         """Host, after the step's read: the slots hold one more token each."""
         for b, n in zip(rows.tolist(), lens.tolist()):
             self.synced[seqs[b].seq_id] = n + 1
+        self.unconfirmed = []
 
     def release(self, seq_id: int) -> None:
         """The sequence is finished: its slot goes back."""

@@ -58,7 +58,8 @@ def decoding_engine(lm, rm, batch: int, steps: int, k: int = 10, prompt_len: int
 _NO_LAUNCH = {"as_strided", "view", "_unsafe_view", "reshape", "slice", "select", "transpose", "t", "expand",
               "unsqueeze", "squeeze", "narrow", "permute", "flatten", "alias", "detach", "split", "chunk", "unbind",
               "split_with_sizes", "empty", "empty_strided", "empty_like", "new_empty", "lift_fresh", "resolve_conj",
-              "resolve_neg", "result_type", "_local_scalar_dense", "is_same_size", "sym_size", "sym_stride"}
+              "resolve_neg", "result_type", "promote_types", "_local_scalar_dense", "is_same_size", "sym_size",
+              "sym_stride"}
 
 
 def launches_per_step(engine: ARGSEngine, steps: int = 3) -> float:
