@@ -91,17 +91,25 @@ def args_choose(scores: torch.Tensor, temperature: torch.Tensor, gumbel: torch.T
     return torch.where(stoch, noisy.argmax(dim=-1), choice)
 
 
+def args_pick(logp, rewards, cand_ids, k, w, temperature, gumbel):
+    """Score and choose, nothing committed: the torch definition of a pick (the kernel's equals it).
+    -> choice, token, the chosen's reward [B] each."""
+    choice = args_choose(args_scores(logp, rewards, k, w), temperature, gumbel)  # [B]
+    rows = torch.arange(len(choice), device=choice.device)
+    return choice, cand_ids[rows, choice], rewards[rows, choice]
+
+
 def args_select_ref(logp, rewards, cand_ids, k, w, temperature, gumbel, cand_key, cand_value, key_cache,
                     value_cache, slots):
     """kernels.args_select's contract in torch: choose, then copy the chosen candidate's K/V (all layers,
     cand_* [L, B, K, Hkv, D]) into slots [B] of the caches [L, NB, BS, Hkv, D] (-1: no copy)."""
-    choice = args_choose(args_scores(logp, rewards, k, w), temperature, gumbel)  # [B]
+    choice, tokens, chosen = args_pick(logp, rewards, cand_ids, k, w, temperature, gumbel)  # [B] each
     rows = torch.arange(len(choice), device=choice.device)
     keep = slots >= 0
     for cand, cache in ((cand_key, key_cache), (cand_value, value_cache)):
         flat = cache.view(cache.shape[0], -1, *cache.shape[3:])  # [L, NB * BS, Hkv, D]
         flat[:, slots[keep]] = cand[:, rows[keep], choice[keep]]
-    return choice, cand_ids[rows, choice], rewards[rows, choice]
+    return choice, tokens, chosen
 
 
 def store_kv_ref(key, value, key_cache, value_cache, slot_mapping) -> None:

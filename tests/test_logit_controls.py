@@ -9,6 +9,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.decoding.logit_controls import apply_logit_controls, banned_ngram_tokens, dropped_by_min_p_top_p
+from step_faults import fail_once
 from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]
@@ -240,16 +241,13 @@ def test_a_step_that_fails_after_its_appends_copies_those_rows_again(models, mon
     want = [o.token_ids for o in ARGSEngine(lm, rm, tokenizer=tok, backend="reference", raw=True).generate(
         ids, params, progress=False)]
     native = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True, block_size=4)
-    dec, read = native.decoder, native.decoder.runner.read
+    dec = native.decoder
     reqs = [native.make_request(i, params) for i in ids]
     dec.add_requests(reqs)
     for _ in range(4):
         dec.step()
-
-    def fail_once(x):  # the step's one read: the device work, the history's appends included, is done
-        monkeypatch.setattr(dec.runner, "read", read)
-        raise RuntimeError("read failed")
-    monkeypatch.setattr(dec.runner, "read", fail_once)
+    # at the step's one read: the device work, the history's appends included, is done
+    fail_once(monkeypatch, dec.runner, "read", "read failed")
     with pytest.raises(RuntimeError, match="read failed"):
         dec.step()
     while dec.has_unfinished():

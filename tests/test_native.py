@@ -8,6 +8,7 @@ import torch
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.engine.request import Request
+from step_faults import fail_once
 from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to learn to cook rice at home?", "x", "Tell me a joke."]
@@ -180,21 +181,17 @@ def test_failed_step_recovers_and_keeps_the_prefix_cache(monkeypatch, same_trunk
     prompts = SHARED_PREFIX_PROMPTS
     ref = ARGSEngine(lm, rm, tokenizer=tok, backend="reference")
     nat = native(lm, rm, tok)
-    engine, real_prefill = nat.decoder, nat.decoder.runner._prefill
+    engine = nat.decoder
     assert engine.runner.shared == same_trunk
     first = nat.make_request(prompts[0], GREEDY)
     engine.add_request(first)
     for _ in range(3):  # prompt 1 is prefilled and decoding; its blocks are in the prefix cache
         engine.step()
 
-    def fail_once(*args, **kwargs):
-        monkeypatch.setattr(engine.runner, "_prefill", real_prefill)
-        raise RuntimeError("forward failed")
-
     # Prompt 2 is admitted with hits on prompt 1's blocks, and its prefill fails: the blocks it marked (to be
     # filled by that prefill) leave the cache; prompt 1's entries stay. Both sequences were in the step: both
     # start over, and prompt 1 finds its own blocks again.
-    monkeypatch.setattr(engine.runner, "_prefill", fail_once)
+    fail_once(monkeypatch, engine.runner, "_prefill", "forward failed")
     second = nat.make_request(prompts[1], GREEDY)
     engine.add_request(second)
     with pytest.raises(RuntimeError, match="forward failed"):
@@ -222,16 +219,12 @@ def test_retried_step_gives_a_seeded_stochastic_request_the_same_tokens(monkeypa
     lm, rm, tok = models_on_trunks(same_trunk)
     want = native(lm, rm, tok).generate(PROMPTS[0], STOCHASTIC)[0].token_ids
     nat = native(lm, rm, tok)
-    engine, real_run = nat.decoder, nat.decoder.runner.run
+    engine = nat.decoder
     req = nat.make_request(PROMPTS[0], STOCHASTIC)
     engine.add_request(req)
     for _ in range(4):
         engine.step()
-
-    def fail_once(batch):
-        monkeypatch.setattr(engine.runner, "run", real_run)
-        raise RuntimeError("forward failed")
-    monkeypatch.setattr(engine.runner, "run", fail_once)
+    fail_once(monkeypatch, engine.runner, "run", "forward failed")
     with pytest.raises(RuntimeError, match="forward failed"):
         engine.step()
     while engine.has_unfinished():

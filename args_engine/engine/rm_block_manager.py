@@ -3,12 +3,13 @@ of its own over the RM's pool, in RM-token positions (they differ from the LM's)
 tensors (the model runner copies and writes blocks) nor a tokenizer (the engine keeps each request's RM tokens,
 `Request.rm_text_ids`); it never writes a Sequence field.
 
-A sequence's RM cache holds the K/V of `cached_ids(seq)`, RM tokens that begin the tokenization of its text so
-far. The allocator's tokens are `settled_ids(seq)` (prefix-cache entries once their blocks are full): those lie at least `window` tokens behind the end of the text, where more text no longer re-tokenizes
-them. The last few may still change as the text grows: the bridge then cuts the cache back and re-reads them,
-which costs nothing here (those positions are the sequence's own blocks, never shared). If a change ever reaches
-the settled part, the sequence's blocks are freed and allocated again for the part that still holds, whose full
-blocks come back from the prefix cache (`cut`)."""
+A sequence's RM cache holds the K/V of `cached_ids(seq)`, RM tokens that begin the tokenization of its text so far.
+The allocator's tokens are `settled_ids(seq)` (prefix-cache entries once their blocks are full): those lie at least
+`window` tokens behind the end of the text, where more text no longer re-tokenizes them. The last few may still
+change as the text grows: the bridge then cuts the cache back and re-reads them, which costs nothing here (those
+positions are the sequence's own blocks, never shared). If a change ever reaches the settled part, the sequence's
+blocks are freed and allocated again for the part that still holds, whose full blocks come back from the prefix
+cache (`cut`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ class _RMTokens:
 
 class RMBlockManager:
     """reserve: positions held past the cached tokens for the next step's chosen tail (a longer tail is
-    committed in part and re-read later). window: trailing RM tokens kept out of the allocator (not settled). A sequence never asks for more than the
-    whole pool: a text longer than it keeps what fits cached and re-reads the rest each step (exact, slower), so
-    one sequence alone always runs."""
+    committed in part and re-read later). window: trailing RM tokens kept out of the allocator (not settled). A
+    sequence never asks for more than the whole pool: a text longer than it keeps what fits cached and re-reads
+    the rest each step (exact, slower), so one sequence alone always runs."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
                  reserve: int | None = None, window: int = 4):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import ops as cpp_ops
 from ..decoding.common import topk_logprobs
-from ..kernels.refs import args_choose, args_scores
+from ..kernels.refs import args_pick
 
 
 def triton_available(device: torch.device) -> bool:
@@ -198,16 +198,11 @@ class PagedOps:
                                           key_cache, value_cache, slots)
         # torch: choose as the kernel does; the engine never passes slot -1 (padding rows write a spare block),
         # so the commit needs no mask (args_select_ref's boolean indexing costs several ops per call)
-        choice, tokens, chosen = self.args_pick(logp, rewards, cand_ids, k, w, temperature, gumbel)  # [B] each
+        choice, tokens, chosen = args_pick(logp, rewards, cand_ids, k, w, temperature, gumbel)  # [B] each
         rows = torch.arange(len(choice), device=choice.device)
         for cand, cache in ((cand_key, key_cache), (cand_value, value_cache)):
             cache.view(cache.shape[0], -1, *cache.shape[3:])[:, slots] = cand[:, rows, choice]
         return choice, tokens, chosen
 
-    @staticmethod
-    def args_pick(logp, rewards, cand_ids, k, w, temperature, gumbel):
-        """Score and choose, nothing committed (for an RM that keeps no K/V here): the torch definition of a
-        pick, which the kernel's equals. -> choice, token, the chosen's reward [B] each."""
-        choice = args_choose(args_scores(logp, rewards, k, w), temperature, gumbel)  # [B]
-        rows = torch.arange(len(choice), device=choice.device)
-        return choice, cand_ids[rows, choice], rewards[rows, choice]
+    # score and choose, nothing committed (an RM that keeps no K/V here): the torch pick, which the kernel's equals
+    args_pick = staticmethod(args_pick)
