@@ -80,11 +80,11 @@ def cmd_demo(args) -> None:
     supports best (assets/eval_summary.json), then one line of what that evaluation found."""
     from .engine import ARGSEngine
     from .eval.summary import load_summary, summary_line
-    from .models.defaults import reward_head_file
+    from .models.defaults import DEFAULT_HEAD, reward_head_file
     from .params import ARGSParams
 
     s = load_summary()
-    setting = s or {"head": "default", "k": 10, "w": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
+    setting = s or {"head": DEFAULT_HEAD, "k": 10, "w": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
     rm = reward_head_file(setting["head"])
     engine = ARGSEngine.from_pretrained(rm=rm, device=args.device, backend=args.backend)
     params = ARGSParams(k=setting["k"], w=setting["w"], max_new_tokens=args.max_new_tokens,
@@ -234,7 +234,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_train_rm(args) -> None:
-    from .models.defaults import DEFAULT_RM_ASSET, PREFIX_RM_ASSET
+    from .models.defaults import PREFIX_RM_ASSET, WHOLE_RM_ASSET
     from .reward.fit import train_prefix_head, train_reward_model
 
     if args.prefix:
@@ -245,7 +245,7 @@ def cmd_train_rm(args) -> None:
                                    baseline=args.baseline)
         print(json.dumps({k: v for k, v in report.items() if k != "cv"}, indent=2))
         return
-    report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out or DEFAULT_RM_ASSET,
+    report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out or WHOLE_RM_ASSET,
                                 tune_layers=args.tune_layers, max_len=args.max_len, seed=args.seed, limit=args.limit, l2=args.l2,
                                 epochs=args.epochs, rank=args.rank, lr=args.lr)
     print(json.dumps(report, indent=2))
@@ -373,11 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_options(s, serving=True)
     s.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("train-rm", help="train the default reward model (Bradley-Terry on HH-RLHF train split)")
+    t = sub.add_parser("train-rm", help="train a reward head on the LM's trunk (Bradley-Terry on the HH-RLHF train "
+                         "split): the whole-reply head, or with --prefix the prefix head (the default RM)")
     t.add_argument("--lm", help="trunk source: local HF directory (default: SmolLM2-135M-Instruct)")
     t.add_argument("--data", help="HH-RLHF jsonl(.gz) (default: ../shared/data/hh-rlhf/harmless-base.jsonl.gz)")
     t.add_argument("--out", help="where to write the trained part (safetensors; default: the shipped head it "
-                                 "rebuilds, default_rm or with --prefix prefix_rm)")
+                                 "rebuilds: the whole-reply head default_rm, or with --prefix prefix_rm)")
     t.add_argument("--tune-layers", type=int, default=0, help="LoRA-tune this many last layers (0: head only)")
     t.add_argument("--max-len", type=int, default=768)
     t.add_argument("--seed", type=int, default=0)
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "as ARGS asks the RM about half-written replies (weights by 5-fold CV on train)")
     t.add_argument("--positions", type=int, default=8, help="--prefix: matched prefix lengths per pair")
     t.add_argument("--baseline", help="--prefix: a head file (.safetensors) to report beside the new head, by reply "
-                                      "fraction (e.g. the default head)")
+                                      "fraction (e.g. the whole-reply head)")
     t.set_defaults(func=cmd_train_rm)
 
     from .eval.methods import DEFAULT_METHODS
@@ -410,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--data", help="HH-RLHF jsonl(.gz) for the default prompts and the overlap check")
     e.add_argument("--score-rm", help="a reward head file (.safetensors) that scores every response instead of the "
-                                      "decoding RM (compare runs that decode with different heads on one scale)")
+                                      "decoding RM (compare runs that decode with different heads on one scale); "
+                                      "'decoding': the decoding RM. Default: the whole-reply head on the default "
+                                      "pair (a finished reply is what it was trained on), else the decoding RM")
     _add_rm_options(e)
     _add_ray_options(e)
     e.set_defaults(func=cmd_eval)

@@ -22,7 +22,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from args_engine.eval.summary import SUMMARY_ASSET, best_setting, summary_line, targets_met
-from args_engine.models.defaults import DEFAULT_RM_ASSET, PREFIX_RM_ASSET
+from args_engine.models.defaults import WHOLE_RM_ASSET, PREFIX_RM_ASSET
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ["args-greedy:k=10:w=1", "args-greedy:k=10:w=1:nrng=3", "args-greedy:k=10:w=1.5",
@@ -44,9 +44,9 @@ def check_comparable(whole: dict, prefix: dict) -> None:
     if texts[0] != texts[1]:
         raise ValueError("the runs' greedy responses differ")
     scorer = Path(prefix["config"].get("score_rm") or "").name
-    if scorer != DEFAULT_RM_ASSET.name or whole["config"].get("score_rm") not in (None, str(DEFAULT_RM_ASSET)):
+    if scorer != WHOLE_RM_ASSET.name or whole["config"].get("score_rm") not in (None, str(WHOLE_RM_ASSET)):
         raise ValueError("the rewards must both be the whole-reply head's: run the prefix evaluation with "
-                         f"--score-rm {DEFAULT_RM_ASSET}")
+                         f"--score-rm {WHOLE_RM_ASSET}")
 
 
 def side_by_side(runs: dict[str, dict]) -> list[dict]:

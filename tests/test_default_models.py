@@ -38,6 +38,33 @@ def test_default_rm_runs_on_the_lm_trunk():
         assert engine.rm.model(ids).logits.item() == pytest.approx(stored(ids).logits.item(), abs=1e-5)
 
 
+@pytest.mark.slow
+def test_the_default_rm_is_the_prefix_head():
+    """The prefix head decodes better by the committed evaluation (issue 27), so it is the default RM."""
+    from args_engine.models.defaults import PREFIX_RM_ASSET, WHOLE_RM_ASSET, default_reward_model
+
+    engine = ARGSEngine.from_pretrained()
+    score = engine.rm.model.score.weight
+    assert torch.equal(score, default_reward_model(engine.lm, PREFIX_RM_ASSET).score.weight)
+    assert not torch.equal(score, default_reward_model(engine.lm, WHOLE_RM_ASSET).score.weight)
+
+
+def test_shipped_heads_by_name_and_the_evaluations_scoring_head():
+    from args_engine.eval.runner import scoring_head
+    from args_engine.models.defaults import DEFAULT_RM_ASSET, PREFIX_RM_ASSET, WHOLE_RM_ASSET, reward_head_file
+
+    # the demo reads a head name from eval_summary.json, which prefix_rm_report writes as "whole" or "prefix"
+    assert (reward_head_file("prefix"), reward_head_file("whole")) == (PREFIX_RM_ASSET, WHOLE_RM_ASSET)
+    assert DEFAULT_RM_ASSET == PREFIX_RM_ASSET and PREFIX_RM_ASSET.is_file() and WHOLE_RM_ASSET.is_file()
+    with pytest.raises(ValueError, match="unknown reward head 'best'.*prefix, whole"):
+        reward_head_file("best")
+    # finished replies are scored by the whole-reply head on the default pair, by the decoding RM otherwise
+    assert scoring_head(None, default_pair=True) == WHOLE_RM_ASSET
+    assert scoring_head(None, default_pair=False) is None
+    assert scoring_head("decoding", default_pair=True) is None
+    assert scoring_head("h.safetensors", default_pair=False) == "h.safetensors"
+
+
 def test_default_gguf_is_located_without_importing_its_package():
     import sys
 

@@ -59,11 +59,14 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     ray (a RayBatchOptions): the ARGS methods decode on Ray Data engine actors built from lm / rm (the same
     requests and seeds; the baselines, scoring and judging stay in this process).
     score_rm: a reward head file (train-rm --out) on the LM's trunk that scores every method's responses instead
-    of the decoding RM, so that runs decoding with different heads report rewards on one scale."""
+    of the decoding RM, so that runs decoding with different heads report rewards on one scale. Default: on the
+    default pair (no models, lm, rm), the whole-reply head, which was trained on finished replies (the default RM
+    is the prefix head); otherwise the decoding RM. "decoding": the decoding RM in any case."""
     if not prompts:
         raise ValueError("no prompts")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
+    score_rm = scoring_head(score_rm, default_pair=models is None and lm is None and rm is None)
     hub = dict(revision=revision, rm_revision=rm_revision, trust_remote_code=trust_remote_code)
     models = models or load_models(lm, rm, device, dtype, batch_size, **hub, **(rm_options or {}))
     if ray is not None:
@@ -115,6 +118,14 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     if out is not None:
         write_outputs(results, out)
     return results
+
+
+def scoring_head(score_rm: str | Path | None, default_pair: bool) -> str | Path | None:
+    """evaluate's score_rm, resolved: the head file that scores the responses, or None for the decoding RM."""
+    if score_rm is None and default_pair:
+        from ..models.defaults import WHOLE_RM_ASSET
+        return WHOLE_RM_ASSET  # the default RM is the prefix head; finished replies are the whole-reply head's
+    return None if score_rm == "decoding" else score_rm
 
 
 def _scoring_models(models: EvalModels, score_rm) -> EvalModels:

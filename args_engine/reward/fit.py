@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.defaults import (DEFAULT_LM_NAME, DEFAULT_RM_ASSET, PREFIX_RM_ASSET, apply_reward_asset, cache_dir,
+from ..models.defaults import (DEFAULT_LM_NAME, PREFIX_RM_ASSET, WHOLE_RM_ASSET, apply_reward_asset, cache_dir,
                                default_lm_dir, reward_model_on_trunk)
 from .data import data_provenance, load_pairs, split_pairs
 from .train import (TrunkFeatures, choose_l2_by_cv, extract_features, last_layers_rewards, pair_token_ids,
@@ -42,7 +42,7 @@ def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, l2_by_cv, epoch
                "--seed", seed]
     for flag, value in (("--limit", limit), ("--l2", None if l2_by_cv else l2), ("--data", data_path),
                         ("--baseline", baseline), ("--out", out)):
-        shipped = PREFIX_RM_ASSET if prefix_positions is not None else DEFAULT_RM_ASSET
+        shipped = PREFIX_RM_ASSET if prefix_positions is not None else WHOLE_RM_ASSET
         if value is not None and not (flag == "--out" and Path(value).resolve() == shipped):
             cmd += [flag, value]
     if lm_dir != str(cache_dir() / DEFAULT_LM_NAME):
@@ -51,7 +51,7 @@ def _rebuild_command(out, tune_layers, max_len, seed, limit, l2, l2_by_cv, epoch
     return " ".join(shlex.quote(str(c)) for c in cmd) + note
 
 
-def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = DEFAULT_RM_ASSET,
+def train_reward_model(lm_dir: str | None = None, data_path: str | None = None, out: str | Path = WHOLE_RM_ASSET,
                        tune_layers: int = 0, max_len: int = 768, seed: int = 0, limit: int | None = None,
                        l2: float | None = None, epochs: int = 2, rank: int = 8, lr: float = 1e-3) -> dict:
     """Train a reward head (and optional LoRA on the last `tune_layers` layers) on a Llama-family trunk
@@ -116,7 +116,7 @@ def _setup(lm_dir, data_path, out, limit, max_len):
 
     if (limit is not None and limit < 1) or max_len < 2:
         raise ValueError(f"need limit >= 1 and max_len >= 2 (got {limit}, {max_len})")
-    if lm_dir is not None and Path(out).resolve() in (DEFAULT_RM_ASSET, PREFIX_RM_ASSET):
+    if lm_dir is not None and Path(out).resolve() in (WHOLE_RM_ASSET, PREFIX_RM_ASSET):
         raise ValueError("a head trained on another trunk cannot replace a shipped head: pass --out")
     lm_dir = str(lm_dir or default_lm_dir())
     tok = AutoTokenizer.from_pretrained(lm_dir)
