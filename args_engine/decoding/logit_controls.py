@@ -120,24 +120,25 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
         seen = torch.zeros(len(h), V + 1, dtype=torch.bool, device=x.device).scatter_(1, h, True)[:, :V]  # [R, V]
         xr, rep = take(x, r), setting("repetition_penalty", r)
         x = put(x, r, torch.where(seen, torch.where(xr > 0, xr / rep, xr * rep), xr))
-    if "ctl_pen" in t:  # the response's tokens only; zero penalties subtract exact zeros (counts are finite)
+    if "ctl_pen" in t:  # the response's tokens only
         r = rows_of("ctl_pen")
         h = take(hist, r)  # [R, L]
         at = torch.arange(h.shape[1], device=h.device)
         response = (at >= take(t["ctl_prompt"], r)[:, None]).to(acc)  # [R, L]: 1 past the prompt
         counts = torch.zeros(len(h), V + 1, dtype=acc, device=x.device).scatter_add_(1, h, response)[:, :V]
-        penalty = setting("frequency_penalty", r) * counts + torch.where(counts > 0, setting("presence_penalty", r), 0)
-        x = put(x, r, take(x, r) - penalty)
+        xr = take(x, r)  # a token never seen keeps its logit exactly
+        x = put(x, r, torch.where(counts > 0, xr - (setting("frequency_penalty", r) * counts
+                                                    + setting("presence_penalty", r)), xr))
     for name in sorted(k for k in t if k.startswith("ctl_ng")):
         r = rows_of(name)
         h = take(hist, r)
         bans = ngram_bans(h, take(t["ctl_len"], r), int(name[6:]), V)  # [R, M]
         x = put(x, r, torch.cat([take(x, r), pad[:len(h)]], 1).scatter(1, bans, float("-inf"))[:, :V])
     if "ctl_filter" in t:
-        f = t["ctl_filter"]
-        kept = x.index_select(0, f)  # [F, V]
-        drop = dropped_by_min_p_top_p(kept, t["ctl_min_p"].index_select(0, f), t["ctl_top_p"].index_select(0, f))
-        x = x.index_copy(0, f, kept.masked_fill(drop, float("-inf")))
+        f = rows_of("ctl_filter")
+        kept = take(x, f)  # [F, V]
+        drop = dropped_by_min_p_top_p(kept, take(t["ctl_min_p"], f), take(t["ctl_top_p"], f))
+        x = put(x, f, kept.masked_fill(drop, float("-inf")))
     x = x.to(logits.dtype)
     return x if every else logits.index_copy(0, rows, x)
 
@@ -156,8 +157,8 @@ def ngram_bans(hist: torch.Tensor, lens: torch.Tensor, n: int, pad_id: int) -> t
     windows = hist.unfold(1, n - 1, 1)  # [R, L - n + 2, n - 1]: window s is followed by the token at s + n - 1
     start = (lens - (n - 1)).clamp_min(0)  # [R]: where each row's last n - 1 tokens begin
     last = windows.gather(1, start[:, None, None].expand(R, 1, n - 1))  # [R, 1, n - 1]
-    match = (windows[:, :L - n + 1] == last).all(-1)  # [R, L - n + 1]
-    return torch.where(match, hist[:, n - 1:], pad_id)
+    differs = (windows[:, :L - n + 1] != last).any(-1)  # [R, L - n + 1]
+    return hist[:, n - 1:].masked_fill(differs, pad_id)
 
 
 def apply_logit_controls(logits: torch.Tensor, params: list[ARGSParams], token_ids: list[list[int]],
@@ -188,7 +189,7 @@ def dropped_by_min_p_top_p(x: torch.Tensor, min_p, top_p) -> torch.Tensor:
         top_p = float("inf")
     probs = torch.softmax(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)  # [..., V]
     min_p, top_p = (torch.as_tensor(v, dtype=probs.dtype, device=probs.device)[..., None] for v in (min_p, top_p))
-    drop = probs < min_p * probs.max(dim=-1, keepdim=True).values
     sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    drop = probs < min_p * sorted_p[..., :1]  # relative to the likeliest token's probability
     before = sorted_p.cumsum(-1) - sorted_p  # probability of the likelier tokens
     return drop | torch.zeros_like(drop).scatter(-1, order, before >= top_p)

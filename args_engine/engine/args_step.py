@@ -86,7 +86,7 @@ class ArgsStep:
         logp, cand = logp.to(dev), cand.to(dev)  # the rest is the RM's work
         with on_device(dev):
             if gate is not None:
-                k = torch.where(logp[:, 0].double() >= gate, 1, k)  # [B]: the gate takes the top token alone
+                k = k.masked_fill(logp[:, 0].double() >= gate, 1)  # [B]: the gate takes the top token alone
                 if self.compact_gate:  # a CPU RM: re-list the cells (no transfer), skip the gated rows' others
                     rm_inputs["scored"] = self._listed(k, kmax)
             rewards, scored = self.scorer.score(cand, k, seqs, **rm_inputs)  # [B, kmax]
