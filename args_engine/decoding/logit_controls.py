@@ -32,8 +32,8 @@ def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_pro
     but for the logit bias (token 0 with a bias of 0.0).
     float_dtype: of the settings, best the dtype apply_controls computes in (float32 unless the logits are
     float64), so the device casts nothing.
-      ctl_rows [C] the controlled rows; ctl_<field> [C] each setting; ctl_filter [F] those (of the C) with min_p
-      or top_p; ctl_bias_ids, ctl_bias [C, NB] logit bias;
+      ctl_rows [C] the controlled rows; ctl_<field> [C] each setting that some row uses (min_p and top_p
+      together); ctl_filter [F] those (of the C) with min_p or top_p; ctl_bias_ids, ctl_bias [C, NB] logit bias;
       the controls that read the tokens, each as the rows (of the C) it applies to: ctl_rep (repetition, over
       prompt + response), ctl_pen (presence / frequency, over the response), ctl_ng<n> (no-repeat n-grams of
       size n); with them ctl_len [C] and ctl_prompt [C] (tokens so far, of them the prompt's) and, when
@@ -44,14 +44,19 @@ def control_arrays(params: list[ARGSParams], token_ids: list[list[int]], num_pro
         return {}
     ps = [params[b] for b in rows]
     a = {"ctl_rows": np.array(rows, dtype=np.int64)}
-    for name in _FLOAT_FIELDS:
-        a[f"ctl_{name}"] = np.array([getattr(p, name) for p in ps], dtype=float_dtype)
-    # top_p off is +inf, decided here in double precision: a top_p just below 1 rounds to 1.0 in float32, and
-    # it must still drop the tokens whose likelier mass reaches 1.0
-    a["ctl_top_p"][[p.top_p >= 1.0 for p in ps]] = np.inf
     filtered = [i for i, p in enumerate(ps) if p.min_p > 0.0 or p.top_p < 1.0]
+    # a setting travels only when a row uses its control (an unused one would change no logit: no copy, no op)
+    used = {"repetition_penalty": any(p.repetition_penalty != 1.0 for p in ps),
+            "presence_penalty": any(p.presence_penalty for p in ps),
+            "frequency_penalty": any(p.frequency_penalty for p in ps), "min_p": bool(filtered), "top_p": bool(filtered)}
+    for name in _FLOAT_FIELDS:
+        if used[name]:
+            a[f"ctl_{name}"] = np.array([getattr(p, name) for p in ps], dtype=float_dtype)
     if filtered:  # only these rows pay for the softmax and the sort
         a["ctl_filter"] = np.array(filtered, dtype=np.int64)
+        # top_p off is +inf, decided here in double precision: a top_p just below 1 rounds to 1.0 in float32, and
+        # it must still drop the tokens whose likelier mass reaches 1.0
+        a["ctl_top_p"][[p.top_p >= 1.0 for p in ps]] = np.inf
     if any(p.logit_bias for p in ps):
         # padded with token 0 and a bias of 0.0: adding it changes no logit, so no padding column is needed
         a["ctl_bias_ids"] = _padded([list(p.logit_bias or ()) for p in ps], 0)
@@ -126,9 +131,12 @@ def apply_controls(logits: torch.Tensor, t: dict[str, torch.Tensor], hist: torch
         at = torch.arange(h.shape[1], device=h.device)
         response = (at >= take(t["ctl_prompt"], r)[:, None]).to(acc)  # [R, L]: 1 past the prompt
         counts = torch.zeros(len(h), V + 1, dtype=acc, device=x.device).scatter_add_(1, h, response)[:, :V]
+        penalty = setting("frequency_penalty", r) * counts if "ctl_frequency_penalty" in t else None
+        if "ctl_presence_penalty" in t:  # a term not sent is zero for every row: leaving it out changes no bit
+            presence = setting("presence_penalty", r)
+            penalty = presence if penalty is None else penalty + presence
         xr = take(x, r)  # a token never seen keeps its logit exactly
-        x = put(x, r, torch.where(counts > 0, xr - (setting("frequency_penalty", r) * counts
-                                                    + setting("presence_penalty", r)), xr))
+        x = put(x, r, torch.where(counts > 0, xr - penalty, xr))
     for name in sorted(k for k in t if k.startswith("ctl_ng")):
         r = rows_of(name)
         h = take(hist, r)

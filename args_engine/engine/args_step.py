@@ -86,9 +86,10 @@ class ArgsStep:
         logp, cand = logp.to(dev), cand.to(dev)  # the rest is the RM's work
         with on_device(dev):
             if gate is not None:
-                k = k.masked_fill(logp[:, 0].double() >= gate, 1)  # [B]: the gate takes the top token alone
-                if self.compact_gate:  # a CPU RM: re-list the cells (no transfer), skip the gated rows' others
-                    rm_inputs["scored"] = self._listed(k, kmax)
+                taken = logp[:, 0].double() >= gate  # [B]: the gate takes the top token alone
+                k = k.masked_fill(taken, 1)
+                if self.compact_gate:  # a CPU RM: skip the gated rows' other candidates
+                    rm_inputs["scored"] = self._listed(k, taken, kmax, rm_inputs.get("scored"))
             rewards, scored = self.scorer.score(cand, k, seqs, **rm_inputs)  # [B, kmax]
             choice, tokens, chosen = self.scorer.select(self.ops, logp, rewards, cand, k, w, temp, gumbel, scored)
             out = {"tokens": tokens, "rewards": chosen, "k": k}
@@ -97,8 +98,11 @@ class ArgsStep:
         return out
 
     @staticmethod
-    def _listed(k: torch.Tensor, kmax: int) -> torch.Tensor | None:
-        """The cells of k [B] (a CPU tensor: no transfer) -> scored [N], or None when every row reads kmax."""
+    def _listed(k: torch.Tensor, taken: torch.Tensor, kmax: int, scored: torch.Tensor | None) -> torch.Tensor | None:
+        """The cells of k [B] once the gate took the rows `taken` [B] (CPU tensors: reading them costs no transfer)
+        -> scored [N], or None when every row reads kmax; `scored` as it came when the gate took no row."""
+        if not taken.numpy().any():
+            return scored
         cells = scored_cells(k.numpy(), kmax)
         return None if cells is None else torch.from_numpy(cells)
 

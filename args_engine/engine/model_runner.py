@@ -230,7 +230,7 @@ class ModelRunner:
                 ctl = (a["ctl_rows"], a["ctl_len"], ctl_width)
             a.update(self._select_arrays(ready, rows, kmax))
             if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's cache arrays
-                a.update(self._rm_arrays(ready, pos, rows, kmax, bm, a["k"], "gate" in a))
+                a.update(self._rm_arrays(ready, pos, rows, kmax, bm, a["k"]))
             if decode and not self.shared:
                 D = len(decode)
                 lm_rows = self._rows(D)
@@ -270,15 +270,14 @@ class ModelRunner:
                                             for s in ready], dtype=np.float64), rows, math.inf)
         return a
 
-    def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm, k: np.ndarray,
-                   gate: bool) -> dict[str, np.ndarray]:
+    def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm,
+                   k: np.ndarray) -> dict[str, np.ndarray]:
         """A paged RM's arrays: each row's slot for the chosen candidate, the scored cells, objective weights."""
         a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
-        # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step)
-        if not (gate and self.args_step.compact_gate):
-            cells = scored_cells(k, kmax, cells_bucket(int(k.sum())) if self.static else None)
-            if cells is not None:
-                a["scored"] = cells
+        # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step when it takes a row)
+        cells = scored_cells(k, kmax, cells_bucket(int(k.sum())) if self.static else None)
+        if cells is not None:
+            a["scored"] = cells
         rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
         if rm_w is not None:  # multi-objective: each row's weights [B, N]
             a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
