@@ -22,7 +22,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from args_engine.eval.summary import SUMMARY_ASSET, best_setting, summary_line, targets_met
-from args_engine.models.defaults import WHOLE_RM_ASSET, PREFIX_RM_ASSET
+from args_engine.models.defaults import PREFIX_RM_ASSET, REWARD_HEADS, WHOLE_RM_ASSET
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ["args-greedy:k=10:w=1", "args-greedy:k=10:w=1:nrng=3", "args-greedy:k=10:w=1.5",
@@ -130,6 +130,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     runs = {"whole": json.loads(args.whole.read_text()), "prefix": json.loads(args.prefix.read_text())}
     shipped = dict(runs)
+    assert set(shipped) <= set(REWARD_HEADS), (set(shipped), set(REWARD_HEADS))
     prefix = head_report(PREFIX_RM_ASSET)
     by_fraction = prefix["validation_accuracy_by_fraction"]
     accuracy = {"whole-reply head (default_rm)": by_fraction["baseline"], "prefix head (prefix_rm)": by_fraction["prefix"]}
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
     for label, run in runs.items():
         if label != "whole":
             check_comparable(runs["whole"], run)
-    demo = best_setting({"default" if k == "whole" else k: v for k, v in shipped.items()})
+    demo = best_setting(shipped)  # keyed by the shipped heads' names, which the demo loads (reward_head_file)
     cfg = runs["prefix"]["config"]
     report = {"accuracy_by_fraction": accuracy,
               "prefix_head": {k: prefix[k] for k in ("chosen", "command", "seed", "whole_floor", "weightings")},

@@ -33,6 +33,14 @@ def test_best_setting_meets_the_most_targets_then_wins_most():
     assert "targets missed: judge win-tie >= 60%" in summary_line(s)
 
 
+def test_the_line_names_the_shipped_heads():
+    """The demo's line says which head decoded and which scored, by what they are (the file names are history)."""
+    runs = {"whole": _run({"args-greedy:k=10:w=1": _method("args-greedy", 0.62, 0.43, 0.88, 1.0, w=1.0)})}
+    runs["whole"]["config"]["score_rm"] = "/somewhere/args_engine/assets/default_rm.safetensors"
+    line = summary_line(best_setting(runs))
+    assert "whole-reply reward head: reward (scored by the whole-reply head) +1.00 greedy SDs" in line
+
+
 def test_targets_are_the_issues():
     greedy = _method("greedy", 1.0, 0.44, 0.43, 0.0)
     assert targets_met(_method("args-greedy", 0.60, 0.41, 0.43, 0), greedy) == {

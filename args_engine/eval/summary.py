@@ -11,6 +11,7 @@ from pathlib import Path
 
 SUMMARY_ASSET = Path(__file__).resolve().parent.parent / "assets" / "eval_summary.json"
 TARGETS = {"win_tie": 0.60, "coherence_gap": 0.03}
+HEAD_NAMES = {"prefix": "prefix", "whole": "whole-reply"}  # the shipped heads (models/defaults.py REWARD_HEADS)
 
 
 def targets_met(m: dict, greedy: dict) -> dict[str, bool]:
@@ -54,10 +55,19 @@ def summary_line(s: dict) -> str:
     e = s["evaluation"]
     controls = f", no_repeat_ngram_size={s['no_repeat_ngram_size']}" if s["no_repeat_ngram_size"] else ""
     missed = [t for t, ok in s["targets_met"].items() if not ok]
-    scorer = f" (scored by {Path(e['score_rm']).stem})" if e.get("score_rm") else ""
+    scorer = f" (scored by {_head_name(e['score_rm'])})" if e.get("score_rm") else ""
     return (f"Committed evaluation ({e['n_prompts']} HH-RLHF prompts, {e['max_new_tokens']} new tokens), "
-            f"ARGS-greedy k={s['k']} w={s['w']:g}{controls}, {s['head']} reward head: reward{scorer} "
+            f"ARGS-greedy k={s['k']} w={s['w']:g}{controls}, {HEAD_NAMES.get(s['head'], s['head'])} reward head: reward{scorer} "
             f"{s['reward_gain_in_greedy_sd']:+.2f} greedy SDs, judge win-tie {s['win_tie_vs_greedy']:.0%}, "
             f"coherence {s['coherence']:.3f} (greedy {s['greedy_coherence']:.3f}), diversity "
             f"{100 * s['diversity']:.1f} (greedy {100 * s['greedy_diversity']:.1f})"
             + (f"; targets missed: {', '.join(missed)}" if missed else "; every target met") + ".")
+
+
+def _head_name(path: str) -> str:
+    """A scoring head file -> how the line names it: a shipped head by what it is, any other by its file name."""
+    from ..models.defaults import REWARD_HEADS
+
+    name = Path(path).name
+    shipped = {p.name: HEAD_NAMES[head] for head, p in REWARD_HEADS.items()}
+    return f"the {shipped[name]} head" if name in shipped else Path(path).stem
