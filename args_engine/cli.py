@@ -129,7 +129,8 @@ def _add_ray_options(parser, serving: bool = False) -> None:
     r.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1)")
     r.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local cluster)")
     r.add_argument("--num-cpus-per-replica", type=float, default=1.0)
-    r.add_argument("--num-gpus-per-replica", type=float, help="default: one per CUDA device the engine uses (--device, --rm-device)")
+    r.add_argument("--num-gpus-per-replica", type=float,
+                   help="default: one per CUDA device the engine uses (--device, --rm-device)")
     if serving:
         r.add_argument("--min-replicas", type=int, help="autoscaling lower bound (with --max-replicas)")
         r.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
@@ -246,8 +247,8 @@ def cmd_train_rm(args) -> None:
         print(json.dumps({k: v for k, v in report.items() if k != "cv"}, indent=2))
         return
     report = train_reward_model(lm_dir=args.lm, data_path=args.data, out=args.out or WHOLE_RM_ASSET,
-                                tune_layers=args.tune_layers, max_len=args.max_len, seed=args.seed, limit=args.limit, l2=args.l2,
-                                epochs=args.epochs, rank=args.rank, lr=args.lr)
+                                tune_layers=args.tune_layers, max_len=args.max_len, seed=args.seed, limit=args.limit,
+                                l2=args.l2, epochs=args.epochs, rank=args.rank, lr=args.lr)
     print(json.dumps(report, indent=2))
 
 

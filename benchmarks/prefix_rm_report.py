@@ -133,7 +133,8 @@ def main(argv=None) -> None:
     assert set(shipped) <= set(REWARD_HEADS), (set(shipped), set(REWARD_HEADS))
     prefix = head_report(PREFIX_RM_ASSET)
     by_fraction = prefix["validation_accuracy_by_fraction"]
-    accuracy = {"whole-reply head (default_rm)": by_fraction["baseline"], "prefix head (prefix_rm)": by_fraction["prefix"]}
+    accuracy = {"whole-reply head (default_rm)": by_fraction["baseline"],
+                "prefix head (prefix_rm)": by_fraction["prefix"]}
     if args.first_fit is not None and (args.first_fit / "results.json").exists():
         runs["prefix, first fit"] = json.loads((args.first_fit / "results.json").read_text())
         first = json.loads((args.first_fit / "head_report.json").read_text())

@@ -57,7 +57,8 @@ def summary_line(s: dict) -> str:
     missed = [t for t, ok in s["targets_met"].items() if not ok]
     scorer = f" (scored by {_head_name(e['score_rm'])})" if e.get("score_rm") else ""
     return (f"Committed evaluation ({e['n_prompts']} HH-RLHF prompts, {e['max_new_tokens']} new tokens), "
-            f"ARGS-greedy k={s['k']} w={s['w']:g}{controls}, {HEAD_NAMES.get(s['head'], s['head'])} reward head: reward{scorer} "
+            f"ARGS-greedy k={s['k']} w={s['w']:g}{controls}, {HEAD_NAMES.get(s['head'], s['head'])} reward head: "
+            f"reward{scorer} "
             f"{s['reward_gain_in_greedy_sd']:+.2f} greedy SDs, judge win-tie {s['win_tie_vs_greedy']:.0%}, "
             f"coherence {s['coherence']:.3f} (greedy {s['greedy_coherence']:.3f}), diversity "
             f"{100 * s['diversity']:.1f} (greedy {100 * s['greedy_diversity']:.1f})"
