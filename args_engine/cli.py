@@ -1,5 +1,5 @@
-"""`args-engine`: generate with ARGS, serve it over HTTP, evaluate decoding methods, train the default reward
-model and the judge."""
+"""`args-engine`: generate with ARGS, serve it over HTTP, evaluate decoding methods, train reward heads and the
+judge."""
 from __future__ import annotations
 
 import argparse

@@ -43,6 +43,10 @@ def check_comparable(whole: dict, prefix: dict) -> None:
     texts = [[r["text"] for r in run["methods"]["greedy"]["responses"]] for run in (whole, prefix)]
     if texts[0] != texts[1]:
         raise ValueError("the runs' greedy responses differ")
+    # which head decoded: "default" alone was recorded before the default became the prefix head (issue 27)
+    decoded = {name: Path(run["config"]["rm"]).name for name, run in (("whole", whole), ("prefix", prefix))}
+    if decoded["whole"] not in ("default", WHOLE_RM_ASSET.name) or decoded["prefix"] != PREFIX_RM_ASSET.name:
+        raise ValueError(f"the runs must decode with the whole-reply and the prefix head (--rm), got {decoded}")
     scorer = Path(prefix["config"].get("score_rm") or "").name
     if scorer != WHOLE_RM_ASSET.name or whole["config"].get("score_rm") not in (None, str(WHOLE_RM_ASSET)):
         raise ValueError("the rewards must both be the whole-reply head's: run the prefix evaluation with "

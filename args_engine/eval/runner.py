@@ -44,8 +44,13 @@ def from_engine(engine) -> EvalModels:
     return EvalModels(engine.lm, engine.tokenizer, engine.rm, engine, engine.eos_ids, engine.pad_id)
 
 
-def _describe(source) -> str:
-    return "default" if source is None else str(source) if isinstance(source, (str, Path)) else type(source).__name__
+def _describe(source, rm: bool = False) -> str:
+    """How results.json records a model source. The default RM names its head: it changed (issue 27), and runs
+    recorded "default" before then decoded with the whole-reply head."""
+    if source is None:
+        from ..models.defaults import DEFAULT_RM_ASSET
+        return f"default ({DEFAULT_RM_ASSET.name})" if rm else "default"
+    return str(source) if isinstance(source, (str, Path)) else type(source).__name__
 
 
 def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = None, judge: Judge | None = None,
@@ -82,7 +87,7 @@ def evaluate(prompts, methods: list[MethodSpec], models: EvalModels | None = Non
     methods = [parse_method("greedy")] + [m for m in methods if m.label != "greedy"]
     prompt_texts = [hh_text(m) for m in prompts]
     results = {"config": {"n_prompts": len(prompts), "prompts": prompts_name, "max_new_tokens": max_new_tokens,
-                          "batch_size": batch_size, "lm": _describe(lm), "rm": _describe(rm), "device": device,
+                          "batch_size": batch_size, "lm": _describe(lm), "rm": _describe(rm, rm=True), "device": device,
                           "dtype": str(dtype), "args_backend": getattr(models.engine, "backend", "?"),
                           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "data": data,

@@ -129,7 +129,8 @@ def default_rm_dir() -> Path:
 
     if not DEFAULT_RM_ASSET.exists():
         raise FileNotFoundError(
-            f"default reward head {DEFAULT_RM_ASSET} is missing; rebuild it with `args-engine train-rm`")
+            f"default reward head {DEFAULT_RM_ASSET} is missing; rebuild it with `args-engine train-rm --prefix "
+            f"--baseline {WHOLE_RM_ASSET}`")
     digest = hashlib.sha256(DEFAULT_RM_ASSET.read_bytes()).hexdigest()[:12]
     out = cache_dir() / f"{DEFAULT_LM_NAME}-rm-{digest}"
     if (out / "model.safetensors").exists():

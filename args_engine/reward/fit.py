@@ -1,4 +1,5 @@
-"""`args-engine train-rm`: build the default reward model's trained part from the HH-RLHF train split."""
+"""`args-engine train-rm`: build a reward head (the whole-reply head, or with --prefix the prefix head, the default
+RM) on the LM's trunk from the HH-RLHF train split."""
 from __future__ import annotations
 
 import hashlib
@@ -145,7 +146,7 @@ def train_prefix_head(lm_dir: str | None = None, data_path: str | None = None, o
     L2 by 5-fold cross-validation on the train split (the best mean accuracy over reply fractions 25/50/75/100%,
     per weighting); the weighting (prefix weight, value weight) by validation, as issue 27 asks: the best mean
     accuracy over the fractions among the weightings whose whole-reply validation accuracy is within 1 point of
-    the reference head's (the `baseline` head file when given, e.g. the shipped default head; else the whole-only
+    the reference head's (the `baseline` head file when given, e.g. the shipped whole-reply head; else the whole-only
     fit). The report holds validation accuracy by fraction for the new head, the whole-only fit and the
     baseline, and every weighting's row; validation figures of the chosen head are optimistic by that choice."""
     from safetensors.torch import load_file
