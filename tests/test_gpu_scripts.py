@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("script,extra,written", [  # the plain runs are run.sh's, below
     ("bench_e2e_gpu.py", ["--shared-trunk"], "bench_e2e_gpu_1B_shared-trunk_dynamic.json"),
+    ("bench_e2e_gpu.py", ["--controls"], "bench_e2e_gpu_1B_two-trunks_dynamic_controls.json"),
 ])
 def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path, script, extra, written):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / script), "--tiny", "--out",

@@ -3,11 +3,12 @@ k = 10, 128 new tokens (EOS ignored), B = 1, 8, 64, native engine (Triton kernel
 model), or with --shared-trunk the RM a head on the LM's trunk (one trunk forward per step, like the default RM).
 Reports decode ms per step, tok/s, and the ratio to the bandwidth floor: (LM weights + RM weights, the shared
 trunk once + K/V read per step) / measured device copy bandwidth. At B = 1 also HF greedy, the reference decoder
-and the original-style baseline, side by side.
+and the original-style baseline, side by side. --controls: every request also sets repetition_penalty 1.2,
+presence_penalty 0.5 and the gate at 0.9 (issue 24: within 10% of the plain step), no side-by-side.
 
     python benchmarks/gpu/bench_e2e_gpu.py [--out DIR] [--shape 1B|8B] [--shared-trunk] [--batches 1,8,64]
-                                           [--new-tokens 128] [--step-mode M] [--tiny]
-Writes DIR/bench_e2e_gpu_<shape>_<two-trunks|shared-trunk>_<step mode>.json.
+                                           [--new-tokens 128] [--step-mode M] [--controls] [--tiny]
+Writes DIR/bench_e2e_gpu_<shape>_<two-trunks|shared-trunk>_<step mode>[_controls].json.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, nu
                 rope_scaling={"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
                               "original_max_position_embeddings": 8192, "rope_type": "llama3"})
 SHAPES = {"1B": (LLAMA_1B, "random Llama-3.2-1B-shaped", 16.0), "8B": (LLAMA_8B, "random Llama-3.1-8B-shaped", 12.0)}
+
+# the recommended repetition penalty with a presence penalty and the uncertainty gate (as benchmarks/micro's)
+CONTROLS = dict(repetition_penalty=1.2, presence_penalty=0.5, gate=0.9)
 
 TINY = dict(LLAMA_1B, vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2)
@@ -98,6 +102,8 @@ def main():
     ap.add_argument("--shared-trunk", action="store_true", help="the RM a head on the LM's trunk")
     ap.add_argument("--tiny", action="store_true", help="a tiny config on CPU, to check the script runs")
     ap.add_argument("--step-mode", default=None, help="graph (CUDA default), static or dynamic")
+    ap.add_argument("--controls", action="store_true",
+                    help="every request with " + ", ".join(f"{k}={v}" for k, v in CONTROLS.items()))
     args = ap.parse_args()
     config, model_name, cache_gb = SHAPES[args.shape]
     device = "cuda"
@@ -128,10 +134,11 @@ def main():
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (--tiny check)",
               "torch": torch.__version__, "dtype": "bfloat16", "shared_trunk": shared, "shape": args.shape,
               "model": f"{model_name} LM and RM ({trunk_name})", "k": k, "w": 1.0, "prompt_tokens": P,
-              "new_tokens": n, "step_mode": engine.decoder.runner.step_mode, "copy_bandwidth_GBps": bw / 1e9, "weight_bytes_per_step": weights, "runs": []}
+              "new_tokens": n, "step_mode": engine.decoder.runner.step_mode, "copy_bandwidth_GBps": bw / 1e9,
+              "weight_bytes_per_step": weights, "controls": CONTROLS if args.controls else None, "runs": []}
 
     def params(m):
-        return ARGSParams(k=k, w=1.0, max_new_tokens=m, ignore_eos=True)
+        return ARGSParams(k=k, w=1.0, max_new_tokens=m, ignore_eos=True, **(CONTROLS if args.controls else {}))
 
     engine.generate(prompts[:2], params(4), progress=False)  # warm-up: Triton compiles
     for B in [int(b) for b in args.batches.split(",")]:
@@ -147,7 +154,17 @@ def main():
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
 
-    ids, m = prompts[0], min(64, n)
+    name = f"bench_e2e_gpu_{args.shape}_{trunk_name}_{result['step_mode']}{'_controls' if args.controls else ''}.json"
+    if not args.controls:
+        side_by_side(result, lm, rm, engine, prompts[0], min(64, n), params, k, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / name}")
+
+
+def side_by_side(result: dict, lm, rm, engine, ids: list[int], m: int, params, k: int, device: str) -> None:
+    """B = 1, m new tokens: HF greedy, the reference decoder, the native engine and the original-style baseline."""
     x = torch.tensor([ids], device=device)
     hf = timed(lambda: lm.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=m,
                                    min_new_tokens=m, pad_token_id=0), device)
@@ -158,11 +175,6 @@ def main():
     result["b1_side_by_side"] = {"new_tokens": m, "tokens_per_s": {
         "hf_greedy": m / hf, "reference": m / t_ref, "native": m / t_nat, "original_style": m / t_orig}}
     print(json.dumps(result["b1_side_by_side"]), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"bench_e2e_gpu_{args.shape}_{trunk_name}_{result['step_mode']}.json"
-    (out / name).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # One command for a lent GPU, at most 9 minutes in all (BUDGET_S; every stage has its own timeout, cut to the time
 # left, and a stage that no longer fits is skipped): build the extension with its CUDA ops, the GPU tests (kernels
 # compiled, the native engine on CUDA, the CUDA cache ops, graph replay == eager), end-to-end runs (1B shapes:
-# graphs, eager, a bridged RM; 8B shapes: two trunks and shared trunk, graphs), the micro and kernel benchmarks.
+# graphs, graphs with controls and the gate, eager, a bridged RM; 8B shapes: two trunks and shared trunk, graphs), the micro and kernel benchmarks.
 # Each stage appends to its own log under $OUT as it runs, so a failure or a timeout keeps everything before it;
 # $OUT holds at most 6 files (a device returns 8): summary.log, build.log, tests.log, e2e.log, bench.log, and
 # results.jsonl (one line per benchmark JSON, added as each finishes). The machine reaches no package registry:
@@ -89,6 +89,8 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -25 | tee -a "$O
 
 E2E="python benchmarks/gpu/bench_e2e_gpu.py --out $JSON_DIR"
 stage "end-to-end, 1B shapes, two trunks, CUDA graphs" e2e.log ${E2E_S:-60} $E2E --shape 1B --step-mode graph
+stage "end-to-end, 1B shapes, two trunks, CUDA graphs, repetition + presence + gate" e2e.log ${CONTROLS_S:-45} \
+  $E2E --shape 1B --step-mode graph --controls --batches 1,8 --new-tokens 64
 stage "end-to-end, 1B shapes, two trunks, eager" e2e.log ${EAGER_S:-40} \
   $E2E --shape 1B --step-mode dynamic --batches 1,8 --new-tokens 64
 stage "a bridged RM against the same-vocabulary RM, 1B shapes" e2e.log ${BRIDGE_S:-45} \
