@@ -15,6 +15,13 @@ def test_micro_benchmarks_run_at_the_tiny_shape():
     assert "10 passed" in done.stdout
 
 
+def test_controls_interleaved_runs():
+    done = subprocess.run([sys.executable, "benchmarks/micro/controls_interleaved.py", "--rounds", "2", "--steps", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "controls ms/step" in done.stdout and "median" in done.stdout
+
+
 def test_fused_kernels_cut_the_launches_per_layer():
     """The kernel path's launches per trunk layer (micro_models.launches_per_step, the Triton kernels under the
     interpreter): q/k/v and gate/up one matmul each, RoPE fused with the K/V store, each residual add fused
