@@ -9,7 +9,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.decoding.logit_controls import apply_logit_controls, banned_ngram_tokens, dropped_by_min_p_top_p
-from step_faults import fail_once
+from step_faults import finish_after_one_failed_step
 from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?"]
@@ -244,12 +244,6 @@ def test_a_step_that_fails_after_its_appends_copies_those_rows_again(models, mon
     dec = native.decoder
     reqs = [native.make_request(i, params) for i in ids]
     dec.add_requests(reqs)
-    for _ in range(4):
-        dec.step()
-    # at the step's one read: the device work, the history's appends included, is done
-    fail_once(monkeypatch, dec.runner, "read", "read failed")
-    with pytest.raises(RuntimeError, match="read failed"):
-        dec.step()
-    while dec.has_unfinished():
-        dec.step()
+    # failing at the step's one read: the device work, the history's appends included, is done
+    finish_after_one_failed_step(monkeypatch, dec, dec.runner, "read")
     assert [r.out_ids for r in reqs] == want

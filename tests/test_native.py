@@ -8,7 +8,7 @@ import torch
 
 from args_engine import ARGSEngine, ARGSParams
 from args_engine.engine.request import Request
-from step_faults import fail_once
+from step_faults import fail_once, finish_after_one_failed_step
 from tiny_models import EOS, char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to learn to cook rice at home?", "x", "Tell me a joke."]
@@ -222,13 +222,7 @@ def test_retried_step_gives_a_seeded_stochastic_request_the_same_tokens(monkeypa
     engine = nat.decoder
     req = nat.make_request(PROMPTS[0], STOCHASTIC)
     engine.add_request(req)
-    for _ in range(4):
-        engine.step()
-    fail_once(monkeypatch, engine.runner, "run", "forward failed")
-    with pytest.raises(RuntimeError, match="forward failed"):
-        engine.step()
-    while engine.has_unfinished():
-        engine.step()
+    finish_after_one_failed_step(monkeypatch, engine, engine.runner, "run")
     assert req.out_ids == want
     assert_all_free(nat)
 

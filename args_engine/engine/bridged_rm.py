@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from ..decoding.bridge import BridgeScorer, BridgeState
+from ..kernels.refs import args_pick
 from ..models.hf import RewardModel
 from ..models.paged_ops import PagedOps
 from .paged_bridge import PagedBridge
@@ -65,8 +66,9 @@ class BridgedRM:
 
     @staticmethod
     def select(ops: PagedOps, logp, rewards, cand, k, w, temp, gumbel, _scored):
-        """The pick, nothing to commit on the device (the RM's cache is kept by `commit`)."""
-        return ops.args_pick(logp, rewards, cand, k, w, temp, gumbel)
+        """The pick (the torch one, which the kernel's equals), nothing to commit on the device (the RM's cache is
+        kept by `commit`)."""
+        return args_pick(logp, rewards, cand, k, w, temp, gumbel)
 
     def commit(self, tokens: list[int]) -> list:
         """The step's chosen tokens (host, from its one read): each row's RM cache keeps that candidate.

@@ -203,6 +203,3 @@ class PagedOps:
         for cand, cache in ((cand_key, key_cache), (cand_value, value_cache)):
             cache.view(cache.shape[0], -1, *cache.shape[3:])[:, slots] = cand[:, rows, choice]
         return choice, tokens, chosen
-
-    # score and choose, nothing committed (an RM that keeps no K/V here): the torch pick, which the kernel's equals
-    args_pick = staticmethod(args_pick)
