@@ -198,7 +198,7 @@ def _add_rm_options(parser) -> None:
 def _native_options(args) -> dict:
     """The native engine's cache and token-budget flags that were given."""
     opts = {name: getattr(args, name) for name in ("num_blocks", "block_size", "max_num_batched_tokens",
-                                                   "cache_memory_gb") if getattr(args, name) is not None}
+                                                   "cache_memory_gb", "graph_k") if getattr(args, name) is not None}
     if args.no_prefix_caching:
         opts["enable_prefix_caching"] = False
     if args.step_mode is not None:
@@ -478,8 +478,10 @@ def _add_native_options(parser) -> None:
                    help="KV cache budget (default: 80%% of free GPU memory on CUDA, 1 GiB on CPU)")
     o.add_argument("--no-prefix-caching", action="store_true", help="do not reuse the blocks of shared prompt starts")
     o.add_argument("--step-mode", choices=("graph", "static", "dynamic"),
-                   help="decode steps: CUDA graphs per batch bucket (CUDA default), padded without capture, or "
-                        "unpadded eager (CPU default)")
+                   help="decode steps: CUDA graphs per batch bucket, captured at start-up (CUDA default), padded "
+                        "without capture, or unpadded eager (CPU default)")
+    o.add_argument("--graph-k", type=int,
+                   help="graph and static steps: the candidate grid (default 10); a larger k runs uncaptured")
 
 
 def main(argv=None) -> None:

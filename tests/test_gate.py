@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from args_engine import ARGSEngine, ARGSParams
-from args_engine.engine.args_step import cells_bucket
 from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
 PROMPTS = ["Hello there", "Hi", "What is the best way to cook rice?", "abc"]
@@ -100,8 +99,8 @@ def test_gated_rows_candidates_skipped_on_a_cpu_rm_masked_in_static_shapes(model
     assert [o.rm_tokens for o in outs] == [steps[0], 5 * steps[1]]
     if step_mode == "dynamic":  # the RM computed what the choices needed, no more
         assert 1 + 5 in seen and sum(seen) == sum(o.rm_tokens for o in outs)
-    else:  # every row's 5 cells computed (the gated row's masked), padded to a bucket, not the 2 x 8 grid
-        assert set(seen) <= {cells_bucket(10), cells_bucket(5)} and cells_bucket(10) in seen
+    else:  # the whole rows x graph_k grid computed (the gated row's cells masked): one shape per batch bucket
+        assert set(seen) <= {2 * runner.graph_k, runner.graph_k} and 2 * runner.graph_k in seen
     assert runner.read.num_reads == max(steps)  # one per step: the gate needs none of its own
     plain = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True).generate(
         [tok(p)["input_ids"] for p in PROMPTS[:2]], [ARGSParams(k=1, max_new_tokens=N), params[1]], progress=False)

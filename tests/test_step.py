@@ -9,7 +9,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from args_engine import ARGSEngine, ARGSParams
-from args_engine.engine.args_step import cells_bucket
 from args_engine.engine.cuda_graphs import batch_bucket
 from tiny_models import char_tokenizer, tiny_lm, tiny_rm
 
@@ -191,12 +190,13 @@ def test_every_option_one_copy_in_one_read_out(use_triton, step_mode):
 
 
 def test_each_row_scores_its_own_k(models):
-    """Ragged k: a k=10 row beside a k=64 row costs the RM 10 candidates, not the batch's 64 (and a static
-    batch pads the total to a bucket, not each row to a power of two). Tokens as each row decoded alone."""
-    lm, rm, tok = models
+    """Ragged k: a k=10 row beside a k=64 row costs the RM 10 candidates, not the batch's 64. A static step
+    (the CUDA-graph shapes) has a k=64 row run dynamically when graph_k is below it (ragged as well); with
+    graph_k=64 it reads the whole grid, rows x 64 (one shape per batch bucket). Tokens as each row decoded alone."""
     params = [ARGSParams(k=10, w=1.0, max_new_tokens=4), ARGSParams(k=64, w=1.0, max_new_tokens=4)]
-    for mode in ("dynamic", "static"):
-        engine = native(models, step_mode=mode)
+    for mode, opts, cells in [("dynamic", {}, 10 + 64), ("static", {}, 10 + 64),
+                              ("static", {"graph_k": 64}, 2 * 64)]:
+        engine = native(models, step_mode=mode, **opts)
         seen, real = [], engine.decoder.runner.rm.forward_candidates
 
         def spy(ids, *a, scored=None, **kw):
@@ -204,8 +204,9 @@ def test_each_row_scores_its_own_k(models):
             return real(ids, *a, scored=scored, **kw)
         engine.decoder.runner.rm.forward_candidates = spy
         both = engine.generate(PROMPTS[:2], params, progress=False)
-        assert seen[0] == (10 + 64 if mode == "dynamic" else cells_bucket(10 + 64)), (mode, seen)
-        alone = [native(models, step_mode=mode).generate([p], q, progress=False)[0] for p, q in zip(PROMPTS, params)]
+        assert seen[0] == cells, (mode, opts, seen)
+        alone = [native(models, step_mode=mode, **opts).generate([p], q, progress=False)[0]
+                 for p, q in zip(PROMPTS, params)]
         assert [o.token_ids for o in both] == [o.token_ids for o in alone]
 
 
@@ -276,14 +277,62 @@ def test_copy_on_write_copies_every_layer_of_each_cache(models, monkeypatch, nat
 
 def test_graph_capture_failure_is_an_error_that_names_why():
     """A capture that fails (out of memory, say) used to fall back to eager steps silently, for good; now the
-    step fails with the shape, the cause and what to do. (The capture itself needs CUDA: stood in for here.)"""
+    engine fails with the shape, the cause and what to do. A shape never captured is an error too: serving
+    never captures. (The capture itself needs CUDA: stood in for here.)"""
     from args_engine.engine.cuda_graphs import StepGraphs
-    graphs = StepGraphs(lambda x: {"y": x + 1}, capture=True)
 
-    def oom(args, inputs):
+    def oom(fn, args, inputs, pool):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    graphs._capture = oom
+    graphs = StepGraphs(lambda x: {"y": x + 1}, capture=True, capture_with=oom)
     with pytest.raises(RuntimeError, match=r"capture failed for the step shape \('args', 4\).*out of memory.*"
                                            r"step_mode='static'"):
+        graphs.record(("args", 4), (), {"x": torch.zeros(2)})
+    with pytest.raises(RuntimeError, match=r"no CUDA graph was captured for the step shape \('args', 4\)"):
         graphs(("args", 4), x=torch.zeros(2))
-    assert graphs.eager_keys == set()
+
+
+class _StandInGraph:
+    """CUDA-graph capture stood in for on CPU: replay runs the step again on the graph's own input buffers and
+    writes into the tensors the capture returned, as a replay does. So the engine's output depends on writing
+    each step's inputs into those buffers and on reading the outputs before the next replay."""
+
+    def __init__(self):
+        self.keys, self.replays = [], 0
+
+    def graphs(self, runner):
+        for g in (runner._args_graphs, runner._decode_graphs):
+            g.capture, g.capture_with = True, self.capture
+        return self
+
+    def capture(self, fn, args, static, pool):
+        self.keys.append(tuple(static))
+        outputs = fn(*args, **static)
+
+        def replay():
+            self.replays += 1
+            for name, x in fn(*args, **static).items():
+                outputs[name].copy_(x)
+        return replay, outputs, pool
+
+
+def test_graphs_are_captured_at_start_up_and_replayed(models):
+    """Graph mode's contract, on CPU with the capture stood in for: every shape is captured at start-up, largest
+    batch bucket first, as (bucket, greedy | sampled) for the ARGS step (+ the LM decode per bucket with two
+    trunks); capturing touches only the spare block and the spare logits row; serving replays those graphs and
+    captures none, and its tokens are the dynamic step's."""
+    engine = native(models, step_mode="static", batch_size=6)
+    runner = engine.decoder.runner
+    stand_in = _StandInGraph().graphs(runner)
+    kv = [x.clone() for x in (*runner.lm_kv, *runner.rm_kv)]
+    assert runner.capture_graphs(6) == len(stand_in.keys)
+    buckets = [8, 4, 2, 1]
+    keys = [("args", b, sampled) for b in buckets for sampled in (True, False)]
+    assert list(runner._args_graphs.graphs) == keys
+    assert list(runner._decode_graphs.graphs) == ([] if runner.shared else [("decode", b) for b in buckets])
+    for x, x0 in zip((*runner.lm_kv, *runner.rm_kv), kv):
+        assert torch.equal(x[:, :runner.spare_block], x0[:, :runner.spare_block])  # padding writes: spare only
+    assert not runner.next_logits.rows[:-1].any()
+    captured = len(stand_in.keys)
+    graphed = engine.generate(PROMPTS, MIXED, progress=False)
+    assert len(stand_in.keys) == captured and stand_in.replays > 0
+    same(native(models).generate(PROMPTS, MIXED, progress=False), graphed)

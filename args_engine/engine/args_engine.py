@@ -18,7 +18,7 @@ from .llm_engine import LLMEngine, TokenEvent
 
 BACKENDS = ("auto", "native", "reference", "naive")
 NATIVE_OPTIONS = {"num_blocks", "block_size", "max_num_batched_tokens", "cache_memory_gb", "use_triton", "share_trunk",
-                  "enable_prefix_caching", "step_mode", "rm_num_blocks"}
+                  "enable_prefix_caching", "step_mode", "rm_num_blocks", "graph_k"}
 
 
 def _eos_ids(lm, tokenizer) -> set[int]:
@@ -50,8 +50,10 @@ class ARGSEngine:
         native_options (native only): num_blocks, block_size, max_num_batched_tokens, cache_memory_gb,
         use_triton, share_trunk (None: detect an RM that is a head on the LM's own trunk), enable_prefix_caching
         (default True: prompts that begin like an earlier one reuse its cached K/V blocks), step_mode ("graph":
-        CUDA graphs per batch-size bucket, the default on CUDA; "static": the same padded step without capture;
-        "dynamic": unpadded eager steps, the default on CPU), rm_num_blocks (an RM on another tokenizer, run
+        CUDA graphs per batch-size bucket, captured at start-up, the default on CUDA; "static": the same padded
+        step without capture; "dynamic": unpadded eager steps, the default on CPU), graph_k (static and graph
+        steps: the candidate grid's width, default 10; a step with a row whose k is larger runs dynamically, so
+        set it to the largest k you serve; every row's RM work is graph_k candidates there), rm_num_blocks (an RM on another tokenizer, run
         paged: its pool's blocks, in RM tokens; default: the LM's blocks x the RM tokens per LM token on a sample
         text)."""
         if backend not in BACKENDS:

@@ -12,8 +12,8 @@ Ragged k: the RM reads each row's own k_b candidates, sum(k_b) tokens in all, ne
 in a [B, kmax] grid (top-kmax of each row); `scored` [N] lists the grid cells the RM reads (b * kmax + j, j < k_b),
 and the dense work (embedding, projections, MLP, head) runs on those N tokens alone. Only the attention sees the
 grid: each row's prefix is read once for all its candidates (the shared-prefix trick), and an unscored cell is
-a zero query whose output nobody reads. In static shapes N is padded to a bucket with unscored cells (computed,
-never chosen: selection stops at k_b).
+a zero query whose output nobody reads. A static-shape step (a CUDA graph) reads its whole grid, rows x graph_k:
+one shape per batch bucket; the cells past a row's k are computed, never chosen (selection stops at k_b).
 
 The gate (params.gate = tau) is decided on the device: a row whose top token has log p >= log tau takes that
 token, k_b -> 1, with no host round trip. What the RM then skips depends on where it runs: on a CPU RM in eager
@@ -41,25 +41,11 @@ def on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def scored_cells(k: np.ndarray, kmax: int, pad_to: int | None = None) -> np.ndarray | None:
+def scored_cells(k: np.ndarray, kmax: int) -> np.ndarray | None:
     """Host: the grid cells b * kmax + j (j < k[b]) of the candidates the RM reads, [N] int64, or None when the
-    RM reads the whole grid. pad_to (static shapes): N padded to this count with the first unscored cells,
-    which the selection ignores (None when that is the whole grid)."""
-    B = len(k)
+    RM reads the whole grid."""
     inside = np.arange(kmax)[None, :] < k[:, None]  # [B, kmax]
-    if inside.all() or (pad_to is not None and pad_to >= B * kmax):
-        return None
-    flat = inside.reshape(-1)
-    cells = np.flatnonzero(flat)  # [N]
-    if pad_to is not None and pad_to > len(cells):
-        cells = np.concatenate([cells, np.flatnonzero(~flat)[:pad_to - len(cells)]])
-    return cells.astype(np.int64)
-
-
-def cells_bucket(n: int) -> int:
-    """Static shapes: a bucket for the scored-candidate count N (2^i or 1.5 x 2^i: at most a third wasted)."""
-    b = 1 << max(0, (n - 1).bit_length())
-    return b * 3 // 4 if n <= b * 3 // 4 and b >= 4 else b
+    return None if inside.all() else np.flatnonzero(inside.reshape(-1)).astype(np.int64)
 
 
 class ArgsStep:

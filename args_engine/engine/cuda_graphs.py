@@ -1,10 +1,16 @@
-"""Static-shape decode steps: inputs padded to a batch-size bucket, and on CUDA one captured graph per bucket.
+"""Static-shape decode steps: inputs padded to a batch-size bucket, and on CUDA one graph per step shape,
+every one captured at start-up.
 
 A decode step launches hundreds of small kernels; at small batch the host's launch time, not the GPU, sets the
 step time. Capturing the step once per shape (torch.cuda.CUDAGraph, as nano-vllm and vLLM do) and replaying it
 costs one launch. Hand capture rather than torch.compile(mode="reduce-overhead"): the step already calls our
 Triton kernels directly and needs no tracing; capture takes milliseconds, not a compile per shape; and the
 same padded code runs on CPU, where the tests hold it token-identical to the unpadded step.
+
+The shapes are few by construction (model_runner.py): a static step's key is (batch bucket, greedy or sampled);
+the candidate grid (graph_k), the block-table width (the context's) and the gate's array are fixed. So every
+graph is captured when the engine starts, largest bucket first (its memory is the pool's high-water mark, which
+the smaller ones then reuse), and serving never captures: no latency spike for whoever sends a new shape first.
 
 Padding rows point at a spare cache block no sequence owns (see ModelRunner.allocate_caches): their writes
 land there and nothing reads them."""
@@ -26,62 +32,89 @@ def batch_bucket(n: int) -> int | None:
     return next((b for b in BATCH_BUCKETS if b >= n), None)
 
 
+def buckets_upto(n: int) -> list[int]:
+    """The buckets a batch of at most n rows can use, largest first (the capture order)."""
+    top = batch_bucket(n) or BATCH_BUCKETS[-1]
+    return [b for b in reversed(BATCH_BUCKETS) if b <= top]
+
+
 @dataclass
 class _Graph:
-    graph: "torch.cuda.CUDAGraph"
+    replay: Callable[[], None]
     inputs: dict[str, torch.Tensor]
     outputs: dict[str, torch.Tensor]
 
 
 class StepGraphs:
-    """fn(*args, **tensors) -> dict of tensors, run through static buffers. capture=False (CPU, or eager on CUDA): fn
-    runs directly on the padded inputs. capture=True: the first call for a key captures fn into a CUDA graph
-    (after two warm-up runs that compile the Triton kernels); later calls copy the inputs into the graph's
-    buffers and replay. fn must be idempotent on the caches (every step here is: it writes only the slots of
-    the positions it computes, with the values it computes) and free of host synchronization.
+    """fn(*args, **tensors) -> dict of tensors, run through static buffers.
 
-    The returned tensors are graph memory: every bucket's graph draws on ONE memory pool, so any later replay,
-    of this key or another, may overwrite them. Read or copy them before the next call, whatever its key."""
+    capture=False (CPU, or step_mode "static"): every call runs fn directly on the padded inputs.
+    capture=True: `record(key, args, inputs)` records fn for a key (at start-up, for every key); a call then
+    copies its inputs into that graph's buffers and replays. An input may be narrower than its buffer along its
+    last dimension (the block tables, captured at the context's width, come with the columns in use). A call with a key never captured is an error (the
+    engine's shapes are enumerable; a missing one is a bug, not a reason to capture while serving); key None
+    runs eagerly (a step that does not fit the static shapes). fn must be idempotent on the caches (every step
+    here is: it writes only the slots of the positions it computes, with the values it computes) and free of
+    host synchronization.
 
-    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool, max_graphs: int = 32):
-        self.fn, self.capture, self.max_graphs = fn, capture, max_graphs
+    Every graph draws on ONE memory pool and the graphs never run at once, so a replay of any key may overwrite
+    the tensors another returned: read or copy them before the next call, whatever its key. `capture_with`
+    records one graph: (fn, args, static inputs, pool) -> (replay, outputs, pool); CUDA's by default, a test may
+    pass another."""
+
+    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool, capture_with=None):
+        self.fn, self.capture = fn, capture
+        self.capture_with = capture_with or _cuda_capture
         self.graphs: dict[tuple, _Graph] = {}
-        self.eager_keys: set[tuple] = set()  # shapes past max_graphs: run eagerly (logged once each)
         self._pool = None
 
-    def __call__(self, key: tuple, *args, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """args: fn's non-tensor arguments (part of `key`); inputs: its tensors. key None: run eagerly."""
-        if not self.capture or key is None or key in self.eager_keys:
+    def __call__(self, key: tuple | None, *args, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """args: fn's non-tensor arguments (fixed for a key); inputs: its tensors. key None: run eagerly."""
+        if not self.capture or key is None:
             return self.fn(*args, **inputs)
         g = self.graphs.get(key)
         if g is None:
-            if len(self.graphs) >= self.max_graphs:
-                logger.warning("%d CUDA graphs captured: the step shape %s runs eagerly", self.max_graphs, key)
-                self.eager_keys.add(key)
-                return self.fn(*args, **inputs)
-            try:
-                g = self.graphs[key] = self._capture(args, inputs)
-            except RuntimeError as e:  # e.g. out of memory: an error that says so, never a silent slow path
-                raise RuntimeError(
-                    f"CUDA graph capture failed for the step shape {key}: {e}. Leave the graphs more memory (a "
-                    "lower gpu_memory_utilization or max_num_seqs), or run step_mode='static' (the same padded "
-                    "step, not captured)") from e
-        else:
-            for name, x in inputs.items():
-                g.inputs[name].copy_(x, non_blocking=True)
-        g.graph.replay()
+            raise RuntimeError(f"no CUDA graph was captured for the step shape {key} (captured at start-up: "
+                               f"{sorted(self.graphs)})")
+        if inputs.keys() != g.inputs.keys():  # a buffer left unwritten would replay the last step's values
+            raise RuntimeError(f"the step shape {key} was captured with the inputs {sorted(g.inputs)}, not "
+                               f"{sorted(inputs)}")
+        for name, x in inputs.items():
+            buf = g.inputs[name]
+            if x.shape != buf.shape:  # the block tables come with the columns in use: into the leading ones (the
+                # rest hold an earlier step's entries, past every row's length: never read)
+                if x.shape[:-1] != buf.shape[:-1] or x.shape[-1] > buf.shape[-1]:
+                    raise RuntimeError(f"step shape {key}: {name} is {tuple(x.shape)}, its graph's buffer "
+                                       f"{tuple(buf.shape)}")
+                buf = buf[..., :x.shape[-1]]
+            buf.copy_(x, non_blocking=True)
+        g.replay()
         return g.outputs
 
-    def _capture(self, args: tuple, inputs: dict[str, torch.Tensor]) -> _Graph:
+    def record(self, key: tuple, args: tuple, inputs: dict[str, torch.Tensor]) -> None:
+        """Capture fn for `key` on these inputs (their shapes and dtypes are the key's; their values need only
+        be valid: padding rows). A failure is an error that says why, never a silent eager fallback."""
         static = {name: x.clone() for name, x in inputs.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.fn(*args, **static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            outputs = self.fn(*args, **static)
-        self._pool = graph.pool()  # every bucket's graph draws on one memory pool
-        return _Graph(graph, static, outputs)
+        try:
+            replay, outputs, self._pool = self.capture_with(self.fn, args, static, self._pool)
+        except RuntimeError as e:  # e.g. out of memory
+            raise RuntimeError(
+                f"CUDA graph capture failed for the step shape {key}: {e}. Leave the graphs more memory (a lower "
+                "gpu_memory_utilization / cache_memory_gb, or a lower max_num_seqs or graph_k), or run "
+                "step_mode='static' (the same padded step, not captured)") from e
+        self.graphs[key] = _Graph(replay, static, outputs)
+
+
+def _cuda_capture(fn, args: tuple, static: dict[str, torch.Tensor], pool):
+    """Two warm-up runs on a side stream (Triton compiles, the allocator settles), then the capture into `pool`
+    (None: a new one). -> (replay, the outputs' static tensors, the pool)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn(*args, **static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = fn(*args, **static)
+    return graph.replay, outputs, graph.pool()

@@ -18,6 +18,7 @@ from ..models.hf import RewardModel
 from ..models.paged_ops import triton_available
 from .block_manager import BlockManager
 from .model_runner import ModelRunner, cache_bytes_per_block
+from .next_logits import NextLogits
 from .output_processor import OutputProcessor, TokenEvent  # noqa: F401  (TokenEvent: part of this module's API)
 from .request import Request
 from .rm_block_manager import RMBlockManager
@@ -34,7 +35,7 @@ class LLMEngine:
                  num_blocks: int | None = None, block_size: int = 16, max_num_batched_tokens: int = 2048,
                  cache_memory_gb: float | None = None, use_triton: bool | None = None,
                  max_context: int | None = None, share_trunk: bool | None = None, enable_prefix_caching: bool = True,
-                 step_mode: str | None = None, bridge=None, rm_num_blocks: int | None = None):
+                 step_mode: str | None = None, bridge=None, rm_num_blocks: int | None = None, graph_k: int = 10):
         sizes = dict(block_size=block_size, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                      num_blocks=1 if num_blocks is None else num_blocks,
                      rm_num_blocks=1 if rm_num_blocks is None else rm_num_blocks)
@@ -46,7 +47,8 @@ class LLMEngine:
             use_triton = device.type == "cuda"
         if use_triton and not triton_available(device):
             raise ValueError("use_triton on CPU needs TRITON_INTERPRET=1 set before args_engine.kernels is imported")
-        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode, bridge)
+        self.runner = ModelRunner(lm, rm, block_size, use_triton, share_trunk, step_mode, bridge, graph_k)
+        graphs = self.runner.step_mode == "graph"
         paged_bridge = self.runner.paged_bridge
         # A bridged RM's pool is in RM-token positions: as many times the LM's blocks as its tokenizer spends tokens
         # on a text per LM token (or rm_num_blocks); the memory budget pays for both.
@@ -58,14 +60,23 @@ class LLMEngine:
             # what the engine can use: max_num_seqs full contexts, within the memory budget
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
             budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
+            # the rest of what the engine keeps on the device comes out of it: the next-token logits, and the CUDA
+            # graphs' memory pool (the largest step's activations, measured)
+            budget -= NextLogits.bytes_for(max_num_seqs, self.runner.vocab_size, self.runner.logits_dtype)
+            if graphs:
+                reserve = self.runner.step_peak_bytes(max_num_seqs)
+                logger.info("CUDA graphs: %.0f MiB kept out of the cache budget for the largest step", reserve / 2**20)
+                budget -= reserve
             num_blocks = max(1, min(want, int(budget // per_block)))
         if paged_bridge is not None and rm_num_blocks is None:
             rm_num_blocks = max(1, math.floor(num_blocks * ratio))  # floor: within the budget
-        self.runner.allocate_caches(num_blocks, rm_num_blocks)
+        self.runner.allocate_caches(num_blocks, rm_num_blocks, max_num_seqs, max_context)
         logger.info("KV cache: %d blocks x %d tokens = %d tokens, %.0f MiB on %s (%s)", num_blocks, block_size,
                     num_blocks * block_size, num_blocks * per_block / 2**20, device,
                     "one cache for LM and RM: shared trunk" if self.runner.shared else
                     f"LM + RM, the RM's pool {rm_num_blocks} blocks in RM tokens" if paged_bridge else "LM + RM")
+        if graphs:
+            self.runner.capture_graphs(max_num_seqs)
         self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.rm_bm = None  # a bridged RM's own pool, in RM-token positions
         token_budget = max(max_num_batched_tokens, block_size)

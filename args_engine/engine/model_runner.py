@@ -19,12 +19,17 @@ LM and RM on two devices (two trunks): the RM trunk, its cache and the candidate
 RM's device. The step's arrays go to each device in one transfer; only the LM's top-k (log p and ids, [B, k])
 cross from the LM's device to the RM's; the chosen tokens come back from the RM's device in the one read.
 
-Step modes: "dynamic" runs each step at its own batch size; "static" pads the decode rows to a batch-size
-bucket in fixed buffers (the CUDA-graph code, runnable and tested on CPU); "graph" (CUDA) captures the static
-step once per bucket and replays it."""
+Step modes: "dynamic" runs each step at its own shapes; "static" pads the ARGS rows to a batch-size bucket,
+every row's candidates to one grid width `graph_k` and every block table to one width (the context's), so a
+step's shape is (batch bucket, greedy or sampled) alone: the CUDA-graph code, runnable and tested on CPU;
+"graph" (CUDA) captures that step for every bucket at start-up (`capture_graphs`, largest first) and replays
+it. A step that does not fit (a row's k above graph_k, more rows than the largest bucket) runs dynamically.
+The logits a step reads and writes stay on the device in one table (next_logits.py), gathered inside the step."""
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,13 +41,16 @@ from ..decoding.logit_controls import apply_controls, control_arrays, reads_toke
 from ..models.hf import RewardModel, shares_trunk
 from ..models.llama import PagedLlama, native_unsupported_reason
 from ..models.paged_ops import PagedOps, PrefillChunks
-from .args_step import ArgsStep, PagedRM, cells_bucket, on_device, scored_cells
+from .args_step import ArgsStep, PagedRM, on_device, scored_cells
 from .bridged_rm import BridgedRM
 from .control_history import ControlHistory
-from .cuda_graphs import StepGraphs, batch_bucket
+from .cuda_graphs import StepGraphs, batch_bucket, buckets_upto
+from .next_logits import NextLogits
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
 from .step_inputs import HostRead, StepTransfer
+
+logger = logging.getLogger(__name__)
 
 STEP_MODES = ("dynamic", "static", "graph")
 _SELECT = ("k", "w", "temp", "gumbel", "gate")  # the pick's arrays, for every RM
@@ -77,7 +85,8 @@ class StepBatch:
     rt: dict[str, torch.Tensor]  # the same arrays on the RM's device (t itself when both share one)
     rows: int  # ARGS rows incl. padding
     lm_rows: int  # LM decode rows incl. padding (two trunks)
-    kmax: int
+    kmax: int  # the candidate grid's width
+    static: bool = False  # fixed shapes: padded to `rows`, kmax = graph_k (a captured graph in graph mode)
     scored_only: list[Sequence] = field(default_factory=list)  # prompts complete, nothing to decode (scoring)
     prompt_lp: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, prompt positions scored here)
     prompt_lp_width: int = 0  # top-N columns of this step's prompt log-probs (the largest N asked)
@@ -98,7 +107,9 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool, share_trunk: bool | None = None,
-                 step_mode: str | None = None, bridge: BridgeScorer | None = None):
+                 step_mode: str | None = None, bridge: BridgeScorer | None = None, graph_k: int = 10):
+        if not isinstance(graph_k, int) or graph_k < 1:
+            raise ValueError(f"graph_k must be an integer >= 1, got {graph_k!r}")
         self.ops = PagedOps(use_triton)
         self.bridge = bridge
         self.shared = bridge is None and (shares_trunk(lm, rm.model) if share_trunk is None else share_trunk)
@@ -130,8 +141,12 @@ class ModelRunner:
                              "same padded step without capture")
         self.step_mode = step_mode
         self.block_size = block_size
+        self.graph_k = min(graph_k, self.vocab_size)  # static steps' candidate grid: rows with k <= graph_k
         self.lm_kv = self.rm_kv = None
+        self.next_logits: NextLogits | None = None  # set by allocate_caches
+        self.table_width = 0  # static steps' block-table width (set by allocate_caches)
         self.spare_block = -1  # the cache block padding rows write to (static modes)
+        self._eager_k: set[int] = set()  # the k above graph_k that made a static step run dynamically (logged once)
         self.transfer, self.read = StepTransfer(self.device), HostRead()
         self.controls = ControlHistory(self.device, self.vocab_size)  # the controlled rows' tokens, on the device
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
@@ -141,12 +156,13 @@ class ModelRunner:
         # a CPU RM in eager steps skips the gated rows' candidates (reading a CPU tensor costs no transfer)
         self.args_step = ArgsStep(self.ops, scorer, self.lm_head if self.shared else None,
                                   compact_gate=bridge is None and self.rm_device.type == "cpu" and not self.static)
-        self._args_graphs = StepGraphs(self.args_step, capture)
+        self._args_graphs = StepGraphs(self._args_core, capture)
         self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
 
     def release(self, seq: Sequence) -> None:
         """The sequence is finished: what the runner keeps for it on the device goes back."""
         self.controls.release(seq.seq_id)
+        self.next_logits.release(seq.seq_id)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> the LM's logits [..., V] (Gemma 2: soft-capped, as its HF forward does)."""
@@ -154,6 +170,10 @@ class ModelRunner:
         if self._logit_cap:
             logits = torch.tanh(logits / self._logit_cap) * self._logit_cap
         return logits
+
+    @property
+    def logits_dtype(self) -> torch.dtype:
+        return self._lm_head.weight.dtype
 
     @property
     def split(self) -> bool:
@@ -171,11 +191,16 @@ class ModelRunner:
     def static(self) -> bool:
         return self.step_mode != "dynamic"
 
-    def allocate_caches(self, num_blocks: int, rm_num_blocks: int | None = None) -> None:
+    def allocate_caches(self, num_blocks: int, rm_num_blocks: int | None = None, max_num_seqs: int = 16,
+                        max_context: int | None = None) -> None:
         """k, v [L, num_blocks (+1 spare in static modes), block_size, Hkv, D] for each model (one for both with a
-        shared trunk). The block allocator hands out blocks 0..num_blocks-1 only. rm_num_blocks: a bridged RM's
-        own pool, in RM-token positions (default: as many)."""
+        shared trunk), and the next-token logits of max_num_seqs sequences. The block allocator hands out blocks
+        0..num_blocks-1 only. rm_num_blocks: a bridged RM's own pool, in RM-token positions (default: as many).
+        max_context: the longest sequence (positions); static steps' block tables are that wide."""
         self.spare_block = num_blocks if self.static else -1
+        width = num_blocks if max_context is None else -(-(max_context + 1) // self.block_size)
+        self.table_width = min(num_blocks, width)
+        self.next_logits = NextLogits(max_num_seqs, self.vocab_size, self.logits_dtype, self.device)
 
         def alloc(m: PagedLlama, blocks: int):
             shape = (m.num_layers, blocks + (1 if self.static else 0), self.block_size, m.num_kv_heads, m.head_dim)
@@ -186,6 +211,66 @@ class ModelRunner:
             self.args_step.scorer.kv = self.rm_kv
         if self.paged_bridge is not None:
             self.paged_bridge.kv = alloc(self.paged_bridge.model, rm_num_blocks or num_blocks)
+
+    # --- static shapes, captured at start-up ---------------------------------------------------------------
+    def capture_graphs(self, max_num_seqs: int) -> int:
+        """Graph mode: capture every static step shape, largest batch bucket first: the ARGS step for each bucket
+        x {greedy, sampled} and, with two trunks, the LM decode for each bucket. Logs the count, the time and
+        (CUDA) the memory they took. -> the number of graphs."""
+        t0 = time.perf_counter()
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+        for rows in buckets_upto(max_num_seqs):
+            for sampled in (True, False):
+                t = self.transfer.pack(self._padding_step(rows, sampled))
+                self._args_graphs.record(("args", rows, sampled), (self.graph_k, None, None), t)
+            if not self.shared:
+                self._decode_graphs.record(("decode", rows), (), self.transfer.pack(self._padding_decode(rows)))
+        n = len(self._args_graphs.graphs) + len(self._decode_graphs.graphs)
+        used = free - torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+        logger.info("CUDA graphs: %d captured at start-up in %.1f s (batch buckets %s x greedy/sampled, candidate "
+                    "grid %d, block tables %d wide), %.0f MiB", n, time.perf_counter() - t0,
+                    buckets_upto(max_num_seqs)[::-1], self.graph_k, self.table_width, used / 2**20)
+        return n
+
+    def step_peak_bytes(self, max_num_seqs: int) -> int:
+        """CUDA: the memory the largest static step takes beyond the weights and caches (its activations, what the
+        graphs' pool will hold), measured by running it once on a one-block cache, before the real caches are
+        sized (the engine takes it out of the cache budget)."""
+        self.allocate_caches(1, 1, max_num_seqs)
+        rows = buckets_upto(max_num_seqs)[0]
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self._args_core(self.graph_k, None, None, **self.transfer.pack(self._padding_step(rows, True)))
+        if not self.shared:
+            self._lm_decode_core(**self.transfer.pack(self._padding_decode(rows)))
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        self.lm_kv = self.rm_kv = self.next_logits = self.args_step.scorer.kv = None
+        return peak
+
+    def _padding_step(self, rows: int, sampled: bool) -> dict[str, np.ndarray]:
+        """A static ARGS step of padding rows alone: the arrays (names, dtypes, shapes) prepare makes for a real
+        step of that bucket, with values that touch only the spare block and the spare logits row."""
+        K = self.graph_k
+        a = {"k": np.full(rows, K, dtype=np.int32), "w": np.zeros(rows), "temp": np.full(rows, float(sampled))}
+        if sampled:
+            a["gumbel"] = np.zeros((rows, K))
+        a["gate"] = np.full(rows, math.inf)
+        a["tables"] = np.full((rows, self.table_width), self.spare_block, dtype=np.int32)
+        a["pos"] = np.zeros(rows, dtype=np.int32)
+        a["rm_slots"] = np.full(rows, self._spare_slot(), dtype=np.int64)
+        if self.reward_model.weights is not None:  # multi-objective: every row's weights
+            a["rm_w"] = np.zeros((rows, len(self.reward_model.weights)))
+        a["slot"] = np.full(rows, self.next_logits.spare, dtype=np.int64)
+        return a
+
+    def _padding_decode(self, rows: int) -> dict[str, np.ndarray]:
+        """A static two-trunk LM decode of padding rows alone (as _padding_step)."""
+        return {"ids": np.zeros(rows, dtype=np.int64), "pos": np.zeros(rows, dtype=np.int32),
+                "tables": np.full((rows, self.table_width), self.spare_block, dtype=np.int32),
+                "slots": np.full(rows, self._spare_slot(), dtype=np.int64),
+                "slot": np.full(rows, self.next_logits.spare, dtype=np.int64)}
 
     # --- preparing a step ---------------------------------------------------------------------------------
     def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
@@ -210,15 +295,18 @@ class ModelRunner:
         ready = [s for s in completed if s.params.max_new_tokens > 0] + decode
         scored_only = [s for s in completed if s.params.max_new_tokens == 0]
         prompt_lp, width = self._prompt_lp_arrays(prefill, a)
-        B, rows, lm_rows, kmax, ctl = len(ready), 0, 0, 0, None
+        B, rows, lm_rows, kmax, ctl, static = len(ready), 0, 0, 0, None, False
         if ready:
-            rows = self._rows(B)
-            kmax = max(s.params.k for s in ready)
-            if self.static:  # the candidate grid's width a power of two (few graph shapes); the RM computes only each
-                # row's own k cells (scored), their total padded to a bucket
-                kmax = min(1 << (kmax - 1).bit_length(), self.vocab_size)
-            tables = bm.block_tables(ready, self._width(ready, bm) if self.static else 0).numpy()
+            tables = bm.block_tables(ready).numpy()  # [B, the longest table]: a static step's graph keeps it in
+            # the leading columns of its fixed-width buffer (the kernels read a row's table only up to its length)
+            static = self._fits_static(ready, tables.shape[1])
+            rows = batch_bucket(B) if static else B
+            kmax = self.graph_k if static else max(s.params.k for s in ready)
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
+            slot = self.next_logits.slots(ready)  # where each row's logits are (prefilled rows: written this step)
+            a["slot"] = self._pad(slot, rows, self.next_logits.spare)
+            if len(ready) > len(decode):
+                a["pf_slot"] = slot[:len(ready) - len(decode)]
             a["tables"] = self._pad(tables, rows, self.spare_block)
             a["pos"] = self._pad(pos, rows, 0)
             a.update(control_arrays([s.params for s in ready], [s.token_ids for s in ready],
@@ -228,12 +316,13 @@ class ModelRunner:
                 hist, ctl_width = self.controls.arrays(ready, a["ctl_rows"], a["ctl_len"])
                 a.update(hist)
                 ctl = (a["ctl_rows"], a["ctl_len"], ctl_width)
-            a.update(self._select_arrays(ready, rows, kmax))
+            a.update(self._select_arrays(ready, rows, kmax, static))
             if self.bridge is None:  # a bridged RM reads text: its step needs none of the RM's cache arrays
-                a.update(self._rm_arrays(ready, pos, rows, kmax, bm, a["k"]))
+                a.update(self._rm_arrays(ready, pos, rows, kmax, bm, a["k"], static))
             if decode and not self.shared:
                 D = len(decode)
-                lm_rows = self._rows(D)
+                lm_rows = batch_bucket(D) if static else D
+                a["lm_slot"] = self._pad(slot[B - D:], lm_rows, self.next_logits.spare)
                 a["lm_ids"] = self._pad(np.array([s.token_ids[-1] for s in decode], dtype=np.int64), lm_rows, 0)
                 lm_pos = np.array([s.num_tokens - 1 for s in decode], dtype=np.int32)
                 a["lm_pos"] = self._pad(lm_pos, lm_rows, 0)
@@ -241,7 +330,8 @@ class ModelRunner:
                 a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
         t = self.transfer.pack(a) if a else {}
         rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
-        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, scored_only, prompt_lp, width, ctl)
+        return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, static, scored_only, prompt_lp, width,
+                         ctl)
 
     @staticmethod
     def _prompt_lp_arrays(prefill: list[tuple[Sequence, int]], a: dict) -> tuple[list[tuple[Sequence, int]], int]:
@@ -261,35 +351,42 @@ class ModelRunner:
         a["pl_rows"], a["pl_next"] = np.array(rows, dtype=np.int64), np.array(nxt, dtype=np.int64)
         return scored, max(s.params.prompt_logprobs for s, _ in scored)
 
-    def _select_arrays(self, ready: list[Sequence], rows: int, kmax: int) -> dict[str, np.ndarray]:
-        """The pick's arrays: k, w, temperature, [Gumbel noise], [the gate's log tau]."""
+    def _fits_static(self, ready: list[Sequence], table_width: int) -> bool:
+        """Static modes: does this step take the fixed shapes (a captured graph in graph mode)? Every row's k
+        within graph_k, the batch within the largest bucket, every block table within the fixed width."""
+        if not self.static or batch_bucket(len(ready)) is None:
+            return False
+        k = max(s.params.k for s in ready)
+        if k > self.graph_k:
+            if k not in self._eager_k:
+                self._eager_k.add(k)
+                logger.warning("k=%d is above graph_k=%d: steps with such a row run dynamically (uncaptured); set "
+                               "graph_k to the largest k you serve", k, self.graph_k)
+            return False
+        return table_width <= self.table_width
+
+    def _select_arrays(self, ready: list[Sequence], rows: int, kmax: int, static: bool) -> dict[str, np.ndarray]:
+        """The pick's arrays: k, w, temperature, [Gumbel noise], [the gate's log tau: always in static steps]."""
         sel = selection_arrays([s.params for s in ready], [s.req for s in ready], kmax)
         a = {name: self._pad(x, rows, 1 if name == "k" else 0) for name, x in sel.items()}
-        if any(s.params.gate is not None for s in ready):  # log tau per row, +inf: no gate
+        if static or any(s.params.gate is not None for s in ready):  # log tau per row, +inf: no gate
             a["gate"] = self._pad(np.array([math.log(s.params.gate) if s.params.gate is not None else math.inf
                                             for s in ready], dtype=np.float64), rows, math.inf)
         return a
 
     def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm,
-                   k: np.ndarray) -> dict[str, np.ndarray]:
+                   k: np.ndarray, static: bool) -> dict[str, np.ndarray]:
         """A paged RM's arrays: each row's slot for the chosen candidate, the scored cells, objective weights."""
         a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
-        # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step when it takes a row)
-        cells = scored_cells(k, kmax, cells_bucket(int(k.sum())) if self.static else None)
+        # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step when it takes a row);
+        # a static step reads its whole grid, rows x graph_k (one shape per batch bucket)
+        cells = None if static else scored_cells(k, kmax)
         if cells is not None:
             a["scored"] = cells
         rm_w = self.reward_model.row_weights([s.params.rm_weights for s in ready], "cpu")
         if rm_w is not None:  # multi-objective: each row's weights [B, N]
             a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
         return a
-
-    def _rows(self, n: int) -> int:
-        return (batch_bucket(n) or n) if self.static else n
-
-    def _width(self, seqs: list[Sequence], bm) -> int:
-        """Static modes: block-table width rounded up to a power of two (one graph per width, few widths)."""
-        need = max(bm.blocks_needed(s.num_tokens + 1) for s in seqs)
-        return 1 << max(3, (need - 1).bit_length())
 
     def _spare_slot(self) -> int:
         return self.spare_block * self.block_size
@@ -310,17 +407,16 @@ class ModelRunner:
         t = batch.t
         if "copies" in t:
             self._copy_blocks(t["copies"], batch.rt["copies"])
-        logits = []  # [R, V] rows in `ready` order
         if batch.prefill:
-            logits.append(self._prefill(batch))
-        if batch.decode:
-            logits.append(self._decode(batch))
+            self._prefill(batch)
+        if batch.decode and not self.shared:  # (shared trunk: the last step's candidate forward wrote them)
+            self._decode(batch)
         scored = [s for s, n in batch.prefill if _completes(s, n) and s.scores_prompt]
         if not batch.ready and not scored:
             return None
         rows = None
         if batch.ready:
-            rows, gate, n_top = self._choose(batch, torch.cat(logits) if len(logits) > 1 else logits[0])
+            rows, gate, n_top = self._choose(batch)
         # the step's one read: the ARGS rows [B, C], then each scored prompt's log-prob rows, flattened
         dev = rows.device if rows is not None else self.device
         flat = ([rows.flatten()] if rows is not None else []) + \
@@ -346,29 +442,33 @@ class ModelRunner:
             result.prompt_logprobs[s.seq_id] = (lps, tops)
         return result
 
-    def _choose(self, batch: StepBatch, logits: torch.Tensor):
-        """The ARGS step of the ready rows, logits [B, V] -> (their read-out rows [B, C] float64: token, reward,
-        [gate's k], [log p, top ids, top log p]; the gate's k [B] or None; the log-prob width or None)."""
-        t, seqs = batch.t, batch.ready
-        params = [s.params for s in seqs]
-        hist = self.controls.history(t, batch.ctl[2]) if batch.ctl is not None else None  # [C, L]
-        out = self._args_step(logits, batch, (t, hist))  # the control arrays came in the step's one copy
-        tokens, chosen, next_logits = out["tokens"], out["rewards"], out.get("next_logits")
+    def _choose(self, batch: StepBatch):
+        """The ARGS step of the ready rows (their logits in next_logits) -> (their read-out rows [B, C] float64:
+        token, reward, [gate's k], [log p, top ids, top log p]; the gate's k [B] or None; the log-prob width or
+        None)."""
+        t, seqs, B = batch.t, batch.ready, len(batch.ready)
+        n_top = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
+        table = self.next_logits.rows  # [S + 1, V]
+        # the LM's own logits for the log-probs: read before the controls and before the step writes the next ones
+        lm_logits = table.index_select(0, t["slot"][:B]) if n_top is not None else None  # [B, V]
+        controls = None
+        if "ctl_rows" in t:  # the control arrays came in the step's one copy
+            hist = self.controls.history(t, batch.ctl[2]) if batch.ctl is not None else None  # [C, L]
+            controls = (t, hist)
+            if batch.static:  # the controls' shapes change every step: applied in place before the fixed-shape part
+                slot = t["slot"][:B]
+                table.index_copy_(0, slot, apply_controls(table.index_select(0, slot), t, hist))
+                controls = None
+        out = self._args_step(batch, controls)
+        tokens, chosen = out["tokens"], out["rewards"]
         gate = out["k"] if "gate" in batch.rt else None  # which rows the gate took comes back in the one read
         if batch.ctl is not None:  # the step appends its own tokens to the history
             self.controls.append(t, tokens)
-        B = len(seqs)
-        if self.shared:
-            if self.step_mode == "graph":  # out of the graph's buffers, which another bucket's replay may reuse
-                next_logits = next_logits[:B].clone()
-            for b, s in enumerate(seqs):
-                s.next_logits = next_logits[b]  # [V]: the LM's logits for the next step
         parts = [tokens[:B].to(torch.float64), chosen[:B].to(torch.float64)]  # exact: ids < 2**53
         if gate is not None:
             parts.append(gate[:B].to(parts[0].device, torch.float64))
-        n_top = max((p.logprobs for p in params if p.logprobs is not None), default=None)
         if n_top is not None:
-            parts += [c.to(tokens.device) for c in logprob_columns(logits, tokens[:B].to(logits.device), n_top)]
+            parts += [c.to(tokens.device) for c in logprob_columns(lm_logits, tokens[:B].to(lm_logits.device), n_top)]
         rows = torch.cat([p.view(B, -1) for p in parts], 1)  # [B, C], on the RM's device with two
         return rows, gate, n_top
 
@@ -391,9 +491,9 @@ class ModelRunner:
         for kv, pairs in {id(kv): (kv, p) for kv, p in ((self.lm_kv, lm_pairs), (self.rm_kv, rm_pairs))}.values():
             self.ops.copy_blocks(*kv, pairs)
 
-    def _prefill(self, batch: StepBatch) -> torch.Tensor:
-        """Run the chunks through both trunks (same tokens, same slots). -> LM logits [R, V] of the sequences whose
-        prompt is now complete (in chunk order)."""
+    def _prefill(self, batch: StepBatch) -> None:
+        """Run the chunks through both trunks (same tokens, same slots); the LM logits of the sequences whose
+        prompt is now complete (and that decode) go to their next_logits rows."""
         spans, off = [], 0
         for seq, n in batch.prefill:
             spans.append((off, n, seq.lm_cached))
@@ -411,35 +511,37 @@ class ModelRunner:
                                              batch.prompt_lp_width), 1)  # [M, 1 + 2 width] float64
             for (s, m), part in zip(batch.prompt_lp, cols.split([m for _, m in batch.prompt_lp])):
                 s.prompt_lp_parts.append((part, batch.prompt_lp_width))
-        return self.lm_head(h_lm[batch.t["pf_last"]])  # the last token of each completed prompt to decode
+        if "pf_slot" in batch.t:  # the last token of each completed prompt to decode
+            self.next_logits.rows.index_copy_(0, batch.t["pf_slot"], self.lm_head(h_lm[batch.t["pf_last"]]))
 
-    def _decode(self, batch: StepBatch) -> torch.Tensor:
-        """The LM reads each decode row's last committed token. -> logits [D, V]"""
-        D = len(batch.decode)
-        if self.shared:  # computed by the previous step's candidate forward
-            return torch.stack([s.next_logits for s in batch.decode])
+    def _decode(self, batch: StepBatch) -> None:
+        """Two trunks: the LM reads each decode row's last committed token; its logits go to the row's slot."""
         t = batch.t
-        key = ("decode", batch.lm_rows, t["lm_tables"].shape[1]) if batch_bucket(len(batch.decode)) else None
-        out = self._decode_graphs(key, ids=t["lm_ids"], pos=t["lm_pos"], tables=t["lm_tables"], slots=t["lm_slots"])
-        return out["logits"][:D]
+        self._decode_graphs(("decode", batch.lm_rows) if batch.static else None, ids=t["lm_ids"], pos=t["lm_pos"],
+                            tables=t["lm_tables"], slots=t["lm_slots"], slot=t["lm_slot"])
 
-    def _lm_decode_core(self, ids, pos, tables, slots) -> dict[str, torch.Tensor]:
+    def _lm_decode_core(self, ids, pos, tables, slots, slot) -> dict[str, torch.Tensor]:
         h, _, _ = self.lm.forward_candidates(ids[:, None], pos, tables, pos, self.lm_kv, store_slots=slots)
-        return {"logits": self.lm_head(h[:, 0])}  # [D, V]
+        self.next_logits.rows.index_copy_(0, slot, self.lm_head(h[:, 0]))  # [D, V] into their rows
+        return {}
 
-    def _args_step(self, logits: torch.Tensor, batch: StepBatch, controls) -> dict[str, torch.Tensor]:
-        """controls: (the LM-device arrays, the history [C, L]) for the step's logit controls."""
-        t, B = batch.rt, len(batch.ready)  # every input but the logits and the controls is the RM's
-        if self.step_mode == "graph":  # the controls' shapes change every step: applied before the captured part
-            logits, controls = apply_controls(logits, *controls), None
-        if batch.rows != B:  # padding rows: any finite logits; their choice lands in the spare block
-            logits = torch.cat([logits, logits.new_zeros(batch.rows - B, logits.shape[1])])
+    def _args_step(self, batch: StepBatch, controls) -> dict[str, torch.Tensor]:
+        """controls: (the LM-device arrays, the history [C, L]) for the step's logit controls, or None."""
+        t = batch.rt  # every input but the logits' slots and the controls is the RM's
         if self.bridge is not None:  # eager, on the host's schedule: the RM reads the step's sequences' text
-            return self.args_step(batch.kmax, batch.ready, controls, logits, **{n: t[n] for n in _SELECT if n in t})
-        key = ("args", batch.rows, batch.kmax, t["tables"].shape[1], "gumbel" in t, "gate" in t,
-               len(t["scored"]) if "scored" in t else None) if batch_bucket(B) else None
+            return self._args_core(batch.kmax, batch.ready, controls, batch.t["slot"],
+                                   **{n: t[n] for n in _SELECT if n in t})
+        key = ("args", batch.rows, "gumbel" in t) if batch.static else None
         inputs = {n: t[n] for n in _SELECT + ("tables", "pos", "rm_slots", "rm_w", "scored") if n in t}
-        return self._args_graphs(key, batch.kmax, None, controls, logits=logits, **inputs)
+        return self._args_graphs(key, batch.kmax, None, controls, slot=batch.t["slot"], **inputs)
+
+    def _args_core(self, kmax: int, seqs, controls, slot: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
+        """The ARGS step on the rows' logits, read from next_logits by slot [R]; with a shared trunk the chosen
+        candidates' logits for the next step are written back there (padding rows: the spare row)."""
+        out = self.args_step(kmax, seqs, controls, self.next_logits.rows.index_select(0, slot), **inputs)
+        if "next_logits" in out:
+            self.next_logits.rows.index_copy_(0, slot, out.pop("next_logits"))  # [R, V]
+        return out
 
 
 def _completes(seq: Sequence, n: int) -> bool:
