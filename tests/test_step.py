@@ -240,6 +240,21 @@ def test_graph_replay_equals_eager_on_cuda(models, dtype):
 
 
 @cuda
+def test_graphs_are_captured_at_start_up_on_cuda(models, caplog):
+    """Every shape captured when the engine starts (the log line says how many, how long, how much memory);
+    serving replays them and captures none."""
+    lm, rm, tok = _on_cuda(models, torch.float32)
+    with caplog.at_level("INFO", logger="args_engine"):
+        engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", step_mode="graph", batch_size=4)
+    runner = engine.decoder.runner
+    assert runner.graph_stats["graphs"] == 3 * 2 + (0 if runner.shared else 3)  # buckets 4, 2, 1
+    assert "captured at start-up" in caplog.text and "kept out of the cache budget" in caplog.text
+    keys = (list(runner._args_graphs.graphs), list(runner._decode_graphs.graphs))
+    engine.generate(PROMPTS, MIXED, progress=False)
+    assert (list(runner._args_graphs.graphs), list(runner._decode_graphs.graphs)) == keys
+
+
+@cuda
 @pytest.mark.parametrize("mode", ["dynamic", "graph"])
 def test_no_synchronization_but_the_read_on_cuda(models, mode):
     lm, rm, tok = _on_cuda(models, torch.float32)

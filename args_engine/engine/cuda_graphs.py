@@ -81,6 +81,8 @@ class StepGraphs:
                                f"{sorted(inputs)}")
         for name, x in inputs.items():
             buf = g.inputs[name]
+            if x.dtype != buf.dtype:  # copy_ would cast
+                raise RuntimeError(f"step shape {key}: {name} is {x.dtype}, its graph's buffer {buf.dtype}")
             if x.shape != buf.shape:  # the block tables come with the columns in use: into the leading ones (the
                 # rest hold an earlier step's entries, past every row's length: never read)
                 if x.shape[:-1] != buf.shape[:-1] or x.shape[-1] > buf.shape[-1]:

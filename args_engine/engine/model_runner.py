@@ -147,6 +147,7 @@ class ModelRunner:
         self.table_width = 0  # static steps' block-table width (set by allocate_caches)
         self.spare_block = -1  # the cache block padding rows write to (static modes)
         self._eager_k: set[int] = set()  # the k above graph_k that made a static step run dynamically (logged once)
+        self.graph_stats: dict | None = None  # graph mode: what capture_graphs took (count, seconds, memory)
         self.transfer, self.read = StepTransfer(self.device), HostRead()
         self.controls = ControlHistory(self.device, self.vocab_size)  # the controlled rows' tokens, on the device
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
@@ -227,9 +228,12 @@ class ModelRunner:
                 self._decode_graphs.record(("decode", rows), (), self.transfer.pack(self._padding_decode(rows)))
         n = len(self._args_graphs.graphs) + len(self._decode_graphs.graphs)
         used = free - torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
-        logger.info("CUDA graphs: %d captured at start-up in %.1f s (batch buckets %s x greedy/sampled, candidate "
-                    "grid %d, block tables %d wide), %.0f MiB", n, time.perf_counter() - t0,
-                    buckets_upto(max_num_seqs)[::-1], self.graph_k, self.table_width, used / 2**20)
+        self.graph_stats = {"graphs": n, "capture_s": time.perf_counter() - t0, "memory_bytes": used,
+                            "batch_buckets": buckets_upto(max_num_seqs)[::-1], "graph_k": self.graph_k,
+                            "table_width": self.table_width}
+        logger.info("CUDA graphs: %(graphs)d captured at start-up in %(capture_s).1f s (batch buckets %(batch_buckets)s"
+                    " x greedy/sampled, candidate grid %(graph_k)d, block tables %(table_width)d wide), "
+                    "%(memory_MiB).0f MiB", {**self.graph_stats, "memory_MiB": used / 2**20})
         return n
 
     def step_peak_bytes(self, max_num_seqs: int) -> int:
