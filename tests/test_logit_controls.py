@@ -212,9 +212,9 @@ def test_native_history_is_copied_once_then_kept_on_the_device(models, monkeypat
     runner.controls = type(runner.controls)(runner.device, runner.vocab_size, slots=2, width=8)
     copied, real = [], runner.transfer.pack
 
-    def pack(a):
+    def pack(a, *regions):
         copied.append({k: v.shape for k, v in a.items() if k.startswith("ctl_")})
-        return real(a)
+        return real(a, *regions)
     monkeypatch.setattr(runner.transfer, "pack", pack)
     ids = [tok(p)["input_ids"] for p in PROMPTS] * 2  # 6 sequences, 2 slots at first; prompts past width 8
     params = [ARGSParams(k=4, w=1.0, max_new_tokens=N, repetition_penalty=1.5, no_repeat_ngram_size=2),

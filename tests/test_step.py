@@ -334,7 +334,8 @@ def test_graphs_are_captured_at_start_up_and_replayed(models):
     """Graph mode's contract, on CPU with the capture stood in for: every shape is captured at start-up, largest
     batch bucket first, as (bucket, greedy | sampled) for the ARGS step (+ the LM decode per bucket with two
     trunks); capturing touches only the spare block and the spare logits row; serving replays those graphs and
-    captures none, and its tokens are the dynamic step's."""
+    captures none, the step's one transfer writes their inputs straight into their buffers, and the tokens are
+    the dynamic step's."""
     engine = native(models, step_mode="static", batch_size=6)
     runner = engine.decoder.runner
     stand_in = _StandInGraph().graphs(runner)
@@ -350,4 +351,6 @@ def test_graphs_are_captured_at_start_up_and_replayed(models):
     captured = len(stand_in.keys)
     graphed = engine.generate(PROMPTS, MIXED, progress=False)
     assert len(stand_in.keys) == captured and stand_in.replays > 0
+    # the step's one transfer wrote every input into its graph's buffers, but the block tables (narrower)
+    assert runner._args_graphs.input_copies + runner._decode_graphs.input_copies == stand_in.replays
     same(native(models).generate(PROMPTS, MIXED, progress=False), graphed)

@@ -50,7 +50,7 @@ class StepGraphs:
 
     capture=False (CPU, or step_mode "static"): every call runs fn directly on the padded inputs.
     capture=True: `record(key, args, inputs)` records fn for a key (at start-up, for every key); a call then
-    copies its inputs into that graph's buffers and replays. An input may be narrower than its buffer along its
+    copies into that graph's buffers the inputs that are not there already, and replays. An input may be narrower than its buffer along its
     last dimension (the block tables, captured at the context's width, come with the columns in use). A call with a key never captured is an error (the
     engine's shapes are enumerable; a missing one is a bug, not a reason to capture while serving); key None
     runs eagerly (a step that does not fit the static shapes). fn must be idempotent on the caches (every step
@@ -66,6 +66,7 @@ class StepGraphs:
         self.fn, self.capture = fn, capture
         self.capture_with = capture_with or _cuda_capture
         self.graphs: dict[tuple, _Graph] = {}
+        self.input_copies = 0  # inputs copied into a graph's buffers (the rest came straight there)
         self._pool = None
 
     def __call__(self, key: tuple | None, *args, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,6 +82,9 @@ class StepGraphs:
                                f"{sorted(inputs)}")
         for name, x in inputs.items():
             buf = g.inputs[name]
+            if x.data_ptr() == buf.data_ptr() and x.shape == buf.shape and x.dtype == buf.dtype:
+                continue  # the step's one transfer wrote it there
+            self.input_copies += 1
             if x.dtype != buf.dtype:  # copy_ would cast
                 raise RuntimeError(f"step shape {key}: {name} is {x.dtype}, its graph's buffer {buf.dtype}")
             if x.shape != buf.shape:  # the block tables come with the columns in use: into the leading ones (the
@@ -93,10 +97,12 @@ class StepGraphs:
         g.replay()
         return g.outputs
 
-    def record(self, key: tuple, args: tuple, inputs: dict[str, torch.Tensor]) -> None:
+    def record(self, key: tuple, args: tuple, inputs: dict[str, torch.Tensor], resident=()) -> None:
         """Capture fn for `key` on these inputs (their shapes and dtypes are the key's; their values need only
-        be valid: padding rows). A failure is an error that says why, never a silent eager fallback."""
-        static = {name: x.clone() for name, x in inputs.items()}
+        be valid: padding rows). The inputs named in `resident` are used as the graph's buffers (they live where
+        each step's transfer writes them); the others are copied into buffers of its own. A failure is an error
+        that says why, never a silent eager fallback."""
+        static = {name: x if name in resident else x.clone() for name, x in inputs.items()}
         try:
             replay, outputs, self._pool = self.capture_with(self.fn, args, static, self._pool)
         except RuntimeError as e:  # e.g. out of memory

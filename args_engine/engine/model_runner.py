@@ -48,12 +48,17 @@ from .cuda_graphs import StepGraphs, batch_bucket, buckets_upto
 from .next_logits import NextLogits
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
-from .step_inputs import HostRead, StepTransfer
+from .step_inputs import HostRead, StepTransfer, layout_of
 
 logger = logging.getLogger(__name__)
 
 STEP_MODES = ("dynamic", "static", "graph")
 _SELECT = ("k", "w", "temp", "gumbel", "gate")  # the pick's arrays, for every RM
+# A captured step's inputs, in the order its region of the resident transfer buffer lays them out (those a step
+# has; the block tables, narrower than their buffer, are copied in): the ARGS step, and the two-trunk LM decode
+# (graph argument <- step array).
+_ARGS_INPUTS = _SELECT + ("pos", "rm_slots", "rm_w", "slot")
+_DECODE_INPUTS = {"ids": "lm_ids", "pos": "lm_pos", "slots": "lm_slots", "slot": "lm_slot"}
 
 
 def cache_bytes_per_block(models: list[PagedLlama], block_size: int) -> int:
@@ -148,6 +153,7 @@ class ModelRunner:
         self.spare_block = -1  # the cache block padding rows write to (static modes)
         self._eager_k: set[int] = set()  # the k above graph_k that made a static step run dynamically (logged once)
         self.graph_stats: dict | None = None  # graph mode: what capture_graphs took (count, seconds, memory)
+        self._regions: list[int] = []  # graph mode: the graphs' input regions in the resident transfer buffer
         self.transfer, self.read = StepTransfer(self.device), HostRead()
         self.controls = ControlHistory(self.device, self.vocab_size)  # the controlled rows' tokens, on the device
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
@@ -216,25 +222,50 @@ class ModelRunner:
     # --- static shapes, captured at start-up ---------------------------------------------------------------
     def capture_graphs(self, max_num_seqs: int) -> int:
         """Graph mode: capture every static step shape, largest batch bucket first: the ARGS step for each bucket
-        x {greedy, sampled} and, with two trunks, the LM decode for each bucket. Logs the count, the time and
-        (CUDA) the memory they took. -> the number of graphs."""
+        x {greedy, sampled} and, with two trunks, the LM decode for each bucket. Their inputs live in the
+        transfer's resident buffer, where each step's one copy writes them. Logs the count, the time and (CUDA)
+        the memory they took. -> the number of graphs."""
         t0 = time.perf_counter()
         free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
-        for rows in buckets_upto(max_num_seqs):
+        buckets = buckets_upto(max_num_seqs)
+        largest = self._padding_step(buckets[0], True)
+        region_sizes = [layout_of({n: largest[n] for n in self._args_region(largest)})[1]]
+        if not self.shared:
+            region_sizes.append(layout_of({n: largest[n] for n in _DECODE_INPUTS.values()})[1])
+        # the rest of a step's arrays: the tables (x2: the LM decode's), prefill and controls; more is rare and
+        # takes a fresh buffer, its graph inputs then copied in
+        tail = 2 * largest["tables"].nbytes + 2**20
+        self._regions = self.transfer.make_resident(region_sizes, tail)
+        for rows in buckets:
             for sampled in (True, False):
-                t = self.transfer.pack(self._padding_step(rows, sampled))
-                self._args_graphs.record(("args", rows, sampled), (self.graph_k, None, None), t)
-            if not self.shared:
-                self._decode_graphs.record(("decode", rows), (), self.transfer.pack(self._padding_decode(rows)))
+                a = self._padding_step(rows, sampled)
+                t = self.transfer.pack(a, self._step_regions(a))
+                inputs = {n: t[n] for n in self._args_region(a) + ["tables"]}
+                self._args_graphs.record(("args", rows, sampled), (self.graph_k, None, None), inputs,
+                                         resident=self._args_region(a))
+            if not self.shared:  # the same padding step's LM decode arrays (t: the last pack's)
+                self._decode_graphs.record(("decode", rows), (), {n: t[m] for n, m in _DECODE_INPUTS.items()} |
+                                           {"tables": t["lm_tables"]}, resident=list(_DECODE_INPUTS))
         n = len(self._args_graphs.graphs) + len(self._decode_graphs.graphs)
         used = free - torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
         self.graph_stats = {"graphs": n, "capture_s": time.perf_counter() - t0, "memory_bytes": used,
-                            "batch_buckets": buckets_upto(max_num_seqs)[::-1], "graph_k": self.graph_k,
-                            "table_width": self.table_width}
+                            "batch_buckets": buckets[::-1], "graph_k": self.graph_k, "table_width": self.table_width}
         logger.info("CUDA graphs: %(graphs)d captured at start-up in %(capture_s).1f s (batch buckets %(batch_buckets)s"
                     " x greedy/sampled, candidate grid %(graph_k)d, block tables %(table_width)d wide), "
                     "%(memory_MiB).0f MiB", {**self.graph_stats, "memory_MiB": used / 2**20})
         return n
+
+    @staticmethod
+    def _args_region(a: dict) -> list[str]:
+        """The ARGS graph's inputs a step has, in region order."""
+        return [n for n in _ARGS_INPUTS if n in a]
+
+    def _step_regions(self, a: dict) -> list[tuple[list[str], int]]:
+        """Graph mode, a static step: where its graphs' inputs go in the transfer's resident buffer."""
+        regions = [(self._args_region(a), self._regions[0])]
+        if "lm_slot" in a:
+            regions.append((list(_DECODE_INPUTS.values()), self._regions[1]))
+        return regions
 
     def step_peak_bytes(self, max_num_seqs: int) -> int:
         """CUDA: the memory the largest static step takes beyond the weights and caches (its activations, what the
@@ -245,36 +276,34 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
-        self._args_core(self.graph_k, None, None, **self.transfer.pack(self._padding_step(rows, True)))
+        t = self.transfer.pack(self._padding_step(rows, True))
+        self._args_core(self.graph_k, None, None, **{n: t[n] for n in self._args_region(t) + ["tables"]})
         if not self.shared:
-            self._lm_decode_core(**self.transfer.pack(self._padding_decode(rows)))
+            self._lm_decode_core(**{n: t[m] for n, m in _DECODE_INPUTS.items()}, tables=t["lm_tables"])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - base
         self.lm_kv = self.rm_kv = self.next_logits = self.args_step.scorer.kv = None
         return peak
 
     def _padding_step(self, rows: int, sampled: bool) -> dict[str, np.ndarray]:
-        """A static ARGS step of padding rows alone: the arrays (names, dtypes, shapes) prepare makes for a real
-        step of that bucket, with values that touch only the spare block and the spare logits row."""
-        K = self.graph_k
+        """A static step of padding rows alone: the arrays (names, dtypes, shapes) prepare makes for a real step
+        of that bucket (the block tables at their full width), with values that touch only the spare block and
+        the spare logits row; with two trunks, the LM decode's too."""
+        K, W, spare_slot = self.graph_k, self.table_width, self._spare_slot()
         a = {"k": np.full(rows, K, dtype=np.int32), "w": np.zeros(rows), "temp": np.full(rows, float(sampled))}
         if sampled:
             a["gumbel"] = np.zeros((rows, K))
         a["gate"] = np.full(rows, math.inf)
-        a["tables"] = np.full((rows, self.table_width), self.spare_block, dtype=np.int32)
         a["pos"] = np.zeros(rows, dtype=np.int32)
-        a["rm_slots"] = np.full(rows, self._spare_slot(), dtype=np.int64)
+        a["rm_slots"] = np.full(rows, spare_slot, dtype=np.int64)
         if self.reward_model.weights is not None:  # multi-objective: every row's weights
             a["rm_w"] = np.zeros((rows, len(self.reward_model.weights)))
         a["slot"] = np.full(rows, self.next_logits.spare, dtype=np.int64)
+        a["tables"] = np.full((rows, W), self.spare_block, dtype=np.int32)
+        if not self.shared:
+            a |= {"lm_ids": np.zeros(rows, dtype=np.int64), "lm_pos": a["pos"], "lm_slots": a["rm_slots"],
+                  "lm_slot": a["slot"], "lm_tables": a["tables"]}
         return a
-
-    def _padding_decode(self, rows: int) -> dict[str, np.ndarray]:
-        """A static two-trunk LM decode of padding rows alone (as _padding_step)."""
-        return {"ids": np.zeros(rows, dtype=np.int64), "pos": np.zeros(rows, dtype=np.int32),
-                "tables": np.full((rows, self.table_width), self.spare_block, dtype=np.int32),
-                "slots": np.full(rows, self._spare_slot(), dtype=np.int64),
-                "slot": np.full(rows, self.next_logits.spare, dtype=np.int64)}
 
     # --- preparing a step ---------------------------------------------------------------------------------
     def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
@@ -332,7 +361,8 @@ class ModelRunner:
                 a["lm_pos"] = self._pad(lm_pos, lm_rows, 0)
                 a["lm_slots"] = self._pad(bm.slots(decode, lm_pos.tolist()).numpy(), lm_rows, self._spare_slot())
                 a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
-        t = self.transfer.pack(a) if a else {}
+        regions = self._step_regions(a) if static and self._regions else ()  # graphs captured: their buffers
+        t = self.transfer.pack(a, regions) if a else {}
         rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
         return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, static, scored_only, prompt_lp, width,
                          ctl)
@@ -521,8 +551,8 @@ class ModelRunner:
     def _decode(self, batch: StepBatch) -> None:
         """Two trunks: the LM reads each decode row's last committed token; its logits go to the row's slot."""
         t = batch.t
-        self._decode_graphs(("decode", batch.lm_rows) if batch.static else None, ids=t["lm_ids"], pos=t["lm_pos"],
-                            tables=t["lm_tables"], slots=t["lm_slots"], slot=t["lm_slot"])
+        self._decode_graphs(("decode", batch.lm_rows) if batch.static else None, tables=t["lm_tables"],
+                            **{n: t[m] for n, m in _DECODE_INPUTS.items()})
 
     def _lm_decode_core(self, ids, pos, tables, slots, slot) -> dict[str, torch.Tensor]:
         h, _, _ = self.lm.forward_candidates(ids[:, None], pos, tables, pos, self.lm_kv, store_slots=slots)
@@ -536,8 +566,9 @@ class ModelRunner:
             return self._args_core(batch.kmax, batch.ready, controls, batch.t["slot"],
                                    **{n: t[n] for n in _SELECT if n in t})
         key = ("args", batch.rows, "gumbel" in t) if batch.static else None
-        inputs = {n: t[n] for n in _SELECT + ("tables", "pos", "rm_slots", "rm_w", "scored") if n in t}
-        return self._args_graphs(key, batch.kmax, None, controls, slot=batch.t["slot"], **inputs)
+        inputs = {n: t[n] for n in _ARGS_INPUTS + ("tables", "scored") if n in t}
+        inputs["slot"] = batch.t["slot"]  # the logits' rows are on the LM's device
+        return self._args_graphs(key, batch.kmax, None, controls, **inputs)
 
     def _args_core(self, kmax: int, seqs, controls, slot: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
         """The ARGS step on the rows' logits, read from next_logits by slot [R]; with a shared trunk the chosen
