@@ -59,11 +59,10 @@ class LLMEngine:
         if num_blocks is None:
             # what the engine can use: max_num_seqs full contexts, within the memory budget
             want = max_num_seqs * -(-(max_context or 4096) // block_size)
-            if cache_memory_gb:  # the cache's own budget
-                budget = cache_memory_gb * 2**30
-            else:  # what free memory leaves once the rest the engine keeps on the device is out: the next-token
-                # logits, and the CUDA graphs' memory pool (the largest step's activations, measured)
-                budget = _default_cache_budget(device)
+            budget = cache_memory_gb * 2**30 if cache_memory_gb else _default_cache_budget(device)
+            if not cache_memory_gb and device.type == "cuda":  # the share of free memory: what the engine keeps
+                # beside the cache comes out of it, the next-token logits and the CUDA graphs' memory pool (the
+                # largest step's activations, measured)
                 budget -= NextLogits.bytes_for(max_num_seqs, self.runner.vocab_size, self.runner.logits_dtype)
                 if graphs:
                     reserve = self.runner.step_peak_bytes(max_num_seqs)
