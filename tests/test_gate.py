@@ -100,7 +100,7 @@ def test_gated_rows_candidates_skipped_on_a_cpu_rm_masked_in_static_shapes(model
     if step_mode == "dynamic":  # the RM computed what the choices needed, no more
         assert 1 + 5 in seen and sum(seen) == sum(o.rm_tokens for o in outs)
     else:  # the whole rows x graph_k grid computed (the gated row's cells masked): one shape per batch bucket
-        assert set(seen) <= {2 * runner.graph_k, runner.graph_k} and 2 * runner.graph_k in seen
+        assert set(seen) <= {2 * runner.shapes.graph_k, runner.shapes.graph_k} and 2 * runner.shapes.graph_k in seen
     assert runner.read.num_reads == max(steps)  # one per step: the gate needs none of its own
     plain = ARGSEngine(lm, rm, tokenizer=tok, backend="native", raw=True).generate(
         [tok(p)["input_ids"] for p in PROMPTS[:2]], [ARGSParams(k=1, max_new_tokens=N), params[1]], progress=False)

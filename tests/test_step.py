@@ -247,11 +247,11 @@ def test_graphs_are_captured_at_start_up_on_cuda(models, caplog):
     with caplog.at_level("INFO", logger="args_engine"):
         engine = ARGSEngine(lm, rm, tokenizer=tok, backend="native", step_mode="graph", batch_size=4)
     runner = engine.decoder.runner
-    assert runner.graph_stats["graphs"] == 3 * 2 + (0 if runner.shared else 3)  # buckets 4, 2, 1
+    assert runner.shapes.stats["graphs"] == 3 * 2 + (0 if runner.shared else 3)  # buckets 4, 2, 1
     assert "captured at start-up" in caplog.text and "kept out of the cache budget" in caplog.text
-    keys = (list(runner._args_graphs.graphs), list(runner._decode_graphs.graphs))
+    keys = (list(runner.args_graphs.graphs), list(runner.decode_graphs.graphs))
     engine.generate(PROMPTS, MIXED, progress=False)
-    assert (list(runner._args_graphs.graphs), list(runner._decode_graphs.graphs)) == keys
+    assert (list(runner.args_graphs.graphs), list(runner.decode_graphs.graphs)) == keys
 
 
 @cuda
@@ -315,7 +315,7 @@ class _StandInGraph:
         self.keys, self.replays = [], 0
 
     def graphs(self, runner):
-        for g in (runner._args_graphs, runner._decode_graphs):
+        for g in (runner.args_graphs, runner.decode_graphs):
             g.capture, g.capture_with = True, self.capture
         return self
 
@@ -343,8 +343,8 @@ def test_graphs_are_captured_at_start_up_and_replayed(models):
     assert runner.capture_graphs(6) == len(stand_in.keys)
     buckets = [8, 4, 2, 1]
     keys = [("args", b, sampled) for b in buckets for sampled in (True, False)]
-    assert list(runner._args_graphs.graphs) == keys
-    assert list(runner._decode_graphs.graphs) == ([] if runner.shared else [("decode", b) for b in buckets])
+    assert list(runner.args_graphs.graphs) == keys
+    assert list(runner.decode_graphs.graphs) == ([] if runner.shared else [("decode", b) for b in buckets])
     for x, x0 in zip((*runner.lm_kv, *runner.rm_kv), kv):
         assert torch.equal(x[:, :runner.spare_block], x0[:, :runner.spare_block])  # padding writes: spare only
     assert not runner.next_logits.rows[:-1].any()
@@ -352,5 +352,5 @@ def test_graphs_are_captured_at_start_up_and_replayed(models):
     graphed = engine.generate(PROMPTS, MIXED, progress=False)
     assert len(stand_in.keys) == captured and stand_in.replays > 0
     # the step's one transfer wrote every input into its graph's buffers, but the block tables (narrower)
-    assert runner._args_graphs.input_copies + runner._decode_graphs.input_copies == stand_in.replays
+    assert runner.args_graphs.input_copies + runner.decode_graphs.input_copies == stand_in.replays
     same(native(models).generate(PROMPTS, MIXED, progress=False), graphed)

@@ -7,7 +7,7 @@ costs one launch. Hand capture rather than torch.compile(mode="reduce-overhead")
 Triton kernels directly and needs no tracing; capture takes milliseconds, not a compile per shape; and the
 same padded code runs on CPU, where the tests hold it token-identical to the unpadded step.
 
-The shapes are few by construction (model_runner.py): a static step's key is (batch bucket, greedy or sampled);
+The shapes are few by construction (static_shapes.py): a static step's key is (batch bucket, greedy or sampled);
 the candidate grid (graph_k), the block-table width (the context's) and the gate's array are fixed. So every
 graph is captured when the engine starts, largest bucket first (its memory is the pool's high-water mark, which
 the smaller ones then reuse), and serving never captures: no latency spike for whoever sends a new shape first.

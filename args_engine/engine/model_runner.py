@@ -19,17 +19,14 @@ LM and RM on two devices (two trunks): the RM trunk, its cache and the candidate
 RM's device. The step's arrays go to each device in one transfer; only the LM's top-k (log p and ids, [B, k])
 cross from the LM's device to the RM's; the chosen tokens come back from the RM's device in the one read.
 
-Step modes: "dynamic" runs each step at its own shapes; "static" pads the ARGS rows to a batch-size bucket,
-every row's candidates to one grid width `graph_k` and every block table to one width (the context's), so a
-step's shape is (batch bucket, greedy or sampled) alone: the CUDA-graph code, runnable and tested on CPU;
-"graph" (CUDA) captures that step for every bucket at start-up (`capture_graphs`, largest first) and replays
-it. A step that does not fit (a row's k above graph_k, more rows than the largest bucket) runs dynamically.
-The logits a step reads and writes stay on the device in one table (next_logits.py), gathered inside the step."""
+Step modes: "dynamic" runs each step at its own shapes; "static" runs it at fixed shapes, (batch bucket, greedy or
+sampled) alone (static_shapes.py): the CUDA-graph code, runnable and tested on CPU; "graph" (CUDA) captures
+every such shape at start-up (`capture_graphs`, largest first) and replays them. A step that does not fit (a row's
+k above graph_k, more rows than the largest bucket) runs dynamically. The logits a step reads and writes stay
+on the device in one table (next_logits.py), gathered inside the step."""
 from __future__ import annotations
 
-import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,21 +41,15 @@ from ..models.paged_ops import PagedOps, PrefillChunks
 from .args_step import ArgsStep, PagedRM, on_device, scored_cells
 from .bridged_rm import BridgedRM
 from .control_history import ControlHistory
-from .cuda_graphs import StepGraphs, batch_bucket, buckets_upto
+from .cuda_graphs import StepGraphs, batch_bucket
 from .next_logits import NextLogits
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
-from .step_inputs import HostRead, StepTransfer, layout_of
-
-logger = logging.getLogger(__name__)
+from .static_shapes import ARGS_INPUTS, DECODE_INPUTS, StaticShapes
+from .step_inputs import HostRead, StepTransfer
 
 STEP_MODES = ("dynamic", "static", "graph")
 _SELECT = ("k", "w", "temp", "gumbel", "gate")  # the pick's arrays, for every RM
-# A captured step's inputs, in the order its region of the resident transfer buffer lays them out (those a step
-# has; the block tables, narrower than their buffer, are copied in): the ARGS step, and the two-trunk LM decode
-# (graph argument <- step array).
-_ARGS_INPUTS = _SELECT + ("pos", "rm_slots", "rm_w", "slot")
-_DECODE_INPUTS = {"ids": "lm_ids", "pos": "lm_pos", "slots": "lm_slots", "slot": "lm_slot"}
 
 
 def cache_bytes_per_block(models: list[PagedLlama], block_size: int) -> int:
@@ -113,8 +104,6 @@ class StepResult:
 class ModelRunner:
     def __init__(self, lm, rm: RewardModel, block_size: int, use_triton: bool, share_trunk: bool | None = None,
                  step_mode: str | None = None, bridge: BridgeScorer | None = None, graph_k: int = 10):
-        if not isinstance(graph_k, int) or graph_k < 1:
-            raise ValueError(f"graph_k must be an integer >= 1, got {graph_k!r}")
         self.ops = PagedOps(use_triton)
         self.bridge = bridge
         self.shared = bridge is None and (shares_trunk(lm, rm.model) if share_trunk is None else share_trunk)
@@ -146,14 +135,10 @@ class ModelRunner:
                              "same padded step without capture")
         self.step_mode = step_mode
         self.block_size = block_size
-        self.graph_k = min(graph_k, self.vocab_size)  # static steps' candidate grid: rows with k <= graph_k
+        self.shapes = StaticShapes(graph_k, self.vocab_size)  # the static steps' fixed shapes and their capture
         self.lm_kv = self.rm_kv = None
         self.next_logits: NextLogits | None = None  # set by allocate_caches
-        self.table_width = 0  # static steps' block-table width (set by allocate_caches)
         self.spare_block = -1  # the cache block padding rows write to (static modes)
-        self._eager_k: set[int] = set()  # the k above graph_k that made a static step run dynamically (logged once)
-        self.graph_stats: dict | None = None  # graph mode: what capture_graphs took (count, seconds, memory)
-        self._regions: list[int] = []  # graph mode: the graphs' input regions in the resident transfer buffer
         self.transfer, self.read = StepTransfer(self.device), HostRead()
         self.controls = ControlHistory(self.device, self.vocab_size)  # the controlled rows' tokens, on the device
         self.rm_transfer = StepTransfer(self.rm_device) if self.split else None
@@ -163,8 +148,8 @@ class ModelRunner:
         # a CPU RM in eager steps skips the gated rows' candidates (reading a CPU tensor costs no transfer)
         self.args_step = ArgsStep(self.ops, scorer, self.lm_head if self.shared else None,
                                   compact_gate=bridge is None and self.rm_device.type == "cpu" and not self.static)
-        self._args_graphs = StepGraphs(self._args_core, capture)
-        self._decode_graphs = StepGraphs(self._lm_decode_core, capture)
+        self.args_graphs = StepGraphs(self.args_core, capture)
+        self.decode_graphs = StepGraphs(self.lm_decode_core, capture)
 
     def release(self, seq: Sequence) -> None:
         """The sequence is finished: what the runner keeps for it on the device goes back."""
@@ -205,8 +190,7 @@ class ModelRunner:
         0..num_blocks-1 only. rm_num_blocks: a bridged RM's own pool, in RM-token positions (default: as many).
         max_context: the longest sequence (positions); static steps' block tables are that wide."""
         self.spare_block = num_blocks if self.static else -1
-        width = num_blocks if max_context is None else -(-(max_context + 1) // self.block_size)
-        self.table_width = min(num_blocks, width)
+        self.shapes.size(num_blocks, self.block_size, max_context)
         self.next_logits = NextLogits(max_num_seqs, self.vocab_size, self.logits_dtype, self.device)
 
         def alloc(m: PagedLlama, blocks: int):
@@ -219,91 +203,19 @@ class ModelRunner:
         if self.paged_bridge is not None:
             self.paged_bridge.kv = alloc(self.paged_bridge.model, rm_num_blocks or num_blocks)
 
-    # --- static shapes, captured at start-up ---------------------------------------------------------------
+    # --- static shapes, captured at start-up (static_shapes.py) --------------------------------------------
     def capture_graphs(self, max_num_seqs: int) -> int:
-        """Graph mode: capture every static step shape, largest batch bucket first: the ARGS step for each bucket
-        x {greedy, sampled} and, with two trunks, the LM decode for each bucket. Their inputs live in the
-        transfer's resident buffer, where each step's one copy writes them. Logs the count, the time and (CUDA)
-        the memory they took. -> the number of graphs."""
-        t0 = time.perf_counter()
-        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
-        buckets = buckets_upto(max_num_seqs)
-        largest = self._padding_step(buckets[0], True)
-        region_sizes = [layout_of({n: largest[n] for n in self._args_region(largest)})[1]]
-        if not self.shared:
-            region_sizes.append(layout_of({n: largest[n] for n in _DECODE_INPUTS.values()})[1])
-        # the rest of a step's arrays: the tables (x2: the LM decode's), prefill and controls; more is rare and
-        # takes a fresh buffer, its graph inputs then copied in
-        tail = 2 * largest["tables"].nbytes + 2**20
-        self._regions = self.transfer.make_resident(region_sizes, tail)
-        for rows in buckets:
-            for sampled in (True, False):
-                a = self._padding_step(rows, sampled)
-                t = self.transfer.pack(a, self._step_regions(a))
-                inputs = {n: t[n] for n in self._args_region(a) + ["tables"]}
-                self._args_graphs.record(("args", rows, sampled), (self.graph_k, None, None), inputs,
-                                         resident=self._args_region(a))
-            if not self.shared:  # the same padding step's LM decode arrays (t: the last pack's)
-                self._decode_graphs.record(("decode", rows), (), {n: t[m] for n, m in _DECODE_INPUTS.items()} |
-                                           {"tables": t["lm_tables"]}, resident=list(_DECODE_INPUTS))
-        n = len(self._args_graphs.graphs) + len(self._decode_graphs.graphs)
-        used = free - torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
-        self.graph_stats = {"graphs": n, "capture_s": time.perf_counter() - t0, "memory_bytes": used,
-                            "batch_buckets": buckets[::-1], "graph_k": self.graph_k, "table_width": self.table_width}
-        logger.info("CUDA graphs: %(graphs)d captured at start-up in %(capture_s).1f s (batch buckets %(batch_buckets)s"
-                    " x greedy/sampled, candidate grid %(graph_k)d, block tables %(table_width)d wide), "
-                    "%(memory_MiB).0f MiB", {**self.graph_stats, "memory_MiB": used / 2**20})
-        return n
-
-    @staticmethod
-    def _args_region(a: dict) -> list[str]:
-        """The ARGS graph's inputs a step has, in region order."""
-        return [n for n in _ARGS_INPUTS if n in a]
-
-    def _step_regions(self, a: dict) -> list[tuple[list[str], int]]:
-        """Graph mode, a static step: where its graphs' inputs go in the transfer's resident buffer."""
-        regions = [(self._args_region(a), self._regions[0])]
-        if "lm_slot" in a:
-            regions.append((list(_DECODE_INPUTS.values()), self._regions[1]))
-        return regions
+        """Graph mode: capture every static step shape (largest batch bucket first). -> the number of graphs."""
+        return self.shapes.capture(self, max_num_seqs)
 
     def step_peak_bytes(self, max_num_seqs: int) -> int:
-        """CUDA: the memory the largest static step takes beyond the weights and caches (its activations, what the
-        graphs' pool will hold), measured by running it once on a one-block cache, before the real caches are
-        sized (the engine takes it out of the cache budget)."""
-        self.allocate_caches(1, 1, max_num_seqs)
-        rows = buckets_upto(max_num_seqs)[0]
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        base = torch.cuda.memory_allocated(self.device)
-        t = self.transfer.pack(self._padding_step(rows, True))
-        self._args_core(self.graph_k, None, None, **{n: t[n] for n in self._args_region(t) + ["tables"]})
-        if not self.shared:
-            self._lm_decode_core(**{n: t[m] for n, m in _DECODE_INPUTS.items()}, tables=t["lm_tables"])
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - base
-        self.lm_kv = self.rm_kv = self.next_logits = self.args_step.scorer.kv = None
-        return peak
+        """CUDA: the memory the largest static step takes beyond the weights and caches (measured)."""
+        return self.shapes.peak_bytes(self, max_num_seqs)
 
-    def _padding_step(self, rows: int, sampled: bool) -> dict[str, np.ndarray]:
-        """A static step of padding rows alone: the arrays (names, dtypes, shapes) prepare makes for a real step
-        of that bucket (the block tables at their full width), with values that touch only the spare block and
-        the spare logits row; with two trunks, the LM decode's too."""
-        K, W, spare_slot = self.graph_k, self.table_width, self._spare_slot()
-        a = {"k": np.full(rows, K, dtype=np.int32), "w": np.zeros(rows), "temp": np.full(rows, float(sampled))}
-        if sampled:
-            a["gumbel"] = np.zeros((rows, K))
-        a["gate"] = np.full(rows, math.inf)
-        a["pos"] = np.zeros(rows, dtype=np.int32)
-        a["rm_slots"] = np.full(rows, spare_slot, dtype=np.int64)
-        if self.reward_model.weights is not None:  # multi-objective: every row's weights
-            a["rm_w"] = np.zeros((rows, len(self.reward_model.weights)))
-        a["slot"] = np.full(rows, self.next_logits.spare, dtype=np.int64)
-        a["tables"] = np.full((rows, W), self.spare_block, dtype=np.int32)
-        if not self.shared:
-            a |= {"lm_ids": np.zeros(rows, dtype=np.int64), "lm_pos": a["pos"], "lm_slots": a["rm_slots"],
-                  "lm_slot": a["slot"], "lm_tables": a["tables"]}
-        return a
+    def free_caches(self) -> None:
+        self.lm_kv = self.rm_kv = self.next_logits = None
+        if self.bridge is None:
+            self.args_step.scorer.kv = None
 
     # --- preparing a step ---------------------------------------------------------------------------------
     def prepare(self, prefill: list[tuple[Sequence, int]], decode: list[Sequence], bm) -> StepBatch:
@@ -332,9 +244,9 @@ class ModelRunner:
         if ready:
             tables = bm.block_tables(ready).numpy()  # [B, the longest table]: a static step's graph keeps it in
             # the leading columns of its fixed-width buffer (the kernels read a row's table only up to its length)
-            static = self._fits_static(ready, tables.shape[1])
+            static = self.static and self.shapes.fits([s.params.k for s in ready], tables.shape[1])
             rows = batch_bucket(B) if static else B
-            kmax = self.graph_k if static else max(s.params.k for s in ready)
+            kmax = self.shapes.graph_k if static else max(s.params.k for s in ready)
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)
             slot = self.next_logits.slots(ready)  # where each row's logits are (prefilled rows: written this step)
             a["slot"] = self._pad(slot, rows, self.next_logits.spare)
@@ -359,9 +271,9 @@ class ModelRunner:
                 a["lm_ids"] = self._pad(np.array([s.token_ids[-1] for s in decode], dtype=np.int64), lm_rows, 0)
                 lm_pos = np.array([s.num_tokens - 1 for s in decode], dtype=np.int32)
                 a["lm_pos"] = self._pad(lm_pos, lm_rows, 0)
-                a["lm_slots"] = self._pad(bm.slots(decode, lm_pos.tolist()).numpy(), lm_rows, self._spare_slot())
+                a["lm_slots"] = self._pad(bm.slots(decode, lm_pos.tolist()).numpy(), lm_rows, self.spare_slot)
                 a["lm_tables"] = self._pad(tables[B - D:], lm_rows, self.spare_block)
-        regions = self._step_regions(a) if static and self._regions else ()  # graphs captured: their buffers
+        regions = self.shapes.regions(a) if static else ()  # graphs captured: their inputs' place
         t = self.transfer.pack(a, regions) if a else {}
         rt = self.rm_transfer.pack(a) if a and self.rm_transfer is not None else t
         return StepBatch(prefill, decode, ready, t, rt, rows, lm_rows, kmax, static, scored_only, prompt_lp, width,
@@ -385,20 +297,6 @@ class ModelRunner:
         a["pl_rows"], a["pl_next"] = np.array(rows, dtype=np.int64), np.array(nxt, dtype=np.int64)
         return scored, max(s.params.prompt_logprobs for s, _ in scored)
 
-    def _fits_static(self, ready: list[Sequence], table_width: int) -> bool:
-        """Static modes: does this step take the fixed shapes (a captured graph in graph mode)? Every row's k
-        within graph_k, the batch within the largest bucket, every block table within the fixed width."""
-        if not self.static or batch_bucket(len(ready)) is None:
-            return False
-        k = max(s.params.k for s in ready)
-        if k > self.graph_k:
-            if k not in self._eager_k:
-                self._eager_k.add(k)
-                logger.warning("k=%d is above graph_k=%d: steps with such a row run dynamically (uncaptured); set "
-                               "graph_k to the largest k you serve", k, self.graph_k)
-            return False
-        return table_width <= self.table_width
-
     def _select_arrays(self, ready: list[Sequence], rows: int, kmax: int, static: bool) -> dict[str, np.ndarray]:
         """The pick's arrays: k, w, temperature, [Gumbel noise], [the gate's log tau: always in static steps]."""
         sel = selection_arrays([s.params for s in ready], [s.req for s in ready], kmax)
@@ -411,7 +309,7 @@ class ModelRunner:
     def _rm_arrays(self, ready: list[Sequence], pos: np.ndarray, rows: int, kmax: int, bm,
                    k: np.ndarray, static: bool) -> dict[str, np.ndarray]:
         """A paged RM's arrays: each row's slot for the chosen candidate, the scored cells, objective weights."""
-        a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self._spare_slot())}
+        a = {"rm_slots": self._pad(bm.slots(ready, pos.tolist()).numpy(), rows, self.spare_slot)}
         # ragged k: the grid cells the RM reads (a gate on a CPU RM re-lists them in the step when it takes a row);
         # a static step reads its whole grid, rows x graph_k (one shape per batch bucket)
         cells = None if static else scored_cells(k, kmax)
@@ -422,7 +320,9 @@ class ModelRunner:
             a["rm_w"] = self._pad(rm_w.numpy(), rows, 0.0)
         return a
 
-    def _spare_slot(self) -> int:
+    @property
+    def spare_slot(self) -> int:
+        """The padding rows' cache slot (static modes)."""
         return self.spare_block * self.block_size
 
     @staticmethod
@@ -551,10 +451,10 @@ class ModelRunner:
     def _decode(self, batch: StepBatch) -> None:
         """Two trunks: the LM reads each decode row's last committed token; its logits go to the row's slot."""
         t = batch.t
-        self._decode_graphs(("decode", batch.lm_rows) if batch.static else None, tables=t["lm_tables"],
-                            **{n: t[m] for n, m in _DECODE_INPUTS.items()})
+        self.decode_graphs(("decode", batch.lm_rows) if batch.static else None, tables=t["lm_tables"],
+                            **{n: t[m] for n, m in DECODE_INPUTS.items()})
 
-    def _lm_decode_core(self, ids, pos, tables, slots, slot) -> dict[str, torch.Tensor]:
+    def lm_decode_core(self, ids, pos, tables, slots, slot) -> dict[str, torch.Tensor]:
         h, _, _ = self.lm.forward_candidates(ids[:, None], pos, tables, pos, self.lm_kv, store_slots=slots)
         self.next_logits.rows.index_copy_(0, slot, self.lm_head(h[:, 0]))  # [D, V] into their rows
         return {}
@@ -563,14 +463,14 @@ class ModelRunner:
         """controls: (the LM-device arrays, the history [C, L]) for the step's logit controls, or None."""
         t = batch.rt  # every input but the logits' slots and the controls is the RM's
         if self.bridge is not None:  # eager, on the host's schedule: the RM reads the step's sequences' text
-            return self._args_core(batch.kmax, batch.ready, controls, batch.t["slot"],
+            return self.args_core(batch.kmax, batch.ready, controls, batch.t["slot"],
                                    **{n: t[n] for n in _SELECT if n in t})
         key = ("args", batch.rows, "gumbel" in t) if batch.static else None
-        inputs = {n: t[n] for n in _ARGS_INPUTS + ("tables", "scored") if n in t}
+        inputs = {n: t[n] for n in ARGS_INPUTS + ("tables", "scored") if n in t}
         inputs["slot"] = batch.t["slot"]  # the logits' rows are on the LM's device
-        return self._args_graphs(key, batch.kmax, None, controls, **inputs)
+        return self.args_graphs(key, batch.kmax, None, controls, **inputs)
 
-    def _args_core(self, kmax: int, seqs, controls, slot: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
+    def args_core(self, kmax: int, seqs, controls, slot: torch.Tensor, **inputs) -> dict[str, torch.Tensor]:
         """The ARGS step on the rows' logits, read from next_logits by slot [R]; with a shared trunk the chosen
         candidates' logits for the next step are written back there (padding rows: the spare row)."""
         out = self.args_step(kmax, seqs, controls, self.next_logits.rows.index_select(0, slot), **inputs)

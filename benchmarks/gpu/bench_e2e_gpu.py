@@ -136,7 +136,7 @@ def main():
               "model": f"{model_name} LM and RM ({trunk_name})", "k": k, "w": 1.0, "prompt_tokens": P,
               "new_tokens": n, "step_mode": engine.decoder.runner.step_mode, "copy_bandwidth_GBps": bw / 1e9,
               "weight_bytes_per_step": weights, "controls": CONTROLS if args.controls else None,
-              "graphs_at_start_up": engine.decoder.runner.graph_stats, "runs": []}
+              "graphs_at_start_up": engine.decoder.runner.shapes.stats, "runs": []}
 
     def params(m):
         return ARGSParams(k=k, w=1.0, max_new_tokens=m, ignore_eos=True, **(CONTROLS if args.controls else {}))
