@@ -31,3 +31,16 @@ def test_fused_kernels_cut_the_launches_per_layer():
     triton, torch_ops = launch_profile(use_triton=True), launch_profile(use_triton=False)
     assert triton["per_layer"] <= 10, triton
     assert torch_ops["per_layer"] >= 3 * triton["per_layer"], (torch_ops, triton)
+
+
+def test_launches_by_controls_runs():
+    """The launch counts per set of controls (torch path here, without the interpreter): every setting printed,
+    and every control costs launches (a setting that counted none would not be applied)."""
+    done = subprocess.run([sys.executable, "benchmarks/micro/launches_by_controls.py"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = dict(line.split(": ")[0:2] for line in done.stdout.splitlines() if "launches per step" in line)
+    n = {name: int(v.split()[0]) for name, v in counts.items()}
+    assert list(n) == ["plain", "repetition+presence", "repetition+presence+gate", "all controls", "all controls+gate"]
+    assert n["plain"] < n["repetition+presence"] < n["repetition+presence+gate"] and n["all controls"] < n[
+        "all controls+gate"] and n["repetition+presence"] < n["all controls"]
