@@ -40,7 +40,9 @@ def _candidate_attention_kernel(
     q = tl.load(q_ptr + b * sq_b + j[:, None] * sq_j + h[:, None] * sq_h + d[None, :], mask=rd_ok, other=0.0)  # [M, DP]
     ctx = tl.load(ctx_ptr + b)
     scale = tl.load(scale_ptr)  # a [1] tensor in ACC: a Python float argument would be rounded to fp32
-    start = sp * chunk
+    if SPLIT:  # this row's share of its own context (16-aligned starts): a short row in a wide table splits too
+        chunk = tl.cdiv(tl.cdiv(ctx, tl.num_programs(2)), 16) * 16
+    start = sp * chunk  # (one program: chunk covers the table)
     end = tl.minimum(start + chunk, ctx)
     row_stride = HKV * D  # contiguous cache [NB, BS, HKV, D]: one slot is HKV * D elements
 
@@ -229,8 +231,9 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
                         segments: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, K, Hq, D], k_new/v_new [B, K, Hkv, D], caches [NB, BS, Hkv, D], block_tables [B, MB] int32,
     context_lens [B] int32 -> out [B, K, Hq, D] (q's dtype). `split`: programs per (b, kv head) along the
-    prefix; default: a heuristic on CUDA, 1 elsewhere. The context must fit the table: context_lens <= MB * BS
-    (not checked: it would need a device sync). segments [B, K] int32: new token j also sees the new tokens
+    prefix, each taking its share of the row's own context (so a short row in a wide table, as a captured
+    graph's is, still splits); default: a heuristic on CUDA, 1 elsewhere. The context must fit the table:
+    context_lens <= MB * BS (not checked: it would need a device sync). segments [B, K] int32: new token j also sees the new tokens
     jj < j with the same segment id (ragged candidate tails over the prefix; paged_ops.tree_keep); None: each
     sees only itself."""
     _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens)
@@ -256,8 +259,7 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     if split is None:
         split = candidate_split(B, Hkv, RT, max_ctx, BLOCK_N, sms)
     split = max(1, int(split))
-    chunk = triton.cdiv(triton.cdiv(max_ctx, split), 16) * 16  # aligned starts
-    split = triton.cdiv(max_ctx, chunk)
+    chunk = triton.cdiv(max_ctx, 16) * 16  # one program's range when split == 1 (split: each row's own share)
     strides = (*q.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3], *out.stride()[:3], block_tables.stride(0))
     meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc], CAP=softcap is not None, TREE=segments is not None)
     seg = segments if segments is not None else context_lens  # a placeholder pointer when TREE is off
