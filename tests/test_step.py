@@ -296,7 +296,7 @@ def test_graph_capture_failure_is_an_error_that_names_why():
     never captures. (The capture itself needs CUDA: stood in for here.)"""
     from args_engine.engine.cuda_graphs import StepGraphs
 
-    def oom(fn, args, inputs, pool):
+    def oom(fn, args, inputs, context):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     graphs = StepGraphs(lambda x: {"y": x + 1}, capture=True, capture_with=oom)
     with pytest.raises(RuntimeError, match=r"capture failed for the step shape \('args', 4\).*out of memory.*"
@@ -312,22 +312,23 @@ class _StandInGraph:
     each step's inputs into those buffers and on reading the outputs before the next replay."""
 
     def __init__(self):
-        self.keys, self.replays = [], 0
+        self.keys, self.replays, self.contexts = [], 0, set()
 
     def graphs(self, runner):
         for g in (runner.args_graphs, runner.decode_graphs):
             g.capture, g.capture_with = True, self.capture
         return self
 
-    def capture(self, fn, args, static, pool):
+    def capture(self, fn, args, static, context):
         self.keys.append(tuple(static))
+        self.contexts.add(id(context))
         outputs = fn(*args, **static)
 
         def replay():
             self.replays += 1
             for name, x in fn(*args, **static).items():
                 outputs[name].copy_(x)
-        return replay, outputs, pool
+        return replay, outputs
 
 
 def test_graphs_are_captured_at_start_up_and_replayed(models):
@@ -340,8 +341,9 @@ def test_graphs_are_captured_at_start_up_and_replayed(models):
     runner = engine.decoder.runner
     stand_in = _StandInGraph().graphs(runner)
     kv = [x.clone() for x in (*runner.lm_kv, *runner.rm_kv)]
-    assert runner.capture_graphs(6) == len(stand_in.keys)
     buckets = [8, 4, 2, 1]
+    assert runner.capture_graphs(6) == len(stand_in.keys) == 2 * len(buckets) + (0 if runner.shared else len(buckets))
+    assert len(stand_in.contexts) == 1  # one memory pool for every graph
     keys = [("args", b, sampled) for b in buckets for sampled in (True, False)]
     assert list(runner.args_graphs.graphs) == keys
     assert list(runner.decode_graphs.graphs) == ([] if runner.shared else [("decode", b) for b in buckets])

@@ -45,29 +45,40 @@ class _Graph:
     outputs: dict[str, torch.Tensor]
 
 
+class CaptureContext:
+    """What all of an engine's graphs share: ONE memory pool (the graphs never run at once, so they may reuse each
+    other's intermediates) and one side stream for the warm-up runs (the caching allocator reuses a freed block
+    only on the stream that allocated it)."""
+
+    def __init__(self):
+        self.pool = None
+        self.stream = None
+
+
 class StepGraphs:
     """fn(*args, **tensors) -> dict of tensors, run through static buffers.
 
     capture=False (CPU, or step_mode "static"): every call runs fn directly on the padded inputs.
     capture=True: `record(key, args, inputs)` records fn for a key (at start-up, for every key); a call then
-    copies into that graph's buffers the inputs that are not there already, and replays. An input may be narrower than its buffer along its
-    last dimension (the block tables, captured at the context's width, come with the columns in use). A call with a key never captured is an error (the
-    engine's shapes are enumerable; a missing one is a bug, not a reason to capture while serving); key None
-    runs eagerly (a step that does not fit the static shapes). fn must be idempotent on the caches (every step
-    here is: it writes only the slots of the positions it computes, with the values it computes) and free of
-    host synchronization.
+    copies into that graph's buffers the inputs that are not there already, and replays. An input may be
+    narrower than its buffer along its last dimension (the block tables, captured at the context's width, come
+    with the columns in use). A call with a key never captured is an error (the engine's shapes are enumerable;
+    a missing one is a bug, not a reason to capture while serving); key None runs eagerly (a step that does not
+    fit the static shapes). fn must be idempotent on the caches (every step here is: it writes only the slots of
+    the positions it computes, with the values it computes) and free of host synchronization.
 
-    Every graph draws on ONE memory pool and the graphs never run at once, so a replay of any key may overwrite
-    the tensors another returned: read or copy them before the next call, whatever its key. `capture_with`
-    records one graph: (fn, args, static inputs, pool) -> (replay, outputs, pool); CUDA's by default, a test may
-    pass another."""
+    Every graph of `context` draws on its one memory pool, so a replay of any key, of this StepGraphs or another
+    sharing the context, may overwrite the tensors another returned: read or copy them before the next call.
+    `capture_with` records one graph: (fn, args, static inputs, context) -> (replay, outputs); CUDA's by
+    default, a test may pass another."""
 
-    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool, capture_with=None):
+    def __init__(self, fn: Callable[..., dict[str, torch.Tensor]], capture: bool,
+                 context: CaptureContext | None = None, capture_with=None):
         self.fn, self.capture = fn, capture
+        self.context = context or CaptureContext()
         self.capture_with = capture_with or _cuda_capture
         self.graphs: dict[tuple, _Graph] = {}
         self.input_copies = 0  # inputs copied into a graph's buffers (the rest came straight there)
-        self._pool = None
 
     def __call__(self, key: tuple | None, *args, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """args: fn's non-tensor arguments (fixed for a key); inputs: its tensors. key None: run eagerly."""
@@ -104,25 +115,28 @@ class StepGraphs:
         that says why, never a silent eager fallback."""
         static = {name: x if name in resident else x.clone() for name, x in inputs.items()}
         try:
-            replay, outputs, self._pool = self.capture_with(self.fn, args, static, self._pool)
+            replay, outputs = self.capture_with(self.fn, args, static, self.context)
         except RuntimeError as e:  # e.g. out of memory
             raise RuntimeError(
                 f"CUDA graph capture failed for the step shape {key}: {e}. Leave the graphs more memory (a lower "
-                "gpu_memory_utilization / cache_memory_gb, or a lower max_num_seqs or graph_k), or run "
-                "step_mode='static' (the same padded step, not captured)") from e
+                "cache_memory_gb or num_blocks, a lower max_num_seqs or graph_k), or run step_mode='static' (the "
+                "same padded step, not captured)") from e
         self.graphs[key] = _Graph(replay, static, outputs)
 
 
-def _cuda_capture(fn, args: tuple, static: dict[str, torch.Tensor], pool):
-    """Two warm-up runs on a side stream (Triton compiles, the allocator settles), then the capture into `pool`
-    (None: a new one). -> (replay, the outputs' static tensors, the pool)."""
-    side = torch.cuda.Stream()
+def _cuda_capture(fn, args: tuple, static: dict[str, torch.Tensor], context: CaptureContext):
+    """Two warm-up runs on the context's side stream (Triton compiles, the allocator settles), then the capture
+    into its pool. -> (replay, the outputs' static tensors)."""
+    if context.stream is None:
+        context.stream = torch.cuda.Stream()
+    side = context.stream
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(2):
             fn(*args, **static)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=context.pool):
         outputs = fn(*args, **static)
-    return graph.replay, outputs, graph.pool()
+    context.pool = graph.pool()
+    return graph.replay, outputs

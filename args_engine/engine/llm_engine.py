@@ -63,12 +63,17 @@ class LLMEngine:
             if not cache_memory_gb and device.type == "cuda":  # the share of free memory: what the engine keeps
                 # beside the cache comes out of it, the next-token logits and the CUDA graphs' memory pool (the
                 # largest step's activations, measured)
-                budget -= NextLogits.bytes_for(max_num_seqs, self.runner.vocab_size, self.runner.logits_dtype)
+                logits = NextLogits.bytes_for(max_num_seqs, self.runner.vocab_size, self.runner.logits_dtype)
+                reserve = self.runner.step_peak_bytes(max_num_seqs, max_context) if graphs else 0
                 if graphs:
-                    reserve = self.runner.step_peak_bytes(max_num_seqs)
                     logger.info("CUDA graphs: %.0f MiB kept out of the cache budget for the largest step",
                                 reserve / 2**20)
-                    budget -= reserve
+                if budget - logits - reserve < per_block:
+                    raise ValueError(
+                        f"no memory left for the KV cache: of {budget / 2**20:.0f} MiB, the next-token logits take "
+                        f"{logits / 2**20:.0f} MiB and the CUDA graphs' largest step {reserve / 2**20:.0f} MiB; "
+                        "lower batch_size (max_num_seqs) or graph_k, or set cache_memory_gb / num_blocks")
+                budget -= logits + reserve
             num_blocks = max(1, min(want, int(budget // per_block)))
         if paged_bridge is not None and rm_num_blocks is None:
             rm_num_blocks = max(1, math.floor(num_blocks * ratio))  # floor: within the budget
@@ -224,7 +229,6 @@ class LLMEngine:
         """Its response is complete: its blocks go back at once."""
         self.scheduler.finish(seq)
         self.runner.release(seq)
-        seq.next_logits = None
         self.seqs.pop(seq.seq_id, None)
 
     def run(self, reqs: list[Request], on_step=None) -> None:

@@ -41,7 +41,7 @@ from ..models.paged_ops import PagedOps, PrefillChunks
 from .args_step import ArgsStep, PagedRM, on_device, scored_cells
 from .bridged_rm import BridgedRM
 from .control_history import ControlHistory
-from .cuda_graphs import StepGraphs, batch_bucket
+from .cuda_graphs import CaptureContext, StepGraphs, batch_bucket
 from .next_logits import NextLogits
 from .paged_bridge import PagedBridge
 from .sequence import Sequence
@@ -148,8 +148,9 @@ class ModelRunner:
         # a CPU RM in eager steps skips the gated rows' candidates (reading a CPU tensor costs no transfer)
         self.args_step = ArgsStep(self.ops, scorer, self.lm_head if self.shared else None,
                                   compact_gate=bridge is None and self.rm_device.type == "cpu" and not self.static)
-        self.args_graphs = StepGraphs(self.args_core, capture)
-        self.decode_graphs = StepGraphs(self.lm_decode_core, capture)
+        graphs = CaptureContext()  # one memory pool and one warm-up stream for all of them
+        self.args_graphs = StepGraphs(self.args_core, capture, graphs)
+        self.decode_graphs = StepGraphs(self.lm_decode_core, capture, graphs)
 
     def release(self, seq: Sequence) -> None:
         """The sequence is finished: what the runner keeps for it on the device goes back."""
@@ -208,9 +209,9 @@ class ModelRunner:
         """Graph mode: capture every static step shape (largest batch bucket first). -> the number of graphs."""
         return self.shapes.capture(self, max_num_seqs)
 
-    def step_peak_bytes(self, max_num_seqs: int) -> int:
+    def step_peak_bytes(self, max_num_seqs: int, max_context: int | None) -> int:
         """CUDA: the memory the largest static step takes beyond the weights and caches (measured)."""
-        return self.shapes.peak_bytes(self, max_num_seqs)
+        return self.shapes.peak_bytes(self, max_num_seqs, max_context)
 
     def free_caches(self) -> None:
         self.lm_kv = self.rm_kv = self.next_logits = None
@@ -245,6 +246,8 @@ class ModelRunner:
             tables = bm.block_tables(ready).numpy()  # [B, the longest table]: a static step's graph keeps it in
             # the leading columns of its fixed-width buffer (the kernels read a row's table only up to its length)
             static = self.static and self.shapes.fits([s.params.k for s in ready], tables.shape[1])
+            if static and not self.shapes.captured:  # the width the graphs see: the kernels split alike
+                tables = np.pad(tables, ((0, 0), (0, self.shapes.table_width - tables.shape[1])))
             rows = batch_bucket(B) if static else B
             kmax = self.shapes.graph_k if static else max(s.params.k for s in ready)
             pos = np.array([s.num_tokens for s in ready], dtype=np.int32)

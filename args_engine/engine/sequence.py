@@ -27,7 +27,6 @@ class Sequence:
         self.status = Status.WAITING
         self.lm_cached = self.rm_cached = 0
         self.num_preemptions = 0
-        self.next_logits = None  # shared trunk: the LM's logits [V] for the next token, from the last ARGS step
         self.bridge_state = None  # an RM that reads text: its cache for this sequence (decoding/bridge.py)
         # params.prompt_logprobs: each prefill chunk's rows of log-prob columns on the device ([m, 1 + 2 width],
         # width), read with the step that completes the prompt
@@ -54,7 +53,7 @@ class Sequence:
     def reset(self) -> None:
         """Preempted: the caches are gone; everything is recomputed on readmission."""
         self.lm_cached = self.rm_cached = 0
-        self.next_logits = self.bridge_state = None
+        self.bridge_state = None
         self.prompt_lp_parts = []
         self.status = Status.WAITING
         self.num_preemptions += 1

@@ -5,7 +5,7 @@ every shape when the engine starts. The step itself is the model runner's; this 
 A static step's rows are padded to a batch-size bucket, every row's candidates sit in one grid of graph_k
 columns (the RM reads all of it: cells past a row's k are computed, never chosen), the gate's array is always
 there (+inf: no gate) and the block tables have a buffer as wide as the context (a step sends the columns in
-use). Its shape is then (batch bucket, greedy or sampled) alone, few enough to capture them all at start-up,
+use; the kernels split each row's own context, however wide the table). Its shape is then (batch bucket, greedy or sampled) alone, few enough to capture them all at start-up,
 largest bucket first. A step that does not fit (a row's k above graph_k, more rows than the largest bucket)
 runs dynamically. Padding rows touch only the spare cache block and the spare logits row."""
 from __future__ import annotations
@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # has; the block tables, narrower than their buffer, are copied in): the ARGS step, and the two-trunk LM decode
 # (graph argument <- step array).
 ARGS_INPUTS = ("k", "w", "temp", "gumbel", "gate", "pos", "rm_slots", "rm_w", "slot")
+DEFAULT_CONTEXT = 4096  # positions a static step's block tables cover when the models state no context length
 DECODE_INPUTS = {"ids": "lm_ids", "pos": "lm_pos", "slots": "lm_slots", "slot": "lm_slot"}
 
 
@@ -47,9 +48,13 @@ class StaticShapes:
         self._eager_k: set[int] = set()  # the k above graph_k that made a step run dynamically (logged once)
 
     def size(self, num_blocks: int, block_size: int, max_context: int | None) -> None:
-        """The block tables' width: the blocks of the longest sequence (within the cache)."""
-        width = num_blocks if max_context is None else -(-(max_context + 1) // block_size)
-        self.table_width = min(num_blocks, width)
+        """The block tables' width: the blocks of the longest sequence (max_context, else DEFAULT_CONTEXT: a
+        longer one runs dynamically), within the cache."""
+        self.table_width = min(num_blocks, -(-((max_context or DEFAULT_CONTEXT) + 1) // block_size))
+
+    @property
+    def captured(self) -> bool:
+        return bool(self._regions)
 
     def fits(self, ks: list[int], table_width: int) -> bool:
         """Does a step whose rows have these k and whose longest block table is this wide take the static
@@ -112,15 +117,20 @@ class StaticShapes:
         # the rest of a step's arrays: the tables (x2: the LM decode's), prefill and controls; more is rare and
         # takes a fresh buffer, its graph inputs then copied in
         self._regions = runner.transfer.make_resident(sizes, 2 * largest["tables"].nbytes + 2**20)
+        # one block-table buffer for every graph (each bucket its leading rows; a step copies its tables in)
+        tables = torch.from_numpy(largest["tables"]).to(runner.device)  # [largest bucket, table_width]
         for rows in buckets:
             for sampled in (True, False):
                 a = self.padding_step(runner, rows, sampled)
                 t = runner.transfer.pack(a, self.regions(a))
                 runner.args_graphs.record(("args", rows, sampled), (self.graph_k, None, None),
-                                          {n: t[n] for n in args_region(a) + ["tables"]}, resident=args_region(a))
+                                          {n: t[n] for n in args_region(a)} | {"tables": tables[:rows]},
+                                          resident=args_region(a) + ["tables"])
             if not runner.shared:  # the same padding step's LM decode arrays (t: the last pack's)
                 runner.decode_graphs.record(("decode", rows), (), {n: t[m] for n, m in DECODE_INPUTS.items()} |
-                                            {"tables": t["lm_tables"]}, resident=list(DECODE_INPUTS))
+                                            {"tables": tables[:rows]}, resident=list(DECODE_INPUTS) + ["tables"])
+        if cuda:  # the warm-up runs' blocks, cached outside the graphs' pool
+            torch.cuda.empty_cache()
         n = len(runner.args_graphs.graphs) + len(runner.decode_graphs.graphs)
         used = free - torch.cuda.mem_get_info(runner.device)[0] if cuda else 0
         self.stats = {"graphs": n, "capture_s": time.perf_counter() - t0, "memory_bytes": used,
@@ -130,11 +140,13 @@ class StaticShapes:
                     "%(memory_MiB).0f MiB", {**self.stats, "memory_MiB": used / 2**20})
         return n
 
-    def peak_bytes(self, runner, max_num_seqs: int) -> int:
+    def peak_bytes(self, runner, max_num_seqs: int, max_context: int | None) -> int:
         """CUDA: the memory the largest static step takes beyond the weights and caches (its activations, what the
-        graphs' pool will hold), measured by running it once on a one-block cache, before the real caches are
-        sized (the engine takes it out of the cache budget)."""
+        graphs' pool will hold), measured by running it once on a one-block cache with block tables of the real
+        width, before the real caches are sized (the engine takes it out of the cache budget). Resets the
+        device's peak-memory statistics."""
         runner.allocate_caches(1, 1, max_num_seqs)
+        self.size(2**62, runner.block_size, max_context)  # the real width (the cache's blocks not known yet)
         device = runner.device
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -146,4 +158,5 @@ class StaticShapes:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
         runner.free_caches()
+        torch.cuda.empty_cache()
         return peak
