@@ -40,8 +40,8 @@ def _candidate_attention_kernel(
     q = tl.load(q_ptr + b * sq_b + j[:, None] * sq_j + h[:, None] * sq_h + d[None, :], mask=rd_ok, other=0.0)  # [M, DP]
     ctx = tl.load(ctx_ptr + b)
     scale = tl.load(scale_ptr)  # a [1] tensor in ACC: a Python float argument would be rounded to fp32
-    if SPLIT:  # this row's share of its own context (16-aligned starts): a short row in a wide table splits too
-        chunk = tl.cdiv(tl.cdiv(ctx, tl.num_programs(2)), 16) * 16
+    if SPLIT:  # `chunk` is the least share: this row's own context split (a short row in a wide table too)
+        chunk = _row_chunk(ctx, tl.num_programs(2), chunk)
     start = sp * chunk  # (one program: chunk covers the table)
     end = tl.minimum(start + chunk, ctx)
     row_stride = HKV * D  # contiguous cache [NB, BS, HKV, D]: one slot is HKV * D elements
@@ -65,11 +65,12 @@ def _candidate_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, out_dtype=ACC, input_precision=PREC)
         m = m_new
 
-    if SPLIT:
+    if SPLIT:  # a program past its row's context stores nothing: the combine reads the busy ones only
         base = ((b * HKV * RT + pid) * tl.num_programs(2) + sp) * M + tl.arange(0, M)
-        tl.store(part_m_ptr + base, m)
-        tl.store(part_l_ptr + base, l)
-        tl.store(part_acc_ptr + base[:, None] * DP + d[None, :], acc)
+        busy = tl.arange(0, M) < tl.where(start < ctx, M, 0)  # [M]: all true, or all false
+        tl.store(part_m_ptr + base, m, mask=busy)
+        tl.store(part_l_ptr + base, l, mask=busy)
+        tl.store(part_acc_ptr + base[:, None] * DP + d[None, :], acc, mask=busy[:, None] & (d < DP)[None, :])
     else:
         _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, seg_ptr, b, j, h, kvh, d, rd_ok, K,
                             skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h, scale, cap, D, ACC, CAP, TREE)
@@ -117,10 +118,17 @@ def _fold_own_and_store(q, m, l, acc, kn_ptr, vn_ptr, out_ptr, seg_ptr, b, j, h,
 
 
 @triton.jit
+def _row_chunk(ctx, S, least):
+    """The positions each of a row's S programs takes: its context split S ways, 16-aligned starts, at least
+    `least` (a program's fixed cost is not worth fewer); the programs past the context have none."""
+    return tl.maximum(tl.cdiv(tl.cdiv(ctx, S), 16) * 16, least)
+
+
+@triton.jit
 def _candidate_attention_combine_kernel(
-        q_ptr, kn_ptr, vn_ptr, out_ptr, seg_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+        q_ptr, kn_ptr, vn_ptr, out_ptr, seg_ptr, ctx_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
         sq_b, sq_j, sq_h, skn_b, skn_j, skn_h, svn_b, svn_j, svn_h, so_b, so_j, so_h,
-        K, HKV, RT, S, scale_ptr, cap,
+        K, HKV, RT, S, least, scale_ptr, cap,
         GROUP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr,
         CAP: tl.constexpr, TREE: tl.constexpr):
     b = tl.program_id(0)
@@ -136,13 +144,14 @@ def _candidate_attention_combine_kernel(
     m = tl.full([M], float("-inf"), ACC)
     l = tl.zeros([M], ACC)
     acc = tl.zeros([M, DP], ACC)
-    for s in range(0, S):
+    ctx = tl.load(ctx_ptr + b)
+    for s in range(0, tl.cdiv(ctx, _row_chunk(ctx, S, least))):  # the busy programs
         base = ((b * HKV * RT + pid) * S + s) * M + tl.arange(0, M)
         ms = tl.load(part_m_ptr + base)
         ls = tl.load(part_l_ptr + base)
         accs = tl.load(part_acc_ptr + base[:, None] * DP + d[None, :])
         m_new = tl.maximum(m, ms)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # splits past the context are empty
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         a = tl.exp(m - m_safe)
         c = tl.exp(ms - m_safe)
         l = l * a + ls * c
@@ -259,7 +268,8 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     if split is None:
         split = candidate_split(B, Hkv, RT, max_ctx, BLOCK_N, sms)
     split = max(1, int(split))
-    chunk = triton.cdiv(max_ctx, 16) * 16  # one program's range when split == 1 (split: each row's own share)
+    # split == 1: one program's range, the table; split: the least share of a row's context, two key tiles
+    chunk = triton.cdiv(max_ctx, 16) * 16 if split == 1 else 2 * BLOCK_N
     strides = (*q.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3], *out.stride()[:3], block_tables.stride(0))
     meta = dict(GROUP=group, D=D, DP=DP, M=M, ACC=_TL[acc], CAP=softcap is not None, TREE=segments is not None)
     seg = segments if segments is not None else context_lens  # a placeholder pointer when TREE is off
@@ -278,7 +288,8 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
         *strides, K, Hkv, RT, BS, chunk, scale_t, cap, BLOCK_N=BLOCK_N, PREC=prec, SPLIT=True, num_warps=nw,
         **meta)
     _candidate_attention_combine_kernel[(B, Hkv * RT)](
-        q, k_new, v_new, out, seg, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, scale_t, cap,
+        q, k_new, v_new, out, seg, context_lens, part_m, part_l, part_acc, *strides[:12], K, Hkv, RT, split, chunk,
+        scale_t, cap,
         num_warps=nw,
         **meta)
     return out

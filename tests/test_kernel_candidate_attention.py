@@ -49,31 +49,32 @@ def test_split_matches_ref(device, dtype, split):
 
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
-def test_a_short_row_in_a_wide_table_splits_its_own_context(device, dtype, monkeypatch):
+def test_a_row_in_a_wide_table_splits_its_own_context(device, dtype, monkeypatch):
     """A captured graph's block tables are as wide as the model's context, whatever a row's length. The split
-    divides each row's own context among the programs, not the table's width: a 40-token row in a table of
-    4096 positions, split 4, keeps three programs busy (16 + 16 + 8 tokens), not one. (Its output: the ref's.)"""
+    divides each row's own context among the programs (at least two key tiles each), not the table's width: a
+    1000-token row in a table of 4096 positions, split 4, keeps the 4 programs busy, not one; a 40-token row
+    keeps one, and its idle programs store nothing. (The output: the ref's.)"""
     import args_engine.kernels.candidate_attention as mod
-    args = list(_inputs(2, 3, 4, 2, 16, 16, [40, 200], dtype, device, NB=300))
+    args = list(_inputs(2, 3, 4, 2, 16, 16, [1000, 40], dtype, device, NB=300))
     wide = torch.full((2, 256), 299, dtype=torch.int32, device=device)  # 256 blocks of 16: 4096 positions
     wide[:, :args[5].shape[1]] = args[5]
     args[5] = wide
     partials = []
 
-    class Torch:  # the module's torch, recording the partial sums' buffers
+    class Torch:  # the module's torch, recording the partial sums' buffers (zeroed: what is not stored stays 0)
         def __getattr__(self, name):
             return getattr(torch, name)
 
         def empty_like(self, x, *a, **kw):
-            out = torch.empty_like(x, *a, **kw)
+            out = torch.zeros_like(x, *a, **kw)
             partials.append(out)  # part_l [B, Hkv * RT, split, M]: each program's softmax mass
             return out
     monkeypatch.setattr(mod, "torch", Torch())
     _check(args, split=4)
     mass = partials[0]  # the kernel's (the ref's own buffer comes after)
     assert mass.shape[2] == 4
-    busy = (mass[0, 0, :, 0] > 0).tolist()  # row 0 (40 tokens), first kv head: which programs saw keys
-    assert busy == [True, True, True, False], busy
+    busy = (mass[:, 0, :, 0] > 0).tolist()  # per row, first kv head: which programs saw keys
+    assert busy == [[True, True, True, True], [True, False, False, False]], busy
 
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
