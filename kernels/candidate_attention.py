@@ -242,9 +242,9 @@ def candidate_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
     context_lens [B] int32 -> out [B, K, Hq, D] (q's dtype). `split`: programs per (b, kv head) along the
     prefix, each taking its share of the row's own context (so a short row in a wide table, as a captured
     graph's is, still splits); default: a heuristic on CUDA, 1 elsewhere. The context must fit the table:
-    context_lens <= MB * BS (not checked: it would need a device sync). segments [B, K] int32: new token j also sees the new tokens
-    jj < j with the same segment id (ragged candidate tails over the prefix; paged_ops.tree_keep); None: each
-    sees only itself."""
+    context_lens <= MB * BS (not checked: it would need a device sync). segments [B, K] int32: new token j also
+    sees the new tokens jj < j with the same segment id (ragged candidate tails over the prefix;
+    paged_ops.tree_keep); None: each sees only itself."""
     _check(q, k_new, v_new, key_cache, value_cache, block_tables, context_lens)
     B, K = q.shape[:2]
     if segments is not None and (segments.shape != (B, K) or segments.dtype != torch.int32

@@ -53,9 +53,9 @@ class ARGSEngine:
         CUDA graphs per batch-size bucket, captured at start-up, the default on CUDA; "static": the same padded
         step without capture; "dynamic": unpadded eager steps, the default on CPU), graph_k (static and graph
         steps: the candidate grid's width, default 10; a step with a row whose k is larger runs dynamically, so
-        set it to the largest k you serve; every row's RM work is graph_k candidates there), rm_num_blocks (an RM on another tokenizer, run
-        paged: its pool's blocks, in RM tokens; default: the LM's blocks x the RM tokens per LM token on a sample
-        text)."""
+        set it to the largest k you serve; every row's RM work is graph_k candidates there), rm_num_blocks (an
+        RM on another tokenizer, run paged: its pool's blocks, in RM tokens; default: the LM's blocks x the RM
+        tokens per LM token on a sample text)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -5,9 +5,10 @@ every shape when the engine starts. The step itself is the model runner's; this 
 A static step's rows are padded to a batch-size bucket, every row's candidates sit in one grid of graph_k
 columns (the RM reads all of it: cells past a row's k are computed, never chosen), the gate's array is always
 there (+inf: no gate) and the block tables have a buffer as wide as the context (a step sends the columns in
-use; the kernels split each row's own context, however wide the table). Its shape is then (batch bucket, greedy or sampled) alone, few enough to capture them all at start-up,
-largest bucket first. A step that does not fit (a row's k above graph_k, more rows than the largest bucket)
-runs dynamically. Padding rows touch only the spare cache block and the spare logits row."""
+use; the kernels split each row's own context, however wide the table). Its shape is then (batch bucket,
+greedy or sampled) alone, few enough to capture them all at start-up, largest bucket first. A step that does
+not fit (a row's k above graph_k, more rows than the largest bucket) runs dynamically. Padding rows touch only
+the spare cache block and the spare logits row."""
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,8 @@ logger = logging.getLogger(__name__)
 # has; the block tables, narrower than their buffer, are copied in): the ARGS step, and the two-trunk LM decode
 # (graph argument <- step array).
 ARGS_INPUTS = ("k", "w", "temp", "gumbel", "gate", "pos", "rm_slots", "rm_w", "slot")
-DEFAULT_CONTEXT = 4096  # positions a static step's block tables cover when the models state no context length
 DECODE_INPUTS = {"ids": "lm_ids", "pos": "lm_pos", "slots": "lm_slots", "slot": "lm_slot"}
+DEFAULT_CONTEXT = 4096  # positions a static step's block tables cover when the models state no context length
 
 
 def args_region(a: dict) -> list[str]:
