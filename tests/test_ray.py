@@ -242,7 +242,7 @@ def test_serve_options_and_application_builder():
     assert isinstance(scaling, AutoscalingConfig) and (scaling.min_replicas, scaling.max_replicas) == (1, 8)
     assert scaling.target_ongoing_requests == 4 and "num_replicas" not in auto.deployment_options({})
     app = build_app({"lm": "/m/lm", "num_replicas": "2", "prefix_tokens": "32", "api_key": "k", "max_k": "16",
-                     "allowed_origins": "a,b", "batch_size": "8"})
+                     "allowed_origins": "a,b", "batch_size": "8", "graph_k": "16"})
     assert app is not None
     with pytest.raises(ValueError, match="unknown build_app arguments"):
         build_app({"replicas": "2"})

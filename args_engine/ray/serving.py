@@ -275,12 +275,14 @@ def application(engine_options: dict | None = None, config: ServerConfig | None 
 
 
 _ENGINE_KEYS = {"lm": str, "rm": str, "device": str, "rm_device": str, "dtype": str, "batch_size": int, "num_blocks": int,
-                "block_size": int, "max_num_batched_tokens": int, "cache_memory_gb": float, "step_mode": str}
+                "block_size": int, "max_num_batched_tokens": int, "cache_memory_gb": float, "step_mode": str,
+                "graph_k": int}
 
 
 def build_app(args: dict[str, str]):
     """Application builder for `serve run args_engine.ray.serving:build_app key=value ...`: engine keys (lm, rm,
-    device, rm_device, dtype, batch_size, num_blocks, block_size, max_num_batched_tokens, cache_memory_gb, step_mode),
+    device, rm_device, dtype, batch_size, num_blocks, block_size, max_num_batched_tokens, cache_memory_gb, step_mode,
+    graph_k),
     RayServeOptions fields and ServerConfig fields (api_key, max_k, ...)."""
     args = dict(args)
     engine = {k: cast(args.pop(k)) for k, cast in _ENGINE_KEYS.items() if k in args}
