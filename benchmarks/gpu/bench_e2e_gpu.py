@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from args_engine import ARGSEngine, ARGSParams  # noqa: E402
+from micro.micro_models import CONTROLS  # noqa: E402  (the micro benchmarks' controls setting)
 from ref_baselines.original_args import original_args_generate  # noqa: E402
 
 LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -39,9 +40,6 @@ LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, nu
                 rope_scaling={"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
                               "original_max_position_embeddings": 8192, "rope_type": "llama3"})
 SHAPES = {"1B": (LLAMA_1B, "random Llama-3.2-1B-shaped", 16.0), "8B": (LLAMA_8B, "random Llama-3.1-8B-shaped", 12.0)}
-
-# the recommended repetition penalty with a presence penalty and the uncertainty gate (as benchmarks/micro's)
-CONTROLS = dict(repetition_penalty=1.2, presence_penalty=0.5, gate=0.9)
 
 TINY = dict(LLAMA_1B, vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2)

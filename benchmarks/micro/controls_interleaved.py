@@ -13,9 +13,7 @@ import time
 
 import torch
 
-from micro_models import build_pair, decoding_engine
-
-CONTROLS = dict(repetition_penalty=1.2, presence_penalty=0.5, gate=0.9)
+from micro_models import CONTROLS, build_pair, decoding_engine
 
 
 def interleaved(rounds: int, steps: int) -> dict:

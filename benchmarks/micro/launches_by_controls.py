@@ -11,12 +11,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from micro_models import build_pair, decoding_engine, launches_per_step  # noqa: E402
+from micro_models import CONTROLS, REP_PRES, build_pair, decoding_engine, launches_per_step  # noqa: E402
 
-REP_PRES = dict(repetition_penalty=1.2, presence_penalty=0.5)
 ALL = dict(REP_PRES, frequency_penalty=0.3, no_repeat_ngram_size=3, logit_bias={5: 1.0, 7: -2.0}, min_p=0.05,
            top_p=0.9)
-SETTINGS = {"plain": None, "repetition+presence": REP_PRES, "repetition+presence+gate": dict(REP_PRES, gate=0.9),
+SETTINGS = {"plain": None, "repetition+presence": REP_PRES, "repetition+presence+gate": CONTROLS,
             "all controls": ALL, "all controls+gate": dict(ALL, gate=0.9)}
 
 

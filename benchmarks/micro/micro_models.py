@@ -16,6 +16,10 @@ SHAPES = {
                     num_key_value_heads=3, vocab_size=49152),
 }
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# issue 24's controls setting: the recommended repetition penalty (docs/python-api.md) with a presence penalty and
+# the uncertainty gate; with them on, a step should cost within 10% of the plain one
+REP_PRES = dict(repetition_penalty=1.2, presence_penalty=0.5)
+CONTROLS = dict(REP_PRES, gate=0.9)
 
 
 def dtype_for(device: str) -> torch.dtype:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from micro_models import SHAPES, build_pair, decoding_engine, dtype_for, launch_profile
+from micro_models import CONTROLS as _CONTROLS, SHAPES, build_pair, decoding_engine, dtype_for, launch_profile
 
 from args_engine.models.paged_ops import PagedOps
 
@@ -139,9 +139,7 @@ def test_launches_per_step(benchmark, kernels):
 NEW_TOKENS = 128
 
 
-# the recommended repetition penalty (docs/python-api.md) with a presence penalty and the uncertainty gate
-# (issue 24: with them on, a step should cost within 10% of the plain one)
-CONTROLS = {"plain": None, "controls": dict(repetition_penalty=1.2, presence_penalty=0.5, gate=0.9)}
+CONTROLS = {"plain": None, "controls": _CONTROLS}
 
 
 @pytest.mark.parametrize("controls", list(CONTROLS))
